@@ -1,0 +1,48 @@
+"""File plumbing shared by the file formats: opening inputs with clear errors, atomic outputs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from ppml.errors import InputNotFound, NotAFile, OutputExists
+
+
+def open_input(path: Path) -> BinaryIO:
+    try:
+        if path.is_dir():
+            raise NotAFile(path)
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise InputNotFound(path) from None
+    except IsADirectoryError:
+        raise NotAFile(path) from None
+    except PermissionError:
+        raise NotAFile(path, "permission denied") from None
+
+
+class AtomicOutput:
+    """A temporary file beside ``dst`` that becomes ``dst`` only on :meth:`commit`."""
+
+    def __init__(self, dst: Path, *, overwrite: bool) -> None:
+        self.dst = dst
+        if dst.is_dir():
+            raise NotAFile(dst, "is a directory, expected a file path for the output")
+        if not overwrite and dst.exists():
+            raise OutputExists(dst)
+        parent = dst.parent if str(dst.parent) else Path(".")
+        if not parent.is_dir():
+            raise InputNotFound(parent)
+        fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=parent)
+        self.tmp = Path(name)
+        self.file: BinaryIO = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.dst)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)

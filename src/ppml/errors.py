@@ -1,0 +1,188 @@
+"""The one exception hierarchy of ppml.
+
+Every error ppml raises on purpose is a :class:`PpmlError`. Each carries a human
+:meth:`~PpmlError.diagnostics` text and an ``exit_code`` that the ``ppml`` command exits with.
+Foreign exceptions (OS, HTTP, SQL, Spark) are mapped only at adapter boundaries, with
+``raise X(...) from exc``.
+
+::
+
+    PpmlError                         exit 1   base; never raised itself
+    ├── UsageError                    exit 2   bad arguments or configuration
+    │   └── UnknownScheme                      a KMS/backend URI with no registered scheme
+    ├── InputError                    exit 3   a path that cannot be used as asked
+    │   ├── InputNotFound                      no such file or directory
+    │   ├── NotAFile                           a directory (or other) where a file is expected
+    │   └── OutputExists                       refusing to overwrite without --force
+    ├── InvalidCiphertext             exit 4   ANY failure to authenticate or parse ciphertext;
+    │   │                                      opaque on purpose: never says which check failed
+    │   └── NotAnEnvelope                      no ppml magic: the file is not a ppml file at all
+    ├── WeakLegacyKey                 exit 5   a BigDL legacy key that gives no real protection
+    └── KeyServiceError               exit 6   a key service (local store or remote KMS) failed
+        ├── KeyNotFound                        unknown key id (or one of another tenant)
+        ├── KeyStoreUnreadable                 the key store or a key file cannot be read
+        └── KmsUnavailable                     the key service cannot be reached
+
+Warnings: ``UnsafeWarning`` (a ``UserWarning``) is emitted on every use of an unsafe option.
+
+Messages never contain key material: fields hold key *ids*, paths and reasons only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "InputError",
+    "InputNotFound",
+    "InvalidCiphertext",
+    "KeyNotFound",
+    "KeyServiceError",
+    "KeyStoreUnreadable",
+    "KmsUnavailable",
+    "NotAFile",
+    "NotAnEnvelope",
+    "OutputExists",
+    "PpmlError",
+    "UnknownScheme",
+    "UnsafeWarning",
+    "UsageError",
+    "WeakLegacyKey",
+]
+
+
+class PpmlError(Exception):
+    """Base of every error ppml raises on purpose."""
+
+    exit_code: int = 1
+    #: One line saying what to do about it; shown under the message by the CLI.
+    hint: str | None = None
+
+    def diagnostics(self) -> str:
+        """Text for a human: the message, then a hint on what to do, if there is one."""
+        text = str(self) or type(self).__name__
+        return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+class UsageError(PpmlError):
+    """Bad arguments or configuration."""
+
+    exit_code = 2
+
+
+class UnknownScheme(UsageError):
+    """A URI whose scheme names no registered backend."""
+
+    def __init__(self, uri: str, known: list[str]) -> None:
+        self.uri = uri
+        self.known = known
+        super().__init__(f"unknown scheme in {uri!r}")
+        self.hint = "known schemes: " + ", ".join(sorted(known))
+
+
+class InputError(PpmlError):
+    """A path cannot be used as asked."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class InputNotFound(InputError):
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(path, "no such file or directory")
+
+
+class NotAFile(InputError):
+    def __init__(self, path: Path | str, reason: str = "is a directory, expected a file") -> None:
+        super().__init__(path, reason)
+
+
+class OutputExists(InputError):
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(path, "already exists")
+        self.hint = "choose another output path or pass --force to replace it"
+
+
+class InvalidCiphertext(PpmlError):
+    """The data could not be authenticated or parsed.
+
+    Deliberately opaque: a wrong key, a flipped bit, a truncation, reordered segments and a
+    malformed header all look the same, so the error is no oracle for an attacker.
+    """
+
+    exit_code = 4
+
+    def __init__(self, source: Path | str | None = None) -> None:
+        self.source = str(source) if source is not None else None
+        where = f"{self.source}: " if self.source else ""
+        super().__init__(f"{where}cannot decrypt: wrong key, or the data was altered or truncated")
+
+
+class NotAnEnvelope(InvalidCiphertext):
+    """The input does not start with ppml's magic bytes; it is not a ppml file."""
+
+    def __init__(self, source: Path | str | None = None) -> None:
+        super().__init__(source)
+        where = f"{self.source}: " if self.source else ""
+        self.args = (f"{where}not a ppml encrypted file (no PPML header)",)
+        self.hint = (
+            "for BigDL PPML files pass --mode AES/CBC/PKCS5Padding; "
+            "a plaintext file needs no decryption"
+        )
+
+
+class WeakLegacyKey(PpmlError):
+    """A BigDL legacy key that gives no real protection (all-zero or zero-padded)."""
+
+    exit_code = 5
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"refusing a weak BigDL legacy key: {reason}")
+        self.hint = (
+            "re-encrypt the data with ppml's envelope format; to read it once anyway, pass "
+            "--unsafe-allow-weak-legacy-keys"
+        )
+
+
+class KeyServiceError(PpmlError):
+    """A key service (local store or remote KMS) failed."""
+
+    exit_code = 6
+
+
+class KeyNotFound(KeyServiceError):
+    """No key with this id that the caller may use (unknown, or another tenant's)."""
+
+    def __init__(self, key_id: str, kms: str | None = None) -> None:
+        self.key_id = key_id
+        self.kms = kms
+        where = f" in {kms}" if kms else ""
+        super().__init__(f"no key {key_id!r}{where}")
+        self.hint = "check --kms: the key must be in the key service the data was encrypted with"
+
+
+class KeyStoreUnreadable(KeyServiceError):
+    """The key store or one of its key files cannot be read or is malformed."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"key store {path}: {reason}")
+
+
+class KmsUnavailable(KeyServiceError):
+    """The key service cannot be reached or answered with a server error."""
+
+    def __init__(self, kms: str, reason: str) -> None:
+        self.kms = kms
+        self.reason = reason
+        super().__init__(f"key service {kms} unavailable: {reason}")
+
+
+class UnsafeWarning(UserWarning):
+    """Emitted every time an explicitly unsafe option or legacy mode is used."""
