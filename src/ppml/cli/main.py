@@ -1,0 +1,341 @@
+"""The ``ppml`` command: argument parsing and wiring only; the work happens in the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from ppml import __version__
+from ppml.errors import InputNotFound, NotAFile, OutputExists, PpmlError, UnsafeWarning, UsageError
+
+DEFAULT_KMS_ENV = "PPML_KMS"
+LEGACY_MODE = "AES/CBC/PKCS5Padding"
+ENVELOPE_MODE = "ppml"
+# Progress bars appear only on a terminal and only for inputs at least this large.
+PROGRESS_THRESHOLD = 64 << 20
+
+
+def _default_kms() -> str:
+    return os.environ.get(DEFAULT_KMS_ENV, "local:")
+
+
+def _add_kms(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kms",
+        default=None,
+        metavar="URI",
+        help=f"key service: local: (default store ~/.ppml/keys), local:DIR; default ${DEFAULT_KMS_ENV} "
+        "or local:",
+    )
+
+
+def _kms(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from ppml.kms.registry import open_kms
+
+    return open_kms(args.kms or _default_kms())
+
+
+# -- generate-people ---------------------------------------------------------------------------
+
+
+def cmd_generate_people(args: argparse.Namespace) -> int:
+    from ppml.datagen import generate_people
+
+    if args.rows < 0:
+        raise UsageError("ROWS must be a non-negative integer")
+    summary = generate_people(args.path, args.rows, seed=args.seed)
+    print(f"Num of Developer age between 20,40 is {summary.developers_20_40}")
+    return 0
+
+
+# -- key ---------------------------------------------------------------------------------------
+
+
+def cmd_key_create(args: argparse.Namespace) -> int:
+    info = _kms(args).create_primary_key(description=args.description or "")
+    print(info.key_id)
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    for info in _kms(args).list_keys():
+        state = "enabled" if info.enabled else "disabled"
+        print(f"{info.key_id}\t{info.created.isoformat(timespec='seconds')}\t{state}\t{info.description}")
+    return 0
+
+
+# -- encrypt / decrypt -------------------------------------------------------------------------
+
+
+def _is_hidden(path: Path) -> bool:
+    """Hadoop's convention: names starting with '.' or '_' are metadata, not data."""
+    return path.name.startswith((".", "_"))
+
+
+def _plan(src: Path, dst: Path) -> list[tuple[Path, Path]]:
+    if not src.exists():
+        raise InputNotFound(src)
+    if src.is_dir():
+        return [
+            (path, dst / path.relative_to(src))
+            for path in sorted(src.rglob("*"))
+            if path.is_file() and not any(_is_hidden(p) for p in path.relative_to(src).parents if p.name)
+            and not _is_hidden(path)
+        ]
+    if not src.is_file():
+        raise NotAFile(src, "not a regular file")
+    return [(src, dst)]
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], None] | None]:
+    if total < PROGRESS_THRESHOLD or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr) as bar:
+        yield bar.update
+
+
+@contextmanager
+def _directory_output(dst: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Build a directory beside ``dst`` and move it into place only if everything succeeded."""
+    if dst.exists() and not overwrite:
+        raise OutputExists(dst)
+    if dst.exists() and not dst.is_dir():
+        raise NotAFile(dst, "exists and is not a directory")
+    parent = dst.absolute().parent
+    if not parent.is_dir():
+        raise InputNotFound(parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=parent))
+        os.replace(dst, old / "d")
+        os.replace(staging, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, dst)
+
+
+def _run_files(
+    args: argparse.Namespace, verb: str, one: Callable[[Path, Path, Callable[[int], None] | None], None]
+) -> int:
+    src, dst = Path(args.src), Path(args.dst)
+    plan = _plan(src, dst)
+    total = sum(s.stat().st_size for s, _ in plan)
+    with _progress(total) as progress:
+        if src.is_dir():
+            with _directory_output(dst, overwrite=args.force) as staging:
+                for s, d in plan:
+                    target = staging / d.relative_to(dst)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    one(s, target, progress)
+        else:
+            one(src, dst, progress)
+    noun = "file" if len(plan) == 1 else "files"
+    print(f"{verb} {len(plan)} {noun} ({total} bytes): {src} -> {dst}", file=sys.stderr)
+    return 0
+
+
+def _legacy_key(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from ppml.core.legacy import BigDLPrimaryKey
+
+    if not args.bigdl_primary_key:
+        raise UsageError(f"--mode {LEGACY_MODE} needs --bigdl-primary-key FILE")
+    return BigDLPrimaryKey.load(args.bigdl_primary_key)
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    if args.mode == LEGACY_MODE:
+        from ppml.core.legacy import encrypt_bigdl_file
+
+        primary = _legacy_key(args)
+        return _run_files(
+            args,
+            "encrypted (legacy BigDL format)",
+            lambda s, d, p: encrypt_bigdl_file(s, d, primary_key=primary, overwrite=args.force, progress=p),
+        )
+    from ppml.core.envelope import encrypt_file
+
+    if not args.key:
+        raise UsageError("encrypt needs --key KEY_ID (create one with `ppml key create`)")
+    kms = _kms(args)
+    return _run_files(
+        args,
+        "encrypted",
+        lambda s, d, p: encrypt_file(
+            s, d, kms=kms, key_id=args.key, segment_size=args.segment_size, overwrite=args.force,
+            progress=p,
+        ),
+    )
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    if args.mode == LEGACY_MODE:
+        from ppml.core.legacy import decrypt_bigdl_file
+
+        primary = _legacy_key(args)
+        return _run_files(
+            args,
+            "decrypted (legacy BigDL format)",
+            lambda s, d, p: decrypt_bigdl_file(
+                s, d, primary_key=primary, allow_weak_keys=args.unsafe_allow_weak_legacy_keys,
+                overwrite=args.force, progress=p,
+            ),
+        )
+    if args.unsafe_allow_weak_legacy_keys:
+        raise UsageError(f"--unsafe-allow-weak-legacy-keys applies only to --mode {LEGACY_MODE}")
+    from ppml.core.envelope import decrypt_file
+
+    kms = _kms(args)
+    return _run_files(
+        args,
+        "decrypted",
+        lambda s, d, p: decrypt_file(s, d, kms=kms, overwrite=args.force, progress=p),
+    )
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ppml.cli.demo import run_demo
+
+    return run_demo(workdir=Path(args.workdir), rows=args.rows, seed=args.seed)
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be non-negative")
+    return value
+
+
+def _segment_size(text: str) -> int:
+    from ppml.core.envelope import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE
+
+    value = _positive_int(text)
+    if not MIN_SEGMENT_SIZE <= value <= MAX_SEGMENT_SIZE:
+        raise argparse.ArgumentTypeError(f"must be in [{MIN_SEGMENT_SIZE}, {MAX_SEGMENT_SIZE}]")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ppml",
+        description="Privacy-preserving big data: encrypted data, keys from a KMS, attested TEEs.",
+    )
+    parser.add_argument("--version", action="version", version=f"ppml {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser(
+        "generate-people",
+        help="write a synthetic people.csv (name,age,job)",
+        description="Write PATH with a header and ROWS random people; print SimpleQuery's answer.",
+    )
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("rows", metavar="ROWS", type=_positive_int)
+    p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible file")
+    p.set_defaults(func=cmd_generate_people)
+
+    key = commands.add_parser("key", help="manage primary keys", description="Manage primary keys.")
+    key_commands = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    p = key_commands.add_parser("create", help="create a primary key and print its id",
+                                description="Create an AES-256 primary key; print its id.")
+    _add_kms(p)
+    p.add_argument("--description", default="", help="free text stored with the key")
+    p.set_defaults(func=cmd_key_create)
+    p = key_commands.add_parser("list", help="list primary keys", description="List primary keys.")
+    _add_kms(p)
+    p.set_defaults(func=cmd_key_list)
+
+    for name, func, text in (
+        ("encrypt", cmd_encrypt, "Encrypt a file, or a directory recursively (names kept)."),
+        ("decrypt", cmd_decrypt, "Decrypt a file, or a directory recursively (names kept)."),
+    ):
+        p = commands.add_parser(
+            name,
+            help=text.split(",")[0].lower(),
+            description=text + " Output appears only when complete and verified; in directory "
+            "mode names starting with '.' or '_' (Hadoop metadata such as _SUCCESS) are skipped.",
+        )
+        p.add_argument("src", metavar="SRC")
+        p.add_argument("dst", metavar="DST")
+        _add_kms(p)
+        p.add_argument(
+            "--mode",
+            choices=[ENVELOPE_MODE, LEGACY_MODE],
+            default=ENVELOPE_MODE,
+            help="ppml (default): the ppml envelope format; AES/CBC/PKCS5Padding: BigDL PPML's "
+            "legacy format, for migrating data",
+        )
+        p.add_argument("--bigdl-primary-key", metavar="FILE",
+                       help="BigDL plaintext primary key file (base64), for the legacy mode")
+        p.add_argument("--force", action="store_true", help="replace DST if it exists")
+        if name == "encrypt":
+            p.add_argument("--key", metavar="KEY_ID", help="primary key id (from `ppml key create`)")
+            p.add_argument("--segment-size", type=_segment_size, default=1 << 20, metavar="BYTES",
+                           help="ciphertext segment size (default 1 MiB)")
+        else:
+            p.add_argument(
+                "--unsafe-allow-weak-legacy-keys",
+                action="store_true",
+                help="read BigDL files whose keys give no real protection (warns every time)",
+            )
+        p.set_defaults(func=func)
+
+    p = commands.add_parser(
+        "demo",
+        help="run the whole workflow on embedded defaults",
+        description="Generate people.csv, create a key, encrypt, decrypt and compare.",
+    )
+    p.add_argument("--workdir", default=".demo", help="where the demo keeps its files")
+    p.add_argument("--rows", type=_positive_int, default=1_000_000)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    print(f"ppml: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.simplefilter("always", UnsafeWarning)
+    warnings.showwarning = _show_warning
+    try:
+        return int(args.func(args))
+    except PpmlError as exc:
+        print(f"ppml: error: {exc.diagnostics()}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ppml: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""The layering of DESIGN.md, enforced: ppml.core imports nothing from higher layers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_layers_hold() -> None:
+    lint = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run(
+        [str(lint), str(ROOT / "pyproject.toml"), "--no-cache"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Contracts: 1 kept, 0 broken" in result.stdout
+
+
+def test_core_imports_no_framework() -> None:
+    """ppml.core may use the stdlib and cryptography only: no network or framework modules."""
+    code = (
+        "import sys, ppml.core, ppml.core.envelope, ppml.core.keys;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'pyspark','pyarrow','httpx','requests','fastapi','sqlalchemy','numpy','tqdm','urllib3'});"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -1,0 +1,369 @@
+"""The ``ppml`` command: each subcommand, its exit codes and its messages, run for real."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ppml.cli.main import main
+from ppml.core.keys import SECRET_ACCESS
+from ppml.kms.local import LocalKeyStore
+
+PPML = [sys.executable, "-m", "ppml.cli.main"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PPML, *args], capture_output=True, text=True, env=env, check=False)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture()
+def kms(tmp_path: Path) -> str:
+    return f"local:{tmp_path / 'keys'}"
+
+
+@pytest.fixture()
+def key_id(kms: str, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["key", "create", "--kms", kms]) == 0
+    return capsys.readouterr().out.strip()
+
+
+# -- generate-people ---------------------------------------------------------------------------
+
+
+def test_generate_people_writes_the_documented_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "people.csv"
+    assert main(["generate-people", str(path), "20000", "--seed", "7"]) == 0
+    printed = capsys.readouterr().out.strip()
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["name", "age", "job"]
+    body = rows[1:]
+    assert len(body) == 20000
+    assert all(3 <= len(n) <= 7 and n.isalpha() and n.islower() for n, _, _ in body)
+    ages = [int(a) for _, a, _ in body]
+    assert min(ages) == 18 and max(ages) == 60
+    jobs = {j for _, _, j in body}
+    assert jobs == {"Developer", "Engineer", "Researcher"}
+    expected = sum(1 for _, a, j in body if j == "Developer" and 20 <= int(a) <= 40)
+    assert printed == f"Num of Developer age between 20,40 is {expected}"
+    # roughly uniform: each job near a third, each age near 1/43
+    for job in jobs:
+        share = sum(1 for r in body if r[2] == job) / len(body)
+        assert 0.30 < share < 0.37
+
+
+def test_generate_people_is_reproducible_with_a_seed(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
+    assert main(["generate-people", str(a), "1000", "--seed", "1"]) == 0
+    assert main(["generate-people", str(b), "1000", "--seed", "1"]) == 0
+    assert main(["generate-people", str(c), "1000", "--seed", "2"]) == 0
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+
+
+def test_generate_people_zero_rows_is_just_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    assert main(["generate-people", str(path), "0"]) == 0
+    assert path.read_text() == "name,age,job\n"
+
+
+def test_generate_people_rejects_negative_rows(tmp_path: Path) -> None:
+    result = run("generate-people", str(tmp_path / "p.csv"), "-5")
+    assert result.returncode == 2
+    assert "non-negative" in result.stderr
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+def test_key_create_and_list(kms: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["key", "create", "--kms", kms, "--description", "for tests"]) == 0
+    key_id = capsys.readouterr().out.strip()
+    assert len(key_id) == 36
+    assert main(["key", "list", "--kms", kms]) == 0
+    listing = capsys.readouterr().out
+    assert key_id in listing and "for tests" in listing and "enabled" in listing
+
+
+def test_default_kms_comes_from_the_environment(tmp_path: Path) -> None:
+    env = {**os.environ, "PPML_KMS": f"local:{tmp_path / 'store'}"}
+    created = run("key", "create", env=env)
+    assert created.returncode == 0, created.stderr
+    assert (tmp_path / "store" / f"{created.stdout.strip()}.key").exists()
+
+
+def test_unknown_kms_scheme_is_a_usage_error(tmp_path: Path) -> None:
+    result = run("key", "create", "--kms", "vault+https://example.invalid")
+    assert result.returncode == 2
+    assert "unknown scheme" in result.stderr and "local" in result.stderr
+
+
+# -- encrypt / decrypt a file ------------------------------------------------------------------
+
+
+def test_encrypt_decrypt_file_round_trip(tmp_path: Path, kms: str, key_id: str) -> None:
+    src = tmp_path / "people.csv"
+    main(["generate-people", str(src), "5000", "--seed", "3"])
+    enc, dec = tmp_path / "people.ppml", tmp_path / "people.out.csv"
+    assert main(["encrypt", str(src), str(enc), "--key", key_id, "--kms", kms]) == 0
+    assert enc.read_bytes()[:4] == b"PPML"
+    assert src.read_bytes() not in enc.read_bytes()
+    assert main(["decrypt", str(enc), str(dec), "--kms", kms]) == 0
+    assert dec.read_bytes() == src.read_bytes()
+
+
+def test_output_is_not_overwritten_without_force(tmp_path: Path, kms: str, key_id: str) -> None:
+    src = tmp_path / "a.txt"
+    src.write_text("hello")
+    dst = tmp_path / "a.ppml"
+    dst.write_text("precious")
+    result = run("encrypt", str(src), str(dst), "--key", key_id, "--kms", kms)
+    assert result.returncode == 3 and "already exists" in result.stderr
+    assert dst.read_text() == "precious"
+    assert run("encrypt", str(src), str(dst), "--key", key_id, "--kms", kms, "--force").returncode == 0
+    assert dst.read_bytes()[:4] == b"PPML"
+
+
+def test_encrypt_needs_a_key(tmp_path: Path, kms: str) -> None:
+    src = tmp_path / "a.txt"
+    src.write_text("x")
+    result = run("encrypt", str(src), str(tmp_path / "b"), "--kms", kms)
+    assert result.returncode == 2 and "--key" in result.stderr
+
+
+def test_encrypt_with_unknown_key(tmp_path: Path, kms: str, key_id: str) -> None:
+    src = tmp_path / "a.txt"
+    src.write_text("x")
+    result = run("encrypt", str(src), str(tmp_path / "b"), "--kms", kms, "--key", "no-such-key")
+    assert result.returncode == 6 and "no key 'no-such-key'" in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
+# -- bad input: every case exits non-zero, says why, and loses nothing -------------------------
+
+
+@pytest.fixture()
+def encrypted(tmp_path: Path, kms: str, key_id: str) -> Path:
+    src = tmp_path / "plain.bin"
+    src.write_bytes(os.urandom(3 * 4096 * 5 + 123))
+    enc = tmp_path / "plain.ppml"
+    assert main(["encrypt", str(src), str(enc), "--key", key_id, "--kms", kms, "--segment-size", "4096"]) == 0
+    return enc
+
+
+def _assert_clean_failure(result: subprocess.CompletedProcess[str], code: int, text: str, src: Path,
+                          before: str, out: Path) -> None:
+    assert result.returncode == code, result.stderr
+    assert text in result.stderr
+    assert "Traceback" not in result.stderr
+    assert digest(src) == before, "the source was modified"
+    assert not out.exists(), "a failed run left output behind"
+    assert not list(out.parent.glob(f".{out.name}*")), "a failed run left a temporary file behind"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["flip-header", "flip-body", "truncate-boundary", "truncate-inside", "extend", "swap", "empty"],
+)
+def test_damaged_file_fails_cleanly(tmp_path: Path, kms: str, encrypted: Path, damage: str) -> None:
+    data = bytearray(encrypted.read_bytes())
+    header_len = int.from_bytes(data[5:9], "big")
+    body = header_len
+    if damage == "flip-header":
+        data[header_len - 3] ^= 0x01
+    elif damage == "flip-body":
+        data[len(data) // 2] ^= 0x80
+    elif damage == "truncate-boundary":
+        data = data[: body + 4096 * 2]
+    elif damage == "truncate-inside":
+        data = data[: body + 4096 * 2 + 1000]
+    elif damage == "extend":
+        data += b"\0" * 100
+    elif damage == "swap":
+        s1, s2 = body + 4096, body + 2 * 4096
+        data[s1:s2], data[s2 : s2 + 4096] = data[s2 : s2 + 4096], data[s1:s2]
+    elif damage == "empty":
+        data = bytearray()
+    encrypted.write_bytes(bytes(data))
+    before = digest(encrypted)
+    out = tmp_path / "out.bin"
+    result = run("decrypt", str(encrypted), str(out), "--kms", kms)
+    expected = "not a ppml encrypted file" if damage == "empty" else "cannot decrypt"
+    _assert_clean_failure(result, 4, expected, encrypted, before, out)
+
+
+def test_not_a_ppml_file(tmp_path: Path, kms: str, key_id: str) -> None:
+    src = tmp_path / "people.csv"
+    src.write_text("name,age,job\nann,30,Developer\n")
+    before = digest(src)
+    out = tmp_path / "out.csv"
+    result = run("decrypt", str(src), str(out), "--kms", kms)
+    _assert_clean_failure(result, 4, "not a ppml encrypted file", src, before, out)
+    assert "AES/CBC/PKCS5Padding" in result.stderr  # the hint names the legacy mode
+
+
+def test_wrong_key_store(tmp_path: Path, encrypted: Path) -> None:
+    other = f"local:{tmp_path / 'other-keys'}"
+    assert run("key", "create", "--kms", other).returncode == 0
+    before = digest(encrypted)
+    out = tmp_path / "out.bin"
+    result = run("decrypt", str(encrypted), str(out), "--kms", other)
+    _assert_clean_failure(result, 4, "cannot decrypt", encrypted, before, out)
+    assert "pass the right --kms" in result.stderr
+
+
+def test_wrong_key_material_with_the_same_id(tmp_path: Path, kms: str, key_id: str, encrypted: Path) -> None:
+    key_file = tmp_path / "keys" / f"{key_id}.key"
+    text = key_file.read_text()
+    import base64
+    import json
+
+    record = json.loads(text)
+    record["material"] = base64.b64encode(os.urandom(32)).decode()
+    key_file.write_text(json.dumps(record))
+    before = digest(encrypted)
+    out = tmp_path / "out.bin"
+    result = run("decrypt", str(encrypted), str(out), "--kms", kms)
+    _assert_clean_failure(result, 4, "cannot decrypt", encrypted, before, out)
+
+
+def test_missing_key_store(tmp_path: Path, encrypted: Path) -> None:
+    before = digest(encrypted)
+    out = tmp_path / "out.bin"
+    result = run("decrypt", str(encrypted), str(out), "--kms", f"local:{tmp_path / 'nowhere'}")
+    _assert_clean_failure(result, 6, "no such key store", encrypted, before, out)
+
+
+def test_key_file_with_open_permissions_is_refused(tmp_path: Path, kms: str, key_id: str,
+                                                  encrypted: Path) -> None:
+    (tmp_path / "keys" / f"{key_id}.key").chmod(0o644)
+    before = digest(encrypted)
+    out = tmp_path / "out.bin"
+    result = run("decrypt", str(encrypted), str(out), "--kms", kms)
+    _assert_clean_failure(result, 6, "too open", encrypted, before, out)
+
+
+def test_malformed_key_file(tmp_path: Path, kms: str, key_id: str, encrypted: Path) -> None:
+    key_file = tmp_path / "keys" / f"{key_id}.key"
+    key_file.write_text("{not json")
+    before = digest(encrypted)
+    out = tmp_path / "out.bin"
+    result = run("decrypt", str(encrypted), str(out), "--kms", kms)
+    _assert_clean_failure(result, 6, "malformed key file", encrypted, before, out)
+
+
+def test_missing_input(tmp_path: Path, kms: str) -> None:
+    result = run("decrypt", str(tmp_path / "nope"), str(tmp_path / "out"), "--kms", kms)
+    assert result.returncode == 3 and "no such file or directory" in result.stderr
+
+
+def test_directory_where_a_file_is_expected(tmp_path: Path, kms: str, encrypted: Path) -> None:
+    out_dir = tmp_path / "existing-dir"
+    out_dir.mkdir()
+    result = run("decrypt", str(encrypted), str(out_dir), "--kms", kms, "--force")
+    assert result.returncode == 3 and "is a directory" in result.stderr
+    assert list(out_dir.iterdir()) == []
+
+
+def test_help_for_every_command() -> None:
+    for args in (["--help"], ["generate-people", "--help"], ["key", "create", "--help"],
+                 ["key", "list", "--help"], ["encrypt", "--help"], ["decrypt", "--help"],
+                 ["demo", "--help"]):
+        result = run(*args)
+        assert result.returncode == 0, args
+        assert "usage: ppml" in result.stdout
+
+
+# -- directories -------------------------------------------------------------------------------
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_directory_round_trip_keeps_names(tmp_path: Path, kms: str, key_id: str) -> None:
+    src = tmp_path / "in"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "top.csv").write_text("x,y\n1,2\n")
+    (src / "a" / "mid.bin").write_bytes(os.urandom(70_000))
+    (src / "a" / "b" / "deep.txt").write_text("deep")
+    (src / "a" / "b" / "empty").write_bytes(b"")
+    (src / "_SUCCESS").write_bytes(b"")
+    (src / ".part.crc").write_bytes(b"crc")
+    enc, dec = tmp_path / "enc", tmp_path / "dec"
+    assert main(["encrypt", str(src), str(enc), "--key", key_id, "--kms", kms]) == 0
+    assert sorted(_tree(enc)) == ["a/b/deep.txt", "a/b/empty", "a/mid.bin", "top.csv"]
+    assert all(v[:4] == b"PPML" for v in _tree(enc).values())
+    assert main(["decrypt", str(enc), str(dec), "--kms", kms]) == 0
+    expected = {k: v for k, v in _tree(src).items() if not k.startswith(("_", "."))}
+    assert _tree(dec) == expected
+
+
+def test_failed_directory_decrypt_leaves_nothing(tmp_path: Path, kms: str, key_id: str) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        (src / f"part-{i}").write_bytes(os.urandom(10_000))
+    enc = tmp_path / "enc"
+    assert main(["encrypt", str(src), str(enc), "--key", key_id, "--kms", kms]) == 0
+    victim = enc / "part-2"
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 1
+    victim.write_bytes(bytes(data))
+    dec = tmp_path / "dec"
+    result = run("decrypt", str(enc), str(dec), "--kms", kms)
+    assert result.returncode == 4 and "part-2" in result.stderr
+    assert not dec.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc", "in", "keys"]
+
+
+def test_directory_output_replaced_only_with_force(tmp_path: Path, kms: str, key_id: str) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "f").write_text("new")
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "old").write_text("old")
+    assert run("encrypt", str(src), str(dst), "--key", key_id, "--kms", kms).returncode == 3
+    assert (dst / "old").exists()
+    assert main(["encrypt", str(src), str(dst), "--key", key_id, "--kms", kms, "--force"]) == 0
+    assert sorted(_tree(dst)) == ["f"]
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+
+def test_no_key_material_in_output(tmp_path: Path, kms: str, key_id: str, encrypted: Path) -> None:
+    store = LocalKeyStore(tmp_path / "keys")
+    import json
+
+    primary_b64 = json.loads((tmp_path / "keys" / f"{key_id}.key").read_text())["material"]
+    generated = store.generate_data_key(key_id)
+    data_key = generated.data_key.export(SECRET_ACCESS)
+    outputs = []
+    for args in (["key", "list", "--kms", kms], ["decrypt", str(encrypted), str(tmp_path / "o"), "--kms", kms],
+                 ["decrypt", str(encrypted), str(tmp_path / "o"), "--kms", kms]):
+        result = run(*args)
+        outputs.append(result.stdout + result.stderr)
+    text = "\n".join(outputs)
+    assert primary_b64 not in text
+    assert data_key.hex() not in text
+    assert "already exists" in text  # the second decrypt failed, and said why
+
+
+def test_demo_runs_twice_without_cleanup(tmp_path: Path) -> None:
+    for _ in range(2):
+        result = run("demo", "--workdir", str(tmp_path / "demo"), "--rows", "3000", "--seed", "5")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "OK: Num of Developer age between 20,40 is" in result.stdout
+    keys = list((tmp_path / "demo" / "keys").glob("*.key"))
+    assert len(keys) == 1  # the second run reused the demo key
