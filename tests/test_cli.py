@@ -367,3 +367,68 @@ def test_demo_runs_twice_without_cleanup(tmp_path: Path) -> None:
         assert "OK: Num of Developer age between 20,40 is" in result.stdout
     keys = list((tmp_path / "demo" / "keys").glob("*.key"))
     assert len(keys) == 1  # the second run reused the demo key
+
+
+# -- BigDL legacy files through the CLI --------------------------------------------------------
+
+
+def test_legacy_bigdl_file_through_the_cli(tmp_path: Path) -> None:
+    import base64
+
+    from bigdl_vectors import write_bigdl_file
+
+    primary = os.urandom(32)
+    key_file = tmp_path / "primary.key"
+    key_file.write_text(base64.b64encode(primary).decode())
+    plaintext = b"name,age,job\nann,30,Developer\n" * 1000
+    strong_text = base64.b64encode(os.urandom(32))  # 44 characters: no zero padding
+    src = tmp_path / "people.cbc"
+    src.write_bytes(write_bigdl_file(plaintext, primary_key=primary, data_key_text=strong_text,
+                                     iv=os.urandom(16)).data)
+    out = tmp_path / "people.csv"
+    result = run("decrypt", str(src), str(out), "--mode", "AES/CBC/PKCS5Padding",
+                 "--bigdl-primary-key", str(key_file))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == plaintext
+
+    # BigDL's own key generation (24-character text) is weak: refused unless explicitly allowed.
+    weak_text = base64.b64encode(os.urandom(16))
+    src.write_bytes(write_bigdl_file(plaintext, primary_key=primary, data_key_text=weak_text,
+                                     iv=os.urandom(16)).data)
+    out.unlink()
+    before = digest(src)
+    result = run("decrypt", str(src), str(out), "--mode", "AES/CBC/PKCS5Padding",
+                 "--bigdl-primary-key", str(key_file))
+    _assert_clean_failure(result, 5, "weak BigDL legacy key", src, before, out)
+    assert "--unsafe-allow-weak-legacy-keys" in result.stderr
+    result = run("decrypt", str(src), str(out), "--mode", "AES/CBC/PKCS5Padding",
+                 "--bigdl-primary-key", str(key_file), "--unsafe-allow-weak-legacy-keys")
+    assert result.returncode == 0, result.stderr
+    assert "ppml: warning:" in result.stderr
+    assert out.read_bytes() == plaintext
+
+
+def test_legacy_mode_needs_the_primary_key(tmp_path: Path) -> None:
+    src = tmp_path / "x"
+    src.write_bytes(b"x" * 500)
+    result = run("decrypt", str(src), str(tmp_path / "y"), "--mode", "AES/CBC/PKCS5Padding")
+    assert result.returncode == 2 and "--bigdl-primary-key" in result.stderr
+
+
+def test_legacy_encrypt_warns_and_round_trips(tmp_path: Path) -> None:
+    import base64
+
+    key_file = tmp_path / "primary.key"
+    key_file.write_text(base64.b64encode(os.urandom(16)).decode())
+    src, enc, dec = tmp_path / "a.csv", tmp_path / "a.cbc", tmp_path / "b.csv"
+    src.write_bytes(os.urandom(5000))
+    args = ["--mode", "AES/CBC/PKCS5Padding", "--bigdl-primary-key", str(key_file)]
+    result = run("encrypt", str(src), str(enc), *args)
+    assert result.returncode == 0 and "legacy" in result.stderr.lower() and "warning" in result.stderr
+    assert run("decrypt", str(enc), str(dec), *args).returncode == 0
+    assert dec.read_bytes() == src.read_bytes()
+
+
+def test_weak_key_flag_is_only_for_the_legacy_mode(tmp_path: Path, encrypted: Path, kms: str) -> None:
+    result = run("decrypt", str(encrypted), str(tmp_path / "o"), "--kms", kms, "--unsafe-allow-weak-legacy-keys")
+    assert result.returncode == 2

@@ -20,8 +20,14 @@ Foreign exceptions (OS, HTTP, SQL, Spark) are mapped only at adapter boundaries,
     ├── WeakLegacyKey                 exit 5   a BigDL legacy key that gives no real protection
     └── KeyServiceError               exit 6   a key service (local store or remote KMS) failed
         ├── KeyNotFound                        unknown key id (or one of another tenant)
+        ├── KeyDisabled                        the key exists but is disabled or pending deletion
         ├── KeyStoreUnreadable                 the key store or a key file cannot be read
-        └── KmsUnavailable                     the key service cannot be reached
+        ├── RootKeyMismatch                    the KMS database was sealed with another root key
+        ├── KmsUnavailable                     the key service cannot be reached (or its storage)
+        ├── AuthenticationFailed               unknown app, bad signature or apikey
+        │   └── ReplayedRequest                a request (timestamp/nonce) seen before, or stale
+        ├── PermissionDenied                   authenticated, but not allowed to do this
+        └── KmsRequestRejected                 the service refused the request as malformed
 
 Warnings: ``UnsafeWarning`` (a ``UserWarning``) is emitted on every use of an unsafe option.
 
@@ -33,6 +39,12 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "AuthenticationFailed",
+    "KeyDisabled",
+    "KmsRequestRejected",
+    "PermissionDenied",
+    "ReplayedRequest",
+    "RootKeyMismatch",
     "InputError",
     "InputNotFound",
     "InvalidCiphertext",
@@ -173,6 +185,39 @@ class KeyStoreUnreadable(KeyServiceError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"key store {path}: {reason}")
+
+
+class KeyDisabled(KeyServiceError):
+    """The key exists and belongs to the caller but is disabled or scheduled for deletion."""
+
+    def __init__(self, key_id: str, state: str) -> None:
+        self.key_id = key_id
+        self.state = state
+        super().__init__(f"key {key_id!r} is {state}")
+
+
+class RootKeyMismatch(KeyServiceError):
+    """The database's records were sealed under a different root key than the one supplied."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(f"the root key does not open {where}: refusing to start")
+        self.hint = "start with the root key (file or passphrase) this database was created with"
+
+
+class AuthenticationFailed(KeyServiceError):
+    """The caller could not be authenticated (unknown app, wrong signature or apikey)."""
+
+
+class ReplayedRequest(AuthenticationFailed):
+    """The request's timestamp or nonce was used before, or lies outside the accepted window."""
+
+
+class PermissionDenied(KeyServiceError):
+    """The caller is authenticated but may not perform this operation."""
+
+
+class KmsRequestRejected(KeyServiceError):
+    """The key service refused the request as malformed or out of bounds."""
 
 
 class KmsUnavailable(KeyServiceError):
