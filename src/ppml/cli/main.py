@@ -31,7 +31,8 @@ def _add_kms(parser: argparse.ArgumentParser) -> None:
         "--kms",
         default=None,
         metavar="URI",
-        help=f"key service: local: (default store ~/.ppml/keys), local:DIR; default ${DEFAULT_KMS_ENV} "
+        help="key service: local: (store in ~/.ppml/keys), local:DIR, ppml+https://HOST:PORT, "
+        f"ehsm+https://HOST:PORT (remote ones take ?credentials=FILE&ca=FILE); default ${DEFAULT_KMS_ENV} "
         "or local:",
     )
 
@@ -208,6 +209,79 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     )
 
 
+# -- serve and kms operator commands -----------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ppml.kms.serve import ServeOptions, serve
+
+    return serve(ServeOptions(
+        data_dir=Path(args.data_dir), host=args.host, port=args.port, db_url=args.db,
+        tls_dev=args.tls_dev, tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None, open_enrollment=args.open_enrollment,
+        passphrase_file=Path(args.root_key_passphrase_file) if args.root_key_passphrase_file else None,
+    ))
+
+
+def _remote(args: argparse.Namespace, credentials_file: str | None = None):  # type: ignore[no-untyped-def]
+    from ppml.kms.remote import KmsEndpoint, RemoteKms, load_credentials
+
+    uri = args.kms or _default_kms()
+    if not uri.startswith(("https://", "ppml+https://")):
+        raise UsageError(f"this command needs the native KMS API (ppml+https://HOST:PORT), not {uri!r}")
+    endpoint = KmsEndpoint.parse(uri)
+    credentials = load_credentials(credentials_file) if credentials_file else None
+    return RemoteKms(endpoint, credentials)
+
+
+def cmd_kms_enroll(args: argparse.Namespace) -> int:
+    from ppml.kms.remote import KmsEndpoint, enroll_open, write_credentials
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise OutputExists(out)
+    if args.admin_credentials:
+        credentials = _remote(args, args.admin_credentials).enroll()
+    else:
+        credentials = enroll_open(KmsEndpoint.parse(args.kms or _default_kms()))
+    write_credentials(out, credentials.appid, credentials.apikey.decode())
+    print(credentials.appid)
+    print(f"credentials written to {out} (mode 0600)", file=sys.stderr)
+    return 0
+
+
+def cmd_kms_keys(args: argparse.Namespace) -> int:
+    kms = _remote(args)
+    for info in kms.list_keys():
+        state = "enabled" if info.enabled else "disabled"
+        print(f"{info.key_id}\t{info.created.isoformat(timespec='seconds')}\t{state}\t{info.description}")
+    return 0
+
+
+def cmd_kms_rotate(args: argparse.Namespace) -> int:
+    result = _remote(args).rotate(args.key_id)
+    print(f"{result['key_id']} now at version {result['current_version']}")
+    return 0
+
+
+def cmd_kms_audit_verify(args: argparse.Namespace) -> int:
+    from ppml.kms.service import KmsService
+
+    service, _ = KmsService.open(
+        data_dir=Path(args.data_dir), db_url=args.db,
+        passphrase_file=Path(args.root_key_passphrase_file) if args.root_key_passphrase_file else None,
+    )
+    try:
+        report = service.verify_audit()
+    finally:
+        service.close()
+    if report.ok:
+        print(f"audit log intact: {report.records} records, chain verified")
+        return 0
+    print(f"audit log BROKEN after {report.records} good records: {report.problem}", file=sys.stderr)
+    return 7
+
+
 # -- demo --------------------------------------------------------------------------------------
 
 
@@ -302,6 +376,55 @@ def build_parser() -> argparse.ArgumentParser:
                 help="read BigDL files whose keys give no real protection (warns every time)",
             )
         p.set_defaults(func=func)
+
+    p = commands.add_parser(
+        "serve",
+        help="run the key management service (HTTPS)",
+        description="Run the KMS: native API under /v1, eHSM-compatible API under /ehsm, /healthz, "
+        "/metrics. On first start it writes DATA_DIR/admin.credentials (0600) and a root key.",
+    )
+    p.add_argument("--data-dir", required=True, help="state: database, root key, admin credentials, TLS")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--db", metavar="URL", help="postgresql://user@host/db for shared storage "
+                   "(password via ~/.pgpass); default SQLite in DATA_DIR")
+    p.add_argument("--tls-dev", action="store_true", help="make (once) a private CA and server certificate "
+                   "under DATA_DIR/tls; clients verify against DATA_DIR/tls/ca.pem")
+    p.add_argument("--tls-cert", metavar="FILE")
+    p.add_argument("--tls-key", metavar="FILE")
+    p.add_argument("--open-enrollment", action="store_true",
+                   help="let anyone enroll applications without the admin credential (demos only; warns)")
+    p.add_argument("--root-key-passphrase-file", metavar="FILE",
+                   help="derive the root key from this passphrase (scrypt) instead of DATA_DIR/root.key")
+    p.set_defaults(func=cmd_serve)
+
+    kms_parser = commands.add_parser("kms", help="KMS operator commands", description="KMS operator commands.")
+    kms_commands = kms_parser.add_subparsers(dest="kms_command", metavar="ACTION", required=True)
+    p = kms_commands.add_parser("enroll", help="enroll an application; write its credentials file",
+                                description="Enroll an application and write {appid, apikey} to OUT (0600).")
+    _add_kms(p)
+    p.add_argument("--admin-credentials", metavar="FILE", help="the server's admin.credentials")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the new credentials")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_kms_enroll)
+    p = kms_commands.add_parser("keys", help="list this app's keys", description="List this app's keys.")
+    _add_kms(p)
+    p.set_defaults(func=cmd_kms_keys)
+    p = kms_commands.add_parser("rotate", help="add a new version to a primary key",
+                                description="Rotate a primary key: new wraps use a new version; old "
+                                "versions still unwrap.")
+    _add_kms(p)
+    p.add_argument("key_id", metavar="KEY_ID")
+    p.set_defaults(func=cmd_kms_rotate)
+    audit = kms_commands.add_parser("audit", help="the audit log", description="The KMS audit log.")
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    p = audit_commands.add_parser("verify", help="verify the hash chain of the audit log",
+                                  description="Verify that no audit record was altered, deleted or reordered "
+                                  "(reads the database directly; needs the root key).")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--db", metavar="URL")
+    p.add_argument("--root-key-passphrase-file", metavar="FILE")
+    p.set_defaults(func=cmd_kms_audit_verify)
 
     p = commands.add_parser(
         "demo",

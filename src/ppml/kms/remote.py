@@ -1,0 +1,312 @@
+"""Remote KMS clients over HTTPS: the native API (``ppml+https://`` or ``https://``).
+
+Where the secrets come from (never from argv)::
+
+    credentials  JSON {"appid": …, "apikey": …} in a file with mode 0600, named by the URI's
+                 ``credentials=`` query parameter or by $PPML_KMS_CREDENTIALS
+    CA bundle    the URI's ``ca=`` parameter or $PPML_KMS_CA; else the system trust store
+
+``uri`` (what goes into file headers) is the URI without its query, so no path to a secret is
+recorded with the data. TLS certificates are always verified.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+from ppml.core.keys import DATA_KEY_SIZE, SECRET_ACCESS, DataKey, GeneratedDataKey, KeyInfo
+from ppml.errors import (
+    AuthenticationFailed,
+    InvalidCiphertext,
+    KeyDisabled,
+    KeyNotFound,
+    KeyServiceError,
+    KeyStoreUnreadable,
+    KmsRequestRejected,
+    KmsUnavailable,
+    PermissionDenied,
+    ReplayedRequest,
+    UsageError,
+)
+from ppml.kms import signing
+from ppml.kms.tls import client_context
+
+__all__ = ["ClientCredentials", "KmsEndpoint", "RemoteKms", "load_credentials"]
+
+CREDENTIALS_ENV = "PPML_KMS_CREDENTIALS"
+CA_ENV = "PPML_KMS_CA"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientCredentials:
+    appid: str
+    apikey: bytes = dataclasses.field(repr=False)
+
+
+def load_credentials(path: Path | str) -> ClientCredentials:
+    """Read a credentials file; refuse one that group or others can read."""
+    path = Path(path).expanduser()
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such credentials file") from None
+    except OSError as exc:
+        raise KeyStoreUnreadable(path, exc.strerror or "cannot open") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if mode & 0o077:
+            raise KeyStoreUnreadable(path, f"permissions {stat.S_IMODE(mode):04o} are too open; run chmod 600")
+        try:
+            record = json.loads(f.read(16 << 10))
+            return ClientCredentials(str(record["appid"]), str(record["apikey"]).encode())
+        except (ValueError, KeyError, TypeError):
+            raise KeyStoreUnreadable(path, "not a credentials file (JSON with appid and apikey)") from None
+
+
+def write_credentials(path: Path, appid: str, apikey: str) -> None:
+    """Write credentials with mode 0600 (created so; never widened)."""
+    path = path.expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"appid": appid, "apikey": apikey}, f)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KmsEndpoint:
+    """A parsed KMS URI: where to connect, how to verify it, whose credentials to use."""
+
+    scheme: str
+    base_url: str
+    credentials_path: Path | None
+    ca_path: Path | None
+
+    @property
+    def uri(self) -> str:
+        return f"{self.scheme}://{urlsplit(self.base_url).netloc}"
+
+    @classmethod
+    def parse(cls, uri: str, environ: Mapping[str, str] | None = None) -> KmsEndpoint:
+        environ = os.environ if environ is None else environ
+        parts = urlsplit(uri)
+        if parts.username or parts.password:
+            raise UsageError("put KMS credentials in a file (credentials=PATH), not in the URI")
+        if not parts.hostname:
+            raise UsageError(f"no host in KMS URI {uri!r}")
+        query = parse_qs(parts.query)
+        unknown = set(query) - {"credentials", "ca"}
+        if unknown:
+            raise UsageError(f"unknown KMS URI parameter(s): {', '.join(sorted(unknown))}")
+        credentials = query.get("credentials", [environ.get(CREDENTIALS_ENV, "")])[0]
+        ca = query.get("ca", [environ.get(CA_ENV, "")])[0]
+        return cls(
+            scheme=parts.scheme,
+            base_url=f"https://{parts.netloc}{parts.path.rstrip('/')}",
+            credentials_path=Path(credentials).expanduser() if credentials else None,
+            ca_path=Path(ca).expanduser() if ca else None,
+        )
+
+
+_ERRORS: dict[str, type[KeyServiceError]] = {
+    "AuthenticationFailed": AuthenticationFailed,
+    "ReplayedRequest": ReplayedRequest,
+    "PermissionDenied": PermissionDenied,
+    "KeyDisabled": KeyDisabled,
+    "KmsRequestRejected": KmsRequestRejected,
+    "KmsUnavailable": KmsUnavailable,
+}
+
+
+class HttpTransport:
+    """An httpx client with verified TLS; maps transport faults to ``KmsUnavailable``."""
+
+    def __init__(self, endpoint: KmsEndpoint, *, transport: httpx.BaseTransport | None = None,
+                 timeout: float = 30.0) -> None:
+        self.endpoint = endpoint
+        self.client = httpx.Client(
+            base_url=endpoint.base_url,
+            verify=client_context(endpoint.ca_path),
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": "ppml-kms-client/1"},
+        )
+
+    def send(self, method: str, path: str, *, body: bytes = b"", headers: dict[str, str] | None = None,
+             params: dict[str, str] | None = None) -> httpx.Response:
+        try:
+            return self.client.request(method, path, content=body or None, headers=headers, params=params)
+        except httpx.TransportError as exc:
+            raise KmsUnavailable(self.endpoint.uri, _transport_reason(exc)) from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _transport_reason(exc: httpx.TransportError) -> str:
+    text = str(exc) or type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"TLS certificate not trusted ({text.split(']')[-1].strip() or text}); pass ca=PATH or ${CA_ENV}"
+    return text
+
+
+class RemoteKms:
+    """``KeyManagementService`` over the native ``/v1`` API of ``ppml serve``."""
+
+    def __init__(self, endpoint: KmsEndpoint, credentials: ClientCredentials | None = None, *,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        if credentials is None:
+            if endpoint.credentials_path is None:
+                raise UsageError(f"no credentials for {endpoint.uri}: set credentials=PATH or ${CREDENTIALS_ENV}")
+            credentials = load_credentials(endpoint.credentials_path)
+        self._endpoint = endpoint
+        self._credentials = credentials
+        self._http = HttpTransport(endpoint, transport=transport)
+
+    @classmethod
+    def from_uri(cls, uri: str) -> RemoteKms:
+        return cls(KmsEndpoint.parse(uri))
+
+    @property
+    def uri(self) -> str:
+        return self._endpoint.uri
+
+    @property
+    def appid(self) -> str:
+        return self._credentials.appid
+
+    def __repr__(self) -> str:
+        return f"RemoteKms({self.uri!r}, appid={self._credentials.appid!r})"
+
+    def request(self, method: str, path: str, payload: dict[str, Any] | None = None,
+                *, key_id: str | None = None) -> Any:
+        body = json.dumps(payload).encode() if payload is not None else b""
+        url = httpx.URL(self._endpoint.base_url + path)
+        headers = signing.native_headers(self._credentials.appid, self._credentials.apikey, method=method,
+                                         path=url.path, body=body)
+        if body:
+            headers["Content-Type"] = "application/json"
+        response = self._http.send(method, path, body=body, headers=headers)
+        return _result(response, self.uri, key_id)
+
+    # -- KeyManagementService --
+
+    def create_primary_key(self, *, description: str = "") -> KeyInfo:
+        return _key_info(self.request("POST", "/v1/keys", {"description": description}))
+
+    def list_keys(self) -> list[KeyInfo]:
+        return [_key_info(k) for k in self.request("GET", "/v1/keys")]
+
+    def generate_data_key(self, key_id: str, *, associated_data: bytes | None = None) -> GeneratedDataKey:
+        result = self.request("POST", f"/v1/keys/{_segment(key_id)}/generate-data-key",
+                              {"length": DATA_KEY_SIZE, "aad": _b64(associated_data or b""), "include_plaintext": True},
+                              key_id=key_id)
+        return GeneratedDataKey(key_id=key_id, data_key=DataKey(_unb64(result["plaintext"])),
+                                wrapped=_unb64(result["ciphertext"]))
+
+    def unwrap_data_key(self, key_id: str, wrapped: bytes, *, associated_data: bytes | None = None) -> DataKey:
+        result = self.request("POST", f"/v1/keys/{_segment(key_id)}/decrypt",
+                              {"ciphertext": _b64(wrapped), "aad": _b64(associated_data or b"")}, key_id=key_id)
+        plaintext = _unb64(result["plaintext"])
+        if len(plaintext) != DATA_KEY_SIZE:
+            raise InvalidCiphertext()
+        return DataKey(plaintext)
+
+    # -- operator operations --
+
+    def rotate(self, key_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/keys/{_segment(key_id)}/rotate", key_id=key_id))
+
+    def rewrap(self, key_id: str, wrapped: bytes, *, associated_data: bytes | None = None) -> bytes:
+        result = self.request("POST", f"/v1/keys/{_segment(key_id)}/rewrap",
+                              {"ciphertext": _b64(wrapped), "aad": _b64(associated_data or b"")}, key_id=key_id)
+        return _unb64(result["ciphertext"])
+
+    def set_enabled(self, key_id: str, enabled: bool) -> dict[str, Any]:
+        action = "enable" if enabled else "disable"
+        return dict(self.request("POST", f"/v1/keys/{_segment(key_id)}/{action}", key_id=key_id))
+
+    def schedule_deletion(self, key_id: str, *, days: int = 7) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/keys/{_segment(key_id)}/schedule-deletion", {"days": days},
+                                 key_id=key_id))
+
+    def describe_key(self, key_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/keys/{_segment(key_id)}", key_id=key_id))
+
+    def enroll(self) -> ClientCredentials:
+        result = self.request("POST", "/v1/apps")
+        return ClientCredentials(result["appid"], result["apikey"].encode())
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def enroll_open(endpoint: KmsEndpoint, *, transport: httpx.BaseTransport | None = None) -> ClientCredentials:
+    """Enroll without credentials, against a server started with ``--open-enrollment``."""
+    http = HttpTransport(endpoint, transport=transport)
+    try:
+        result = _result(http.send("POST", "/v1/apps"), endpoint.uri, None)
+    finally:
+        http.close()
+    return ClientCredentials(result["appid"], result["apikey"].encode())
+
+
+def _segment(key_id: str) -> str:
+    if not key_id or "/" in key_id or len(key_id) > 128 or key_id in (".", ".."):
+        raise KeyNotFound(key_id)
+    return key_id
+
+
+def _result(response: httpx.Response, uri: str, key_id: str | None) -> Any:
+    if response.status_code < 400:
+        return response.json()
+    try:
+        body = response.json()
+        kind, message = str(body.get("error", "")), str(body.get("message", ""))
+    except ValueError:
+        kind, message = "", response.text[:200]
+    if response.status_code == 404 or kind == "KeyNotFound":
+        raise KeyNotFound(key_id or "?", uri)
+    if kind == "InvalidCiphertext":
+        raise InvalidCiphertext()
+    error = _ERRORS.get(kind)
+    if error is KmsUnavailable or response.status_code >= 500:
+        raise KmsUnavailable(uri, message or f"HTTP {response.status_code}")
+    if error is KeyDisabled:
+        raise KeyDisabled(key_id or "?", message.rsplit(" is ", 1)[-1] if " is " in message else "disabled")
+    if error is not None:
+        raise error(message)
+    raise KmsRequestRejected(f"{uri}: HTTP {response.status_code}: {message}")
+
+
+def _key_info(record: dict[str, Any]) -> KeyInfo:
+    from datetime import datetime
+
+    return KeyInfo(key_id=record["key_id"], created=datetime.fromisoformat(record["created"]),
+                   enabled=record["state"] == "Enabled", description=record.get("description", ""))
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+def _unb64(value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise KmsRequestRejected("the key service answered with invalid base64") from None
+
+
+__all__ += ["SECRET_ACCESS", "enroll_open", "write_credentials"]

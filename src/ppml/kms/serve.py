@@ -1,0 +1,77 @@
+"""``ppml serve``: open the KMS, build the app, run it under uvicorn with TLS."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from ppml.errors import UnsafeWarning, UsageError
+from ppml.kms.service import KmsService
+
+__all__ = ["ServeOptions", "serve"]
+
+log = logging.getLogger("ppml.kms")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ServeOptions:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 9000
+    db_url: str | None = None
+    tls_dev: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    open_enrollment: bool = False
+    passphrase_file: Path | None = None
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tls_dev and (self.tls_cert or self.tls_key):
+            raise UsageError("use either --tls-dev or --tls-cert/--tls-key")
+        if not self.tls_dev and not (self.tls_cert and self.tls_key):
+            raise UsageError("the KMS serves HTTPS only: give --tls-dev or --tls-cert F --tls-key F")
+        if self.db_url and "@" in self.db_url and ":" in self.db_url.split("://", 1)[-1].split("@", 1)[0]:
+            raise UsageError("no passwords on the command line: put it in ~/.pgpass (or PGPASSFILE) "
+                             "and give --db postgresql://user@host/db")
+
+
+def serve(options: ServeOptions) -> int:
+    import uvicorn
+
+    from ppml.kms.server import create_app
+    from ppml.kms.tls import ensure_dev_tls
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    service, admin = KmsService.open(data_dir=options.data_dir, db_url=options.db_url,
+                                     passphrase_file=options.passphrase_file)
+    if admin is not None:
+        log.info("ppml kms: first start; admin credentials written to %s (mode 0600)",
+                 options.data_dir / "admin.credentials")
+    if options.open_enrollment:
+        warnings.warn("--open-enrollment: anyone who can reach this port can enroll an application",
+                      UnsafeWarning, stacklevel=1)
+    if options.tls_dev:
+        tls = ensure_dev_tls(options.data_dir / "tls", options.host)
+        cert, key = tls.server_cert, tls.server_key
+        log.info("ppml kms: development TLS; clients verify against the CA certificate %s", tls.ca_cert)
+    else:
+        assert options.tls_cert and options.tls_key
+        cert, key = options.tls_cert, options.tls_key
+    app = create_app(service, open_enrollment=options.open_enrollment)
+    log.info("ppml kms: storage %s; listening on https://%s:%d", service.storage.display_url,
+             options.host, options.port)
+    config = uvicorn.Config(
+        app, host=options.host, port=options.port, ssl_certfile=str(cert), ssl_keyfile=str(key),
+        access_log=False, log_level="warning", server_header=False, lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
+    logging.getLogger("ppml.kms.access").setLevel(logging.INFO if options.access_log else logging.WARNING)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        service.close()
+    return 0

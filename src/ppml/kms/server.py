@@ -1,0 +1,381 @@
+"""The KMS over HTTP: the native ``/v1`` JSON API (OpenAPI at ``/openapi.json``), the
+eHSM-compatible ``/ehsm`` surface, ``/healthz`` and ``/metrics``.
+
+Wiring only: requests are authenticated (see :mod:`ppml.kms.signing`), turned into a
+:class:`~ppml.kms.service.RequestContext` and handed to :class:`~ppml.kms.service.KmsService`.
+Access logs are one JSON line per request with method, path, status, appid, duration and request
+id — never bodies, headers or query values that could hold secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from fastapi import Body, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ppml.errors import (
+    AuthenticationFailed,
+    InvalidCiphertext,
+    KeyDisabled,
+    KeyNotFound,
+    KmsRequestRejected,
+    KmsUnavailable,
+    PermissionDenied,
+    PpmlError,
+    ReplayedRequest,
+)
+from ppml.kms import signing
+from ppml.kms.service import Credentials, KeyDescription, KmsService, RequestContext
+
+__all__ = ["MAX_BODY", "create_app"]
+
+MAX_BODY: Final = 1 << 20
+access_log = logging.getLogger("ppml.kms.access")
+
+STATUS: Final[list[tuple[type[PpmlError], int]]] = [
+    (ReplayedRequest, 401),
+    (AuthenticationFailed, 401),
+    (PermissionDenied, 403),
+    (KeyNotFound, 404),
+    (KeyDisabled, 409),
+    (InvalidCiphertext, 400),
+    (KmsRequestRejected, 400),
+    (KmsUnavailable, 503),
+]
+
+
+def status_of(exc: PpmlError) -> int:
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+class _BodyLimit:
+    """Refuse bodies over ``limit`` bytes (by Content-Length, or while streaming) with 413."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await _too_large(send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send) -> None:
+    body = json.dumps({"error": "PayloadTooLarge", "message": f"request body over {MAX_BODY} bytes"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- request and response models (they also document the API in OpenAPI) ----------------------
+
+
+class CreateKeyRequest(BaseModel):
+    keyspec: str = Field("EH_AES_GCM_256", description="EH_AES_GCM_128, EH_AES_GCM_192 or EH_AES_GCM_256")
+    description: str = ""
+    release_policy: dict[str, Any] | None = Field(None, description="attestation release policy")
+
+
+class KeyResponse(BaseModel):
+    key_id: str
+    keyspec: str
+    origin: str
+    description: str
+    state: str
+    current_version: int
+    created: str
+    deletion_time: str | None
+    release_policy: dict[str, Any] | None
+
+
+class GenerateDataKeyRequest(BaseModel):
+    length: int = Field(32, ge=1, le=1024)
+    aad: str = Field("", description="base64 associated data, needed again to unwrap")
+    include_plaintext: bool = True
+
+
+class DataKeyResponse(BaseModel):
+    ciphertext: str
+    plaintext: str | None = None
+
+
+class CiphertextRequest(BaseModel):
+    ciphertext: str
+    aad: str = ""
+
+
+class PlaintextRequest(BaseModel):
+    plaintext: str
+    aad: str = ""
+
+
+class PlaintextResponse(BaseModel):
+    plaintext: str
+
+
+class CiphertextResponse(BaseModel):
+    ciphertext: str
+
+
+class ScheduleDeletionRequest(BaseModel):
+    days: int = Field(7, ge=0, le=365)
+
+
+class CredentialsResponse(BaseModel):
+    appid: str
+    apikey: str
+
+
+def _key_response(key: KeyDescription) -> KeyResponse:
+    return KeyResponse(
+        key_id=key.key_id, keyspec=key.keyspec, origin=key.origin, description=key.description,
+        state=key.state, current_version=key.current_version, created=key.created.isoformat(),
+        deletion_time=key.deletion_time.isoformat() if key.deletion_time else None,
+        release_policy=key.release_policy,
+    )
+
+
+def b64decode(value: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise KmsRequestRejected(f"{field} is not valid base64") from None
+
+
+def b64encode(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+# -- the application ---------------------------------------------------------------------------
+
+
+def create_app(
+    service: KmsService,
+    *,
+    open_enrollment: bool = False,
+    now: Callable[[], float] = time.time,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """Build the ASGI application over ``service``."""
+    app = FastAPI(
+        title="ppml KMS",
+        version="1",
+        description="Envelope-encryption key management: primary keys never leave the service.",
+    )
+    registry = registry or CollectorRegistry()
+    requests_total = Counter("ppml_kms_requests_total", "HTTP requests", ["route", "status"], registry=registry)
+    latency = Histogram("ppml_kms_request_seconds", "HTTP request latency", ["route"], registry=registry,
+                        buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+    app.state.service = service
+    app.state.open_enrollment = open_enrollment
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id[:64]
+        request.state.appid = None
+        started = time.perf_counter()
+        response = await call_next(request)
+        elapsed = time.perf_counter() - started
+        route = request.scope.get("route")
+        route_name = getattr(route, "path", "unmatched")
+        if route_name == "/ehsm":
+            route_name = f"/ehsm?Action={request.query_params.get('Action', '')[:40]}"
+        requests_total.labels(route_name, str(response.status_code)).inc()
+        latency.labels(route_name).observe(elapsed)
+        response.headers["X-Request-Id"] = request.state.request_id
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(json.dumps({
+                "time": round(time.time(), 3), "method": request.method, "route": route_name,
+                "status": response.status_code, "appid": request.state.appid,
+                "ms": round(elapsed * 1000, 2), "request_id": request.state.request_id,
+            }))
+        return response
+
+    @app.exception_handler(PpmlError)
+    async def ppml_error(request: Request, exc: PpmlError) -> JSONResponse:
+        if request.url.path == "/ehsm":
+            from ppml.kms.ehsm import ehsm_error_response
+
+            return ehsm_error_response(exc)
+        body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+        if exc.hint:
+            body["hint"] = exc.hint
+        return JSONResponse(body, status_code=status_of(exc))
+
+    async def authenticated(request: Request) -> RequestContext:
+        return await _authenticate_native(request, service, now)
+
+    async def maybe_authenticated(request: Request) -> RequestContext | None:
+        if signing.HEADER_APP.lower() not in request.headers and app.state.open_enrollment:
+            return None
+        return await _authenticate_native(request, service, now)
+
+    # -- health and metrics --
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> JSONResponse:
+        try:
+            with service.storage.transaction(durable=False) as conn:
+                conn.execute(text("SELECT 1"))
+        except KmsUnavailable as exc:
+            return JSONResponse({"status": "unavailable", "reason": exc.reason}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", tags=["operations"])
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    # -- native API --
+
+    @app.post("/v1/apps", response_model=CredentialsResponse, tags=["apps"], status_code=201)
+    def enroll(ctx: RequestContext | None = Depends(maybe_authenticated)) -> CredentialsResponse:
+        """Enroll an application: needs the admin credential unless the server runs with
+        ``--open-enrollment``. The apikey is shown once."""
+        credentials = service.enroll(ctx)
+        return CredentialsResponse(appid=credentials.appid, apikey=credentials.apikey)
+
+    @app.post("/v1/keys", response_model=KeyResponse, tags=["keys"], status_code=201)
+    def create_key(body: CreateKeyRequest = Body(default_factory=CreateKeyRequest),
+                   ctx: RequestContext = Depends(authenticated)) -> KeyResponse:
+        return _key_response(service.create_key(ctx, keyspec=body.keyspec, description=body.description,
+                                                release_policy=body.release_policy))
+
+    @app.get("/v1/keys", response_model=list[KeyResponse], tags=["keys"])
+    def list_keys(ctx: RequestContext = Depends(authenticated)) -> list[KeyResponse]:
+        return [_key_response(k) for k in service.list_keys(ctx)]
+
+    @app.get("/v1/keys/{key_id}", response_model=KeyResponse, tags=["keys"])
+    def describe_key(key_id: str, ctx: RequestContext = Depends(authenticated)) -> KeyResponse:
+        return _key_response(service.describe_key(ctx, key_id))
+
+    @app.post("/v1/keys/{key_id}/enable", response_model=KeyResponse, tags=["keys"])
+    def enable_key(key_id: str, ctx: RequestContext = Depends(authenticated)) -> KeyResponse:
+        return _key_response(service.set_enabled(ctx, key_id, True))
+
+    @app.post("/v1/keys/{key_id}/disable", response_model=KeyResponse, tags=["keys"])
+    def disable_key(key_id: str, ctx: RequestContext = Depends(authenticated)) -> KeyResponse:
+        return _key_response(service.set_enabled(ctx, key_id, False))
+
+    @app.post("/v1/keys/{key_id}/schedule-deletion", tags=["keys"])
+    def schedule_deletion(key_id: str, body: ScheduleDeletionRequest = Body(default_factory=ScheduleDeletionRequest),
+                          ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
+        result = service.schedule_deletion(ctx, key_id, days=body.days)
+        if result is None:
+            return JSONResponse({"key_id": key_id, "state": "Deleted"})
+        return JSONResponse(_key_response(result).model_dump())
+
+    @app.post("/v1/keys/{key_id}/cancel-deletion", response_model=KeyResponse, tags=["keys"])
+    def cancel_deletion(key_id: str, ctx: RequestContext = Depends(authenticated)) -> KeyResponse:
+        return _key_response(service.cancel_deletion(ctx, key_id))
+
+    @app.post("/v1/keys/{key_id}/rotate", response_model=KeyResponse, tags=["keys"])
+    def rotate(key_id: str, ctx: RequestContext = Depends(authenticated)) -> KeyResponse:
+        return _key_response(service.rotate(ctx, key_id))
+
+    @app.post("/v1/keys/{key_id}/generate-data-key", response_model=DataKeyResponse,
+              response_model_exclude_none=True, tags=["data keys"])
+    def generate_data_key(key_id: str, body: GenerateDataKeyRequest = Body(default_factory=GenerateDataKeyRequest),
+                          ctx: RequestContext = Depends(authenticated)) -> DataKeyResponse:
+        plaintext, wrapped = service.generate_data_key(
+            ctx, key_id, length=body.length, aad=b64decode(body.aad, "aad"), with_plaintext=body.include_plaintext
+        )
+        return DataKeyResponse(ciphertext=b64encode(wrapped),
+                               plaintext=b64encode(plaintext) if plaintext is not None else None)
+
+    @app.post("/v1/keys/{key_id}/decrypt", response_model=PlaintextResponse, tags=["data keys"])
+    def decrypt(key_id: str, body: CiphertextRequest, ctx: RequestContext = Depends(authenticated)) -> PlaintextResponse:
+        """Unwrap a data key (or decrypt a small ciphertext); ``aad`` must match the one used to wrap."""
+        plaintext = service.decrypt(ctx, key_id, b64decode(body.ciphertext, "ciphertext"), b64decode(body.aad, "aad"))
+        return PlaintextResponse(plaintext=b64encode(plaintext))
+
+    @app.post("/v1/keys/{key_id}/encrypt", response_model=CiphertextResponse, tags=["data keys"])
+    def encrypt(key_id: str, body: PlaintextRequest, ctx: RequestContext = Depends(authenticated)) -> CiphertextResponse:
+        ciphertext = service.encrypt(ctx, key_id, b64decode(body.plaintext, "plaintext"), b64decode(body.aad, "aad"))
+        return CiphertextResponse(ciphertext=b64encode(ciphertext))
+
+    @app.post("/v1/keys/{key_id}/rewrap", response_model=CiphertextResponse, tags=["data keys"])
+    def rewrap(key_id: str, body: CiphertextRequest, ctx: RequestContext = Depends(authenticated)) -> CiphertextResponse:
+        """Move a wrapped key to the key's newest version; the plaintext never leaves the service."""
+        ciphertext = service.rewrap(ctx, key_id, b64decode(body.ciphertext, "ciphertext"), b64decode(body.aad, "aad"))
+        return CiphertextResponse(ciphertext=b64encode(ciphertext))
+
+    from ppml.kms.ehsm import add_ehsm_routes
+
+    add_ehsm_routes(app, service, open_enrollment=open_enrollment, now=now)
+    return _BodyLimit(app, MAX_BODY)  # type: ignore[return-value]
+
+
+async def _authenticate_native(request: Request, service: KmsService, now: Callable[[], float]) -> RequestContext:
+    headers = request.headers
+    appid = headers.get(signing.HEADER_APP, "")
+    timestamp = headers.get(signing.HEADER_TIMESTAMP, "")
+    nonce = headers.get(signing.HEADER_NONCE, "")
+    given = headers.get(signing.HEADER_SIGNATURE, "")
+    request.state.appid = appid[:64] or None
+    if not (appid and timestamp and nonce and given):
+        raise AuthenticationFailed("missing X-PPML-App/-Timestamp/-Nonce/-Signature headers")
+    if len(appid) > 64 or len(nonce) != 32 or not timestamp.isdigit() or len(timestamp) != 13:
+        raise AuthenticationFailed("malformed authentication headers")
+    apikey = service.apikey(appid)
+    body = await request.body()
+    expected = "" if apikey is None else signing.native_signature(
+        apikey, method=request.method, path=request.url.path, query=request.url.query,
+        timestamp=timestamp, nonce=nonce, body=body,
+    )
+    ctx = RequestContext(appid=appid, request_id=request.state.request_id)
+    if apikey is None or not signing.verify_signature(expected, given):
+        service.record_rejected_request(ctx, f"{request.method} {request.url.path}", "AuthenticationFailed")
+        raise AuthenticationFailed("unknown app or bad signature")
+    stamp = int(timestamp)
+    current = int(now() * 1000)
+    if abs(current - stamp) > signing.REPLAY_WINDOW_MS:
+        service.record_rejected_request(ctx, f"{request.method} {request.url.path}", "StaleTimestamp")
+        raise ReplayedRequest("timestamp outside the ±10 minute window (check the clock)")
+    return RequestContext(
+        appid=appid, request_id=request.state.request_id, replay_stamp=f"n:{nonce}",
+        replay_expires=(stamp + signing.REPLAY_WINDOW_MS) // 1000 + 1,
+    )
+
+
+__all__ += ["Credentials"]

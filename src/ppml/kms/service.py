@@ -1,0 +1,681 @@
+"""The embedded KMS: apps, primary keys with versions, data keys, and the audit chain.
+
+This is the one implementation of the KMS logic; the HTTP server (native and eHSM surfaces)
+and the in-process client both call it. Every key operation runs in one database transaction
+together with its audit record (and the request's replay stamp), so an acknowledged operation
+is durable and audited, and a failed one leaves no state but a failure record.
+
+Wrapped data key / ciphertext layout (version 1)::
+
+    0   1   version 0x01
+    1   4   primary key version (uint32, big-endian)
+    5  12   nonce (random)
+   17   .   AES-GCM(primary key version, nonce, plaintext) ‖ 16-byte tag
+    associated data = canonical("ppml-kms-wrap/1", key id, owner appid, key version, caller aad)
+
+Audit record MAC (a chain keyed by the root key, so nobody without it can rewrite history)::
+
+    mac(n) = HMAC-SHA256(audit key, mac(n-1) ‖ canonical(seq, time, appid, operation, key id,
+                                                          key version, outcome, request id, claims))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import exc as sa_exc
+
+from ppml.core.keys import DATA_KEY_SIZE, DataKey, GeneratedDataKey, KeyInfo
+from ppml.errors import (
+    InvalidCiphertext,
+    KeyDisabled,
+    KeyNotFound,
+    KmsRequestRejected,
+    PermissionDenied,
+    PpmlError,
+    ReplayedRequest,
+    RootKeyMismatch,
+)
+from ppml.kms import storage as db
+from ppml.kms.rootkey import RootKey, canonical, from_passphrase_file, load_or_create_key_file
+from ppml.kms.storage import Storage
+
+__all__ = [
+    "AuditReport",
+    "Credentials",
+    "EmbeddedKms",
+    "KEYSPECS",
+    "KeyDescription",
+    "KmsService",
+    "RequestContext",
+]
+
+KEYSPECS: Final = {"EH_AES_GCM_128": 16, "EH_AES_GCM_192": 24, "EH_AES_GCM_256": 32}
+ORIGINS: Final = ("EH_INTERNAL_KEY",)
+ENABLED, DISABLED, PENDING_DELETION = "Enabled", "Disabled", "PendingDeletion"
+MAX_DATA_KEY_LEN: Final = 1024
+MAX_PLAINTEXT: Final = 64 << 10
+MAX_AAD: Final = 8 << 10
+_WRAP_VERSION: Final = 1
+_WRAP_PREFIX = struct.Struct(">BI")
+_NONCE: Final = 12
+_ROLE_ADMIN, _ROLE_APP = "admin", "app"
+
+# Statements built once: building SQLAlchemy constructs per call cost more than the SQL itself.
+_SELECT_KEY = select(db.keys).where(
+    db.keys.c.key_id == bindparam("key_id"), db.keys.c.owner == bindparam("owner")
+)
+_SELECT_MATERIAL = select(db.key_versions.c.material_sealed).where(
+    db.key_versions.c.key_id == bindparam("key_id"), db.key_versions.c.version == bindparam("version")
+)
+_SELECT_HEAD = select(db.audit_head.c.seq, db.audit_head.c.mac).where(db.audit_head.c.id == 1).with_for_update()
+_INSERT_AUDIT = insert(db.audit)
+_UPDATE_HEAD = (
+    update(db.audit_head).where(db.audit_head.c.id == 1)
+    .values(seq=bindparam("new_seq"), mac=bindparam("new_mac"))
+)
+_INSERT_REPLAY = insert(db.replay)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Credentials:
+    """An app's identity and secret. ``repr`` hides the apikey."""
+
+    appid: str
+    apikey: str = dataclasses.field(repr=False)
+
+    def to_json(self) -> str:
+        return json.dumps({"appid": self.appid, "apikey": self.apikey})
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RequestContext:
+    """Who is asking, and the bookkeeping that goes into the same transaction as the operation."""
+
+    appid: str
+    request_id: str = ""
+    #: A request timestamp/nonce that must not have been used before by this app.
+    replay_stamp: str | None = None
+    replay_expires: int = 0
+    #: Attestation claims presented with the request (recorded in the audit log).
+    claims: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class KeyDescription:
+    key_id: str
+    owner: str
+    keyspec: str
+    origin: str
+    description: str
+    state: str
+    current_version: int
+    created: datetime
+    deletion_time: datetime | None
+    release_policy: dict[str, Any] | None
+
+    def to_info(self) -> KeyInfo:
+        return KeyInfo(
+            key_id=self.key_id, created=self.created, enabled=self.state == ENABLED,
+            description=self.description,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditReport:
+    records: int
+    ok: bool
+    problem: str = ""
+    first_bad_seq: int | None = None
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class KmsService:
+    """The KMS logic over a :class:`Storage` and a :class:`RootKey`. Thread-safe."""
+
+    def __init__(
+        self, storage: Storage, root: RootKey, *, now: Callable[[], float] = time.time
+    ) -> None:
+        self.storage = storage
+        self._root = root
+        self._now = now
+        self._materials: dict[tuple[str, int], AESGCM] = {}
+        self._apikeys: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._replay_inserts = 0
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        data_dir: Path,
+        db_url: str | None = None,
+        passphrase_file: Path | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> tuple[KmsService, Credentials | None]:
+        """Open (and on first start, initialise) the KMS in ``data_dir``.
+
+        Returns the service and, on first start, the admin credentials it wrote to
+        ``data_dir/admin.credentials`` (0600).
+
+        Raises:
+            RootKeyMismatch: the database was created under another root key.
+        """
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        storage = Storage(db_url) if db_url else Storage.sqlite_in(data_dir)
+        storage.migrate()
+        with storage.transaction() as conn:
+            if passphrase_file is not None:
+                salt = storage.get_meta(conn, "root_key_salt")
+                if salt is None:
+                    salt = os.urandom(16)
+                    storage.set_meta(conn, "root_key_salt", salt)
+                root = from_passphrase_file(passphrase_file, salt)
+            else:
+                root, _ = load_or_create_key_file(data_dir / "root.key")
+            check = storage.get_meta(conn, "root_key_check")
+            if check is None:
+                storage.set_meta(conn, "root_key_check", root.seal(b"ppml-root-key-check", "meta", "root_key_check"))
+            else:
+                try:
+                    root.open(check, "meta", "root_key_check")
+                except InvalidCiphertext:
+                    raise RootKeyMismatch(f"the database at {storage.display_url}") from None
+        service = cls(storage, root, now=now)
+        admin = service._bootstrap_admin(data_dir / "admin.credentials")
+        return service, admin
+
+    def _bootstrap_admin(self, path: Path) -> Credentials | None:
+        with self.storage.transaction() as conn:
+            exists = conn.execute(select(db.apps.c.appid).where(db.apps.c.role == _ROLE_ADMIN)).first()
+            if exists:
+                return None
+            credentials = self._insert_app(conn, _ROLE_ADMIN)
+            self._append_audit(conn, RequestContext(appid=credentials.appid), "Bootstrap", None, None, "ok")
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(credentials.to_json() + "\n")
+        os.replace(tmp, path)
+        return credentials
+
+    def close(self) -> None:
+        self.storage.dispose()
+
+    # -- apps ----------------------------------------------------------------------------------
+
+    def _insert_app(self, conn: Connection, role: str) -> Credentials:
+        appid = str(uuid.uuid4())
+        apikey = secrets.token_urlsafe(32)
+        conn.execute(
+            insert(db.apps).values(
+                appid=appid,
+                apikey_sealed=self._root.seal(apikey.encode(), "apps", appid),
+                role=role,
+                created=self._datetime(),
+                enabled=True,
+            )
+        )
+        return Credentials(appid, apikey)
+
+    def enroll(self, ctx: RequestContext | None = None) -> Credentials:
+        """Create an app. ``ctx`` is the admin's request (None when enrollment is open)."""
+        if ctx is not None and self.role(ctx.appid) != _ROLE_ADMIN:
+            raise PermissionDenied("only the admin credential may enroll applications")
+        actor = ctx or RequestContext(appid="")
+
+        def op(conn: Connection) -> Credentials:
+            credentials = self._insert_app(conn, _ROLE_APP)
+            return credentials
+
+        credentials = self._run(actor, "Enroll", None, op)
+        return credentials
+
+    def apikey(self, appid: str) -> bytes | None:
+        """The app's apikey (for request signatures), or None if unknown or disabled."""
+        cached = self._apikeys.get(appid)
+        if cached is not None:
+            return cached
+        with self.storage.transaction() as conn:
+            row = conn.execute(
+                select(db.apps.c.apikey_sealed, db.apps.c.enabled).where(db.apps.c.appid == appid)
+            ).first()
+        if row is None or not row.enabled:
+            return None
+        apikey = self._root.open(bytes(row.apikey_sealed), "apps", appid)
+        self._apikeys[appid] = apikey
+        return apikey
+
+    def role(self, appid: str) -> str | None:
+        with self.storage.transaction() as conn:
+            row = conn.execute(select(db.apps.c.role).where(db.apps.c.appid == appid)).first()
+        return row.role if row else None
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def create_key(
+        self,
+        ctx: RequestContext,
+        *,
+        keyspec: str = "EH_AES_GCM_256",
+        origin: str = "EH_INTERNAL_KEY",
+        description: str = "",
+        release_policy: dict[str, Any] | None = None,
+    ) -> KeyDescription:
+        if keyspec not in KEYSPECS:
+            raise KmsRequestRejected(f"unsupported keyspec {keyspec!r}; use one of {sorted(KEYSPECS)}")
+        if origin not in ORIGINS:
+            raise KmsRequestRejected(f"unsupported origin {origin!r}; use EH_INTERNAL_KEY")
+        if len(description) > 1024:
+            raise KmsRequestRejected("description longer than 1024 characters")
+        key_id = str(uuid.uuid4())
+
+        def op(conn: Connection) -> KeyDescription:
+            now = self._datetime()
+            conn.execute(
+                insert(db.keys).values(
+                    key_id=key_id, owner=ctx.appid, keyspec=keyspec, origin=origin,
+                    description=description, state=ENABLED, deletion_time=None, current_version=1,
+                    created=now, release_policy=json.dumps(release_policy) if release_policy else None,
+                )
+            )
+            self._insert_version(conn, key_id, ctx.appid, 1, KEYSPECS[keyspec], now)
+            return self._describe(conn, ctx.appid, key_id)
+
+        return self._run(ctx, "CreateKey", key_id, op)
+
+    def _insert_version(self, conn: Connection, key_id: str, owner: str, version: int, size: int,
+                        now: datetime) -> None:
+        material = os.urandom(size)
+        conn.execute(
+            insert(db.key_versions).values(
+                key_id=key_id, version=version, created=now,
+                material_sealed=self._root.seal(material, "key_versions", key_id, owner, version),
+            )
+        )
+
+    def list_keys(self, ctx: RequestContext) -> list[KeyDescription]:
+        def op(conn: Connection) -> list[KeyDescription]:
+            self._purge_expired(conn, ctx.appid)
+            rows = conn.execute(
+                select(db.keys).where(db.keys.c.owner == ctx.appid).order_by(db.keys.c.created)
+            ).all()
+            return [_description(row) for row in rows]
+
+        return self._run(ctx, "ListKey", None, op, audit_success=False, durable=False)
+
+    def describe_key(self, ctx: RequestContext, key_id: str) -> KeyDescription:
+        return self._run(ctx, "DescribeKey", key_id, lambda conn: self._describe(conn, ctx.appid, key_id),
+                         audit_success=False, durable=False)
+
+    def set_enabled(self, ctx: RequestContext, key_id: str, enabled: bool) -> KeyDescription:
+        def op(conn: Connection) -> KeyDescription:
+            current = self._describe(conn, ctx.appid, key_id)
+            if current.state == PENDING_DELETION:
+                raise KeyDisabled(key_id, "pending deletion (cancel the deletion first)")
+            conn.execute(
+                update(db.keys).where(db.keys.c.key_id == key_id)
+                .values(state=ENABLED if enabled else DISABLED)
+            )
+            return self._describe(conn, ctx.appid, key_id)
+
+        return self._run(ctx, "EnableKey" if enabled else "DisableKey", key_id, op)
+
+    def schedule_deletion(self, ctx: RequestContext, key_id: str, *, days: int = 7) -> KeyDescription | None:
+        """Make the key unusable now and delete it after ``days`` (0: delete at once)."""
+        if not 0 <= days <= 365:
+            raise KmsRequestRejected("deletion window must be 0..365 days")
+
+        def op(conn: Connection) -> KeyDescription | None:
+            self._describe(conn, ctx.appid, key_id)
+            if days == 0:
+                self._delete_key(conn, key_id)
+                return None
+            conn.execute(
+                update(db.keys).where(db.keys.c.key_id == key_id).values(
+                    state=PENDING_DELETION, deletion_time=self._datetime() + timedelta(days=days)
+                )
+            )
+            return self._describe(conn, ctx.appid, key_id)
+
+        return self._run(ctx, "DeleteKey", key_id, op)
+
+    def cancel_deletion(self, ctx: RequestContext, key_id: str) -> KeyDescription:
+        def op(conn: Connection) -> KeyDescription:
+            current = self._describe(conn, ctx.appid, key_id)
+            if current.state != PENDING_DELETION:
+                raise KmsRequestRejected(f"key {key_id!r} is not pending deletion")
+            conn.execute(
+                update(db.keys).where(db.keys.c.key_id == key_id)
+                .values(state=DISABLED, deletion_time=None)
+            )
+            return self._describe(conn, ctx.appid, key_id)
+
+        return self._run(ctx, "CancelKeyDeletion", key_id, op)
+
+    def rotate(self, ctx: RequestContext, key_id: str) -> KeyDescription:
+        """Add a new version for new wraps; older versions still unwrap."""
+
+        def op(conn: Connection) -> KeyDescription:
+            current = self._usable(conn, ctx.appid, key_id)
+            version = current.current_version + 1
+            self._insert_version(conn, key_id, ctx.appid, version, KEYSPECS[current.keyspec], self._datetime())
+            conn.execute(update(db.keys).where(db.keys.c.key_id == key_id).values(current_version=version))
+            return self._describe(conn, ctx.appid, key_id)
+
+        return self._run(ctx, "RotateKey", key_id, op)
+
+    # -- cryptographic operations --------------------------------------------------------------
+
+    def generate_data_key(
+        self, ctx: RequestContext, key_id: str, *, length: int = DATA_KEY_SIZE,
+        aad: bytes = b"", with_plaintext: bool = True,
+    ) -> tuple[bytes | None, bytes]:
+        """A fresh random data key: (plaintext or None, wrapped)."""
+        if not 1 <= length <= MAX_DATA_KEY_LEN:
+            raise KmsRequestRejected(f"keylen must be 1..{MAX_DATA_KEY_LEN}")
+        plaintext = os.urandom(length)
+        wrapped = self._seal(ctx, "GenerateDataKey" if with_plaintext else "GenerateDataKeyWithoutPlaintext",
+                             key_id, plaintext, aad)
+        return (plaintext if with_plaintext else None), wrapped
+
+    def encrypt(self, ctx: RequestContext, key_id: str, plaintext: bytes, aad: bytes = b"") -> bytes:
+        if not 1 <= len(plaintext) <= MAX_PLAINTEXT:
+            raise KmsRequestRejected(f"plaintext must have 1..{MAX_PLAINTEXT} bytes")
+        return self._seal(ctx, "Encrypt", key_id, plaintext, aad)
+
+    def decrypt(self, ctx: RequestContext, key_id: str, ciphertext: bytes, aad: bytes = b"") -> bytes:
+        """Unwrap a data key (or decrypt a small ciphertext) made under ``key_id``."""
+        self._check_aad(aad)
+        return self._run(ctx, "Decrypt", key_id, lambda conn: self._open(conn, ctx, key_id, ciphertext, aad)[0],
+                         version_of=lambda _: _version_of(ciphertext), durable=False)
+
+    def rewrap(self, ctx: RequestContext, key_id: str, ciphertext: bytes, aad: bytes = b"") -> bytes:
+        """Re-wrap under the key's newest version without returning the plaintext."""
+        self._check_aad(aad)
+
+        def op(conn: Connection) -> bytes:
+            plaintext, described = self._open(conn, ctx, key_id, ciphertext, aad)
+            return self._wrap(conn, described, plaintext, aad)
+
+        return self._run(ctx, "ReEncrypt", key_id, op, durable=False)
+
+    def _seal(self, ctx: RequestContext, operation: str, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
+        self._check_aad(aad)
+
+        def op(conn: Connection) -> bytes:
+            return self._wrap(conn, self._usable(conn, ctx.appid, key_id), plaintext, aad)
+
+        return self._run(ctx, operation, key_id, op, version_of=_version_of, durable=False)
+
+    def _wrap(self, conn: Connection, key: KeyDescription, plaintext: bytes, aad: bytes) -> bytes:
+        version = key.current_version
+        aead = self._material(conn, key, version)
+        nonce = os.urandom(_NONCE)
+        prefix = _WRAP_PREFIX.pack(_WRAP_VERSION, version)
+        sealed = aead.encrypt(nonce, plaintext, _wrap_aad(key.key_id, key.owner, version, aad))
+        return prefix + nonce + sealed
+
+    def _open(self, conn: Connection, ctx: RequestContext, key_id: str, ciphertext: bytes,
+              aad: bytes) -> tuple[bytes, KeyDescription]:
+        key = self._usable(conn, ctx.appid, key_id)
+        if len(ciphertext) < _WRAP_PREFIX.size + _NONCE + 16 or len(ciphertext) > MAX_PLAINTEXT + 64:
+            raise InvalidCiphertext()
+        wrap_version, version = _WRAP_PREFIX.unpack_from(ciphertext)
+        if wrap_version != _WRAP_VERSION or not 1 <= version <= key.current_version:
+            raise InvalidCiphertext()
+        aead = self._material(conn, key, version)
+        start = _WRAP_PREFIX.size
+        try:
+            plaintext = aead.decrypt(
+                ciphertext[start : start + _NONCE], ciphertext[start + _NONCE :],
+                _wrap_aad(key_id, key.owner, version, aad),
+            )
+        except InvalidTag:
+            raise InvalidCiphertext() from None
+        return plaintext, key
+
+    @staticmethod
+    def _check_aad(aad: bytes) -> None:
+        if len(aad) > MAX_AAD:
+            raise KmsRequestRejected(f"aad longer than {MAX_AAD} bytes")
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    def _describe(self, conn: Connection, appid: str, key_id: str) -> KeyDescription:
+        row = conn.execute(_SELECT_KEY, {"key_id": key_id, "owner": appid}).first()
+        if row is None:
+            # Unknown and foreign key ids look the same.
+            raise KeyNotFound(key_id)
+        described = _description(row)
+        if described.state == PENDING_DELETION and described.deletion_time and described.deletion_time <= self._datetime():
+            self._delete_key(conn, key_id)
+            raise KeyNotFound(key_id)
+        return described
+
+    def _usable(self, conn: Connection, appid: str, key_id: str) -> KeyDescription:
+        described = self._describe(conn, appid, key_id)
+        if described.state != ENABLED:
+            raise KeyDisabled(key_id, "disabled" if described.state == DISABLED else "pending deletion")
+        return described
+
+    def _material(self, conn: Connection, key: KeyDescription, version: int) -> AESGCM:
+        cache_key = (key.key_id, version)
+        aead = self._materials.get(cache_key)
+        if aead is None:
+            row = conn.execute(_SELECT_MATERIAL, {"key_id": key.key_id, "version": version}).first()
+            if row is None:
+                raise InvalidCiphertext()
+            aead = AESGCM(self._root.open(bytes(row[0]), "key_versions", key.key_id, key.owner, version))
+            self._materials[cache_key] = aead
+        return aead
+
+    def _delete_key(self, conn: Connection, key_id: str) -> None:
+        conn.execute(delete(db.key_versions).where(db.key_versions.c.key_id == key_id))
+        conn.execute(delete(db.keys).where(db.keys.c.key_id == key_id))
+        with self._lock:
+            for cached in [k for k in self._materials if k[0] == key_id]:
+                del self._materials[cached]
+
+    def _purge_expired(self, conn: Connection, appid: str) -> None:
+        expired = conn.execute(
+            select(db.keys.c.key_id).where(
+                db.keys.c.owner == appid, db.keys.c.state == PENDING_DELETION,
+                db.keys.c.deletion_time <= self._datetime(),
+            )
+        ).all()
+        for (key_id,) in expired:
+            self._delete_key(conn, key_id)
+
+    # -- transactions, replay and audit --------------------------------------------------------
+
+    def _datetime(self) -> datetime:
+        return datetime.fromtimestamp(self._now(), UTC)
+
+    def _run(
+        self,
+        ctx: RequestContext,
+        operation: str,
+        key_id: str | None,
+        op: Callable[[Connection], Any],
+        *,
+        audit_success: bool = True,
+        version_of: Callable[[Any], int | None] | None = None,
+        durable: bool = True,
+    ) -> Any:
+        """Run ``op`` in one transaction with the replay check and the audit record."""
+        try:
+            with self.storage.transaction(durable=durable) as conn:
+                self._consume_replay_stamp(conn, ctx)
+                result = op(conn)
+                if audit_success:
+                    version = version_of(result) if version_of else None
+                    self._append_audit(conn, ctx, operation, key_id, version, "ok")
+                return result
+        except ReplayedRequest:
+            raise
+        except PpmlError as exc:
+            self._audit_failure(ctx, operation, key_id, type(exc).__name__)
+            raise
+
+    def _audit_failure(self, ctx: RequestContext, operation: str, key_id: str | None, outcome: str) -> None:
+        try:
+            with self.storage.transaction() as conn:
+                self._append_audit(conn, ctx, operation, key_id, None, outcome)
+        except PpmlError:
+            pass  # the storage is down: the original error is what the caller needs
+
+    def record_rejected_request(self, ctx: RequestContext, operation: str, outcome: str) -> None:
+        """Audit a request refused before it reached an operation (bad signature, replay)."""
+        self._audit_failure(ctx, operation, None, outcome)
+
+    def _consume_replay_stamp(self, conn: Connection, ctx: RequestContext) -> None:
+        if ctx.replay_stamp is None:
+            return
+        # First statement of the transaction, so a conflict needs no savepoint: the whole
+        # transaction is rolled back and nothing else has happened yet.
+        try:
+            conn.execute(_INSERT_REPLAY, {"appid": ctx.appid, "stamp": ctx.replay_stamp, "expires": ctx.replay_expires})
+        except sa_exc.IntegrityError:
+            raise ReplayedRequest("this request was already used (replayed timestamp)") from None
+        self._replay_inserts += 1
+        if self._replay_inserts % 1000 == 0:
+            conn.execute(delete(db.replay).where(db.replay.c.expires < int(self._now())))
+
+    def _append_audit(self, conn: Connection, ctx: RequestContext, operation: str, key_id: str | None,
+                      key_version: int | None, outcome: str) -> None:
+        head = conn.execute(_SELECT_HEAD).one()
+        seq = int(head.seq) + 1
+        when = self._datetime()
+        claims = json.dumps(ctx.claims, sort_keys=True) if ctx.claims else None
+        record = dict(
+            seq=seq, time=when, appid=ctx.appid or None, operation=operation, key_id=key_id,
+            key_version=key_version, outcome=outcome, request_id=ctx.request_id or None, claims=claims,
+        )
+        prev = bytes(head.mac)
+        mac = self._root.audit_mac(prev + _audit_bytes(record))
+        conn.execute(_INSERT_AUDIT, {**record, "prev_mac": prev, "mac": mac})
+        conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_mac": mac})
+
+    def verify_audit(self) -> AuditReport:
+        """Walk the chain: any altered, deleted, inserted or reordered record breaks it."""
+        with self.storage.transaction() as conn:
+            head = conn.execute(select(db.audit_head.c.seq, db.audit_head.c.mac)).one()
+            prev = b"\0" * 32
+            expected_seq = 1
+            count = 0
+            for row in conn.execute(select(db.audit).order_by(db.audit.c.seq)):
+                record = {k: getattr(row, k) for k in
+                          ("seq", "time", "appid", "operation", "key_id", "key_version", "outcome", "request_id", "claims")}
+                record["time"] = _utc(record["time"])
+                if row.seq != expected_seq:
+                    return AuditReport(count, False, f"record {expected_seq} is missing or out of order", expected_seq)
+                if bytes(row.prev_mac) != prev or bytes(row.mac) != self._root.audit_mac(prev + _audit_bytes(record)):
+                    return AuditReport(count, False, f"record {row.seq} was altered", row.seq)
+                prev = bytes(row.mac)
+                expected_seq += 1
+                count += 1
+            if int(head.seq) != count or bytes(head.mac) != prev:
+                return AuditReport(count, False, "records after the last one were deleted", count + 1)
+            return AuditReport(count, True)
+
+    def audit_records(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        with self.storage.transaction() as conn:
+            rows = conn.execute(select(db.audit).order_by(db.audit.c.seq.desc()).limit(limit)).all()
+        return [
+            {k: getattr(r, k) for k in ("seq", "time", "appid", "operation", "key_id", "key_version",
+                                         "outcome", "request_id", "claims")}
+            for r in reversed(rows)
+        ]
+
+    def key_count(self) -> int:
+        with self.storage.transaction() as conn:
+            return int(conn.execute(select(func.count()).select_from(db.keys)).scalar_one())
+
+    def for_app(self, credentials: Credentials | str, *, uri: str = "embedded:") -> EmbeddedKms:
+        appid = credentials.appid if isinstance(credentials, Credentials) else credentials
+        return EmbeddedKms(self, appid, uri=uri)
+
+
+def _wrap_aad(key_id: str, owner: str, version: int, aad: bytes) -> bytes:
+    return canonical("ppml-kms-wrap/1", key_id, owner, version, aad)
+
+
+def _version_of(wrapped: Any) -> int | None:
+    if isinstance(wrapped, bytes | bytearray) and len(wrapped) >= _WRAP_PREFIX.size:
+        return _WRAP_PREFIX.unpack_from(wrapped)[1]
+    return None
+
+
+def _audit_bytes(record: dict[str, Any]) -> bytes:
+    when: datetime = record["time"]
+    return canonical(
+        record["seq"], when.astimezone(UTC).isoformat(timespec="microseconds"), record["appid"] or "",
+        record["operation"], record["key_id"] or "", record["key_version"] or 0, record["outcome"],
+        record["request_id"] or "", record["claims"] or "",
+    )
+
+
+def _description(row: Any) -> KeyDescription:
+    return KeyDescription(
+        key_id=row.key_id, owner=row.owner, keyspec=row.keyspec, origin=row.origin,
+        description=row.description, state=row.state, current_version=row.current_version,
+        created=_utc(row.created), deletion_time=_utc(row.deletion_time),
+        release_policy=json.loads(row.release_policy) if row.release_policy else None,
+    )
+
+
+class EmbeddedKms:
+    """The in-process ``KeyManagementService``: one app's view of a :class:`KmsService`."""
+
+    def __init__(self, service: KmsService, appid: str, *, uri: str = "embedded:") -> None:
+        self._service = service
+        self._appid = appid
+        self._uri = uri
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    def _ctx(self) -> RequestContext:
+        return RequestContext(appid=self._appid, request_id=uuid.uuid4().hex)
+
+    def create_primary_key(self, *, description: str = "") -> KeyInfo:
+        return self._service.create_key(self._ctx(), description=description).to_info()
+
+    def list_keys(self) -> list[KeyInfo]:
+        return [k.to_info() for k in self._service.list_keys(self._ctx())]
+
+    def generate_data_key(self, key_id: str, *, associated_data: bytes | None = None) -> GeneratedDataKey:
+        plaintext, wrapped = self._service.generate_data_key(
+            self._ctx(), key_id, length=DATA_KEY_SIZE, aad=associated_data or b""
+        )
+        assert plaintext is not None
+        return GeneratedDataKey(key_id=key_id, data_key=DataKey(plaintext), wrapped=wrapped)
+
+    def unwrap_data_key(self, key_id: str, wrapped: bytes, *, associated_data: bytes | None = None) -> DataKey:
+        plaintext = self._service.decrypt(self._ctx(), key_id, wrapped, associated_data or b"")
+        if len(plaintext) != DATA_KEY_SIZE:
+            raise InvalidCiphertext()
+        return DataKey(plaintext)
