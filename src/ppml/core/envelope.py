@@ -170,7 +170,7 @@ def _read_exactly(raw: BinaryIO, size: int) -> bytes:
 
 def is_envelope(path: Path | str) -> bool:
     """True if the file starts with ppml's magic bytes (nothing is verified)."""
-    with open(path, "rb") as f:
+    with open_input(Path(path)) as f:
         return f.read(len(MAGIC)) == MAGIC
 
 

@@ -1,0 +1,30 @@
+"""Session fixtures for real servers. Import the ones a module needs:
+
+    from server_fixtures import pg_cluster  # noqa: F401  (pytest finds fixtures by name)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from servers import PostgresCluster
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL cluster for the whole session (about a second to start)."""
+    cluster = PostgresCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def new_database(cluster: PostgresCluster, prefix: str = "kms") -> str:
+    """A fresh, empty database on the session cluster; returns its URL."""
+    return cluster.create_database(f"{prefix}_{next(_names)}")
