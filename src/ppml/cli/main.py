@@ -220,6 +220,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_dev=args.tls_dev, tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None, open_enrollment=args.open_enrollment,
         passphrase_file=Path(args.root_key_passphrase_file) if args.root_key_passphrase_file else None,
+        access_log=not args.no_access_log,
     ))
 
 
@@ -396,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let anyone enroll applications without the admin credential (demos only; warns)")
     p.add_argument("--root-key-passphrase-file", metavar="FILE",
                    help="derive the root key from this passphrase (scrypt) instead of DATA_DIR/root.key")
+    p.add_argument("--no-access-log", action="store_true", help="do not log one JSON line per request")
     p.set_defaults(func=cmd_serve)
 
     kms_parser = commands.add_parser("kms", help="KMS operator commands", description="KMS operator commands.")

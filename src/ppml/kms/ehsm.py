@@ -290,7 +290,7 @@ def add_ehsm_routes(app: FastAPI, service: KmsService, *, open_enrollment: bool,
             ctx = _authenticate(service, body, action, now, request)
             request.state.appid = ctx.appid
             if action == "Enroll":
-                return enroll(ctx)
+                return await app.state.call(enroll, ctx)
             handler = app.state.ehsm_actions.get(action)
             if handler is None:
                 return ehsm_result(None, "API Not Found", 404)
@@ -299,9 +299,7 @@ def add_ehsm_routes(app: FastAPI, service: KmsService, *, open_enrollment: bool,
                 if action not in _PAYLOAD_OPTIONAL:
                     raise EhsmError(400, "Missing required parameters")
                 payload = {}
-            from starlette.concurrency import run_in_threadpool
-
-            result, message = await run_in_threadpool(handler, service, ctx, payload)
+            result, message = await app.state.call(handler, service, ctx, payload)
             return ehsm_result(result, message)
         except EhsmError as exc:
             return ehsm_result(None, exc.message, exc.code, exc.http_status)

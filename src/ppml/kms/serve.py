@@ -39,6 +39,12 @@ class ServeOptions:
                              "and give --db postgresql://user@host/db")
 
 
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def serve(options: ServeOptions) -> int:
     import uvicorn
 
@@ -67,6 +73,7 @@ def serve(options: ServeOptions) -> int:
     config = uvicorn.Config(
         app, host=options.host, port=options.port, ssl_certfile=str(cert), ssl_keyfile=str(key),
         access_log=False, log_level="warning", server_header=False, lifespan="off",
+        loop="uvloop" if _has("uvloop") else "asyncio", http="httptools" if _has("httptools") else "h11",
         timeout_graceful_shutdown=5,
     )
     logging.getLogger("ppml.kms.access").setLevel(logging.INFO if options.access_log else logging.WARNING)

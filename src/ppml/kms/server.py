@@ -15,11 +15,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Final
 
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
@@ -107,6 +108,55 @@ async def _too_large(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class _Observe:
+    """Request ids, metrics and one JSON access-log line per request (plain ASGI: cheap)."""
+
+    def __init__(self, app: ASGIApp, requests_total: Counter, latency: Histogram) -> None:
+        self.app = app
+        self.requests_total = requests_total
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope.get("headers", []):
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:64]
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id or uuid.uuid4().hex
+        state["appid"] = None
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", state["request_id"].encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            if route == "/ehsm":
+                query = scope.get("query_string", b"").decode("latin-1")
+                action = next((q[7:] for q in query.split("&") if q.startswith("Action=")), "")
+                route = f"/ehsm?Action={action[:40]}"
+            self.requests_total.labels(route, str(status)).inc()
+            self.latency.labels(route).observe(elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(json.dumps({
+                    "time": round(time.time(), 3), "method": scope.get("method"), "route": route,
+                    "status": status, "appid": state.get("appid"), "ms": round(elapsed * 1000, 2),
+                    "request_id": state["request_id"],
+                }))
+
+
 # -- request and response models (they also document the API in OpenAPI) ----------------------
 
 
@@ -166,13 +216,13 @@ class CredentialsResponse(BaseModel):
     apikey: str
 
 
-def _key_response(key: KeyDescription) -> KeyResponse:
-    return KeyResponse(
-        key_id=key.key_id, keyspec=key.keyspec, origin=key.origin, description=key.description,
-        state=key.state, current_version=key.current_version, created=key.created.isoformat(),
-        deletion_time=key.deletion_time.isoformat() if key.deletion_time else None,
-        release_policy=key.release_policy,
-    )
+def _key_json(key: KeyDescription) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id, "keyspec": key.keyspec, "origin": key.origin, "description": key.description,
+        "state": key.state, "current_version": key.current_version, "created": key.created.isoformat(),
+        "deletion_time": key.deletion_time.isoformat() if key.deletion_time else None,
+        "release_policy": key.release_policy,
+    }
 
 
 def b64decode(value: str, field: str) -> bytes:
@@ -208,29 +258,14 @@ def create_app(
                         buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
     app.state.service = service
     app.state.open_enrollment = open_enrollment
+    inline = service.storage.is_sqlite
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id[:64]
-        request.state.appid = None
-        started = time.perf_counter()
-        response = await call_next(request)
-        elapsed = time.perf_counter() - started
-        route = request.scope.get("route")
-        route_name = getattr(route, "path", "unmatched")
-        if route_name == "/ehsm":
-            route_name = f"/ehsm?Action={request.query_params.get('Action', '')[:40]}"
-        requests_total.labels(route_name, str(response.status_code)).inc()
-        latency.labels(route_name).observe(elapsed)
-        response.headers["X-Request-Id"] = request.state.request_id
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(json.dumps({
-                "time": round(time.time(), 3), "method": request.method, "route": route_name,
-                "status": response.status_code, "appid": request.state.appid,
-                "ms": round(elapsed * 1000, 2), "request_id": request.state.request_id,
-            }))
-        return response
+    async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """SQLite work is short and serialised: run it on the event loop instead of paying a
+        thread hop; PostgreSQL round trips go to the thread pool."""
+        if inline:
+            return fn(*args, **kwargs)
+        return await run_in_threadpool(fn, *args, **kwargs)
 
     @app.exception_handler(PpmlError)
     async def ppml_error(request: Request, exc: PpmlError) -> JSONResponse:
@@ -254,96 +289,112 @@ def create_app(
     # -- health and metrics --
 
     @app.get("/healthz", tags=["operations"])
-    def healthz() -> JSONResponse:
-        try:
+    async def healthz() -> JSONResponse:
+        def probe() -> None:
             with service.storage.transaction(durable=False) as conn:
                 conn.execute(text("SELECT 1"))
+
+        try:
+            await run_in_threadpool(probe)
         except KmsUnavailable as exc:
             return JSONResponse({"status": "unavailable", "reason": exc.reason}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", tags=["operations"])
-    def metrics() -> Response:
+    async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    # -- native API --
+    # -- native API (handlers return JSONResponse directly; the models document the API) --
 
     @app.post("/v1/apps", response_model=CredentialsResponse, tags=["apps"], status_code=201)
-    def enroll(ctx: RequestContext | None = Depends(maybe_authenticated)) -> CredentialsResponse:
+    async def enroll(ctx: RequestContext | None = Depends(maybe_authenticated)) -> JSONResponse:
         """Enroll an application: needs the admin credential unless the server runs with
         ``--open-enrollment``. The apikey is shown once."""
-        credentials = service.enroll(ctx)
-        return CredentialsResponse(appid=credentials.appid, apikey=credentials.apikey)
+        credentials = await call(service.enroll, ctx)
+        return JSONResponse({"appid": credentials.appid, "apikey": credentials.apikey}, status_code=201)
 
     @app.post("/v1/keys", response_model=KeyResponse, tags=["keys"], status_code=201)
-    def create_key(body: CreateKeyRequest = Body(default_factory=CreateKeyRequest),
-                   ctx: RequestContext = Depends(authenticated)) -> KeyResponse:
-        return _key_response(service.create_key(ctx, keyspec=body.keyspec, description=body.description,
-                                                release_policy=body.release_policy))
+    async def create_key(body: CreateKeyRequest = Body(default_factory=CreateKeyRequest),
+                         ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
+        key = await call(service.create_key, ctx, keyspec=body.keyspec, description=body.description,
+                         release_policy=body.release_policy)
+        return JSONResponse(_key_json(key), status_code=201)
 
     @app.get("/v1/keys", response_model=list[KeyResponse], tags=["keys"])
-    def list_keys(ctx: RequestContext = Depends(authenticated)) -> list[KeyResponse]:
-        return [_key_response(k) for k in service.list_keys(ctx)]
+    async def list_keys(ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
+        return JSONResponse([_key_json(k) for k in await call(service.list_keys, ctx)])
 
     @app.get("/v1/keys/{key_id}", response_model=KeyResponse, tags=["keys"])
-    def describe_key(key_id: str, ctx: RequestContext = Depends(authenticated)) -> KeyResponse:
-        return _key_response(service.describe_key(ctx, key_id))
+    async def describe_key(key_id: str, ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
+        return JSONResponse(_key_json(await call(service.describe_key, ctx, key_id)))
 
     @app.post("/v1/keys/{key_id}/enable", response_model=KeyResponse, tags=["keys"])
-    def enable_key(key_id: str, ctx: RequestContext = Depends(authenticated)) -> KeyResponse:
-        return _key_response(service.set_enabled(ctx, key_id, True))
+    async def enable_key(key_id: str, ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
+        return JSONResponse(_key_json(await call(service.set_enabled, ctx, key_id, True)))
 
     @app.post("/v1/keys/{key_id}/disable", response_model=KeyResponse, tags=["keys"])
-    def disable_key(key_id: str, ctx: RequestContext = Depends(authenticated)) -> KeyResponse:
-        return _key_response(service.set_enabled(ctx, key_id, False))
+    async def disable_key(key_id: str, ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
+        return JSONResponse(_key_json(await call(service.set_enabled, ctx, key_id, False)))
 
-    @app.post("/v1/keys/{key_id}/schedule-deletion", tags=["keys"])
-    def schedule_deletion(key_id: str, body: ScheduleDeletionRequest = Body(default_factory=ScheduleDeletionRequest),
-                          ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
-        result = service.schedule_deletion(ctx, key_id, days=body.days)
+    @app.post("/v1/keys/{key_id}/schedule-deletion", response_model=KeyResponse, tags=["keys"])
+    async def schedule_deletion(key_id: str,
+                                body: ScheduleDeletionRequest = Body(default_factory=ScheduleDeletionRequest),
+                                ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
+        """Make the key unusable now and delete it after ``days`` (0: at once)."""
+        result = await call(service.schedule_deletion, ctx, key_id, days=body.days)
         if result is None:
             return JSONResponse({"key_id": key_id, "state": "Deleted"})
-        return JSONResponse(_key_response(result).model_dump())
+        return JSONResponse(_key_json(result))
 
     @app.post("/v1/keys/{key_id}/cancel-deletion", response_model=KeyResponse, tags=["keys"])
-    def cancel_deletion(key_id: str, ctx: RequestContext = Depends(authenticated)) -> KeyResponse:
-        return _key_response(service.cancel_deletion(ctx, key_id))
+    async def cancel_deletion(key_id: str, ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
+        return JSONResponse(_key_json(await call(service.cancel_deletion, ctx, key_id)))
 
     @app.post("/v1/keys/{key_id}/rotate", response_model=KeyResponse, tags=["keys"])
-    def rotate(key_id: str, ctx: RequestContext = Depends(authenticated)) -> KeyResponse:
-        return _key_response(service.rotate(ctx, key_id))
+    async def rotate(key_id: str, ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
+        """Add a new key version for new wraps; older versions still unwrap."""
+        return JSONResponse(_key_json(await call(service.rotate, ctx, key_id)))
 
     @app.post("/v1/keys/{key_id}/generate-data-key", response_model=DataKeyResponse,
               response_model_exclude_none=True, tags=["data keys"])
-    def generate_data_key(key_id: str, body: GenerateDataKeyRequest = Body(default_factory=GenerateDataKeyRequest),
-                          ctx: RequestContext = Depends(authenticated)) -> DataKeyResponse:
-        plaintext, wrapped = service.generate_data_key(
-            ctx, key_id, length=body.length, aad=b64decode(body.aad, "aad"), with_plaintext=body.include_plaintext
-        )
-        return DataKeyResponse(ciphertext=b64encode(wrapped),
-                               plaintext=b64encode(plaintext) if plaintext is not None else None)
+    async def generate_data_key(key_id: str,
+                                body: GenerateDataKeyRequest = Body(default_factory=GenerateDataKeyRequest),
+                                ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
+        plaintext, wrapped = await call(service.generate_data_key, ctx, key_id, length=body.length,
+                                        aad=b64decode(body.aad, "aad"), with_plaintext=body.include_plaintext)
+        result = {"ciphertext": b64encode(wrapped)}
+        if plaintext is not None:
+            result["plaintext"] = b64encode(plaintext)
+        return JSONResponse(result)
 
     @app.post("/v1/keys/{key_id}/decrypt", response_model=PlaintextResponse, tags=["data keys"])
-    def decrypt(key_id: str, body: CiphertextRequest, ctx: RequestContext = Depends(authenticated)) -> PlaintextResponse:
+    async def decrypt(key_id: str, body: CiphertextRequest,
+                      ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
         """Unwrap a data key (or decrypt a small ciphertext); ``aad`` must match the one used to wrap."""
-        plaintext = service.decrypt(ctx, key_id, b64decode(body.ciphertext, "ciphertext"), b64decode(body.aad, "aad"))
-        return PlaintextResponse(plaintext=b64encode(plaintext))
+        plaintext = await call(service.decrypt, ctx, key_id, b64decode(body.ciphertext, "ciphertext"),
+                               b64decode(body.aad, "aad"))
+        return JSONResponse({"plaintext": b64encode(plaintext)})
 
     @app.post("/v1/keys/{key_id}/encrypt", response_model=CiphertextResponse, tags=["data keys"])
-    def encrypt(key_id: str, body: PlaintextRequest, ctx: RequestContext = Depends(authenticated)) -> CiphertextResponse:
-        ciphertext = service.encrypt(ctx, key_id, b64decode(body.plaintext, "plaintext"), b64decode(body.aad, "aad"))
-        return CiphertextResponse(ciphertext=b64encode(ciphertext))
+    async def encrypt(key_id: str, body: PlaintextRequest,
+                      ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
+        ciphertext = await call(service.encrypt, ctx, key_id, b64decode(body.plaintext, "plaintext"),
+                                b64decode(body.aad, "aad"))
+        return JSONResponse({"ciphertext": b64encode(ciphertext)})
 
     @app.post("/v1/keys/{key_id}/rewrap", response_model=CiphertextResponse, tags=["data keys"])
-    def rewrap(key_id: str, body: CiphertextRequest, ctx: RequestContext = Depends(authenticated)) -> CiphertextResponse:
+    async def rewrap(key_id: str, body: CiphertextRequest,
+                     ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
         """Move a wrapped key to the key's newest version; the plaintext never leaves the service."""
-        ciphertext = service.rewrap(ctx, key_id, b64decode(body.ciphertext, "ciphertext"), b64decode(body.aad, "aad"))
-        return CiphertextResponse(ciphertext=b64encode(ciphertext))
+        ciphertext = await call(service.rewrap, ctx, key_id, b64decode(body.ciphertext, "ciphertext"),
+                                b64decode(body.aad, "aad"))
+        return JSONResponse({"ciphertext": b64encode(ciphertext)})
 
     from ppml.kms.ehsm import add_ehsm_routes
 
     add_ehsm_routes(app, service, open_enrollment=open_enrollment, now=now)
-    return _BodyLimit(app, MAX_BODY)  # type: ignore[return-value]
+    app.state.call = call
+    return _BodyLimit(_Observe(app, requests_total, latency), MAX_BODY)  # type: ignore[return-value]
 
 
 async def _authenticate_native(request: Request, service: KmsService, now: Callable[[], float]) -> RequestContext:

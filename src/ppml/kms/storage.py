@@ -19,6 +19,8 @@ PostgreSQL), which is what keeps the audit chain linear across threads and repli
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,6 +131,9 @@ class Storage:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._writer_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+        )
         try:
             if self.is_sqlite:
                 self.engine: Engine = create_engine(
@@ -193,7 +198,9 @@ class Storage:
         PostgreSQL commits are always durable.
         """
         try:
-            with self.engine.connect() as conn:
+            # SQLite serialises writers anyway; queueing threads on a lock here wakes them at
+            # once, where SQLite's busy handler would sleep and retry (p99 of tens of ms).
+            with self._writer_lock, self.engine.connect() as conn:
                 if self.is_sqlite:
                     raw = conn.connection.dbapi_connection
                     assert raw is not None
