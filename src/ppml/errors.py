@@ -18,6 +18,11 @@ Foreign exceptions (OS, HTTP, SQL, Spark) are mapped only at adapter boundaries,
     │   │                                      opaque on purpose: never says which check failed
     │   └── NotAnEnvelope                      no ppml magic: the file is not a ppml file at all
     ├── WeakLegacyKey                 exit 5   a BigDL legacy key that gives no real protection
+    ├── AttestationFailed             exit 8   evidence, policy or token rejected (says why)
+    │   ├── QuoteFormatError                   malformed, truncated or oversized evidence
+    │   ├── PolicyNotFound                     no such policy (or another app's)
+    │   ├── NonceRejected                      unknown, expired or already used nonce
+    │   └── TokenRejected                      bad signature, expired, wrong audience/policy
     └── KeyServiceError               exit 6   a key service (local store or remote KMS) failed
         ├── KeyNotFound                        unknown key id (or one of another tenant)
         ├── KeyDisabled                        the key exists but is disabled or pending deletion
@@ -39,6 +44,11 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "AttestationFailed",
+    "NonceRejected",
+    "PolicyNotFound",
+    "QuoteFormatError",
+    "TokenRejected",
     "AuthenticationFailed",
     "KeyDisabled",
     "KmsRequestRejected",
@@ -159,6 +169,35 @@ class WeakLegacyKey(PpmlError):
             "re-encrypt the data with ppml's envelope format; to read it once anyway, pass "
             "--unsafe-allow-weak-legacy-keys"
         )
+
+
+class AttestationFailed(PpmlError):
+    """Evidence, a policy match or a token was rejected. ``reason`` says which check failed:
+    unlike ciphertext, attestation failures are meant to be diagnosed by operators."""
+
+    exit_code = 8
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"attestation failed: {reason}")
+
+
+class QuoteFormatError(AttestationFailed):
+    """The evidence is malformed, truncated, oversized or of an unsupported version."""
+
+
+class PolicyNotFound(AttestationFailed):
+    def __init__(self, policy_id: str) -> None:
+        self.policy_id = policy_id
+        super().__init__(f"no policy {policy_id!r}")
+
+
+class NonceRejected(AttestationFailed):
+    """The nonce is unknown, expired or was already used."""
+
+
+class TokenRejected(AttestationFailed):
+    """An attestation token failed verification or does not satisfy what was asked of it."""
 
 
 class KeyServiceError(PpmlError):
