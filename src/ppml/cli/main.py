@@ -213,7 +213,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ppml.kms.serve import ServeOptions, serve
+    from ppml.cli.serve import ServeOptions, serve
 
     return serve(ServeOptions(
         data_dir=Path(args.data_dir), host=args.host, port=args.port, db_url=args.db,

@@ -52,7 +52,7 @@ from ppml.errors import (
 )
 from ppml.kms import storage as db
 from ppml.kms.rootkey import RootKey, canonical, from_passphrase_file, load_or_create_key_file
-from ppml.kms.storage import Storage
+from ppml.store import Storage
 
 __all__ = [
     "AuditReport",
@@ -184,7 +184,7 @@ class KmsService:
         """
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         storage = Storage(db_url) if db_url else Storage.sqlite_in(data_dir)
-        storage.migrate()
+        db.migrate(storage)
         with storage.transaction() as conn:
             if passphrase_file is not None:
                 salt = storage.get_meta(conn, "root_key_salt")

@@ -1,4 +1,5 @@
-"""``ppml serve``: open the KMS, build the app, run it under uvicorn with TLS."""
+"""``ppml serve``: wire the KMS (and the attestation service) into one app, run it under uvicorn
+with TLS."""
 
 from __future__ import annotations
 

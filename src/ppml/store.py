@@ -1,0 +1,155 @@
+"""Storage for ppml's services through SQLAlchemy Core: SQLite (WAL) by default, PostgreSQL
+for replicas. Shared by the KMS and the attestation service, which each own their tables and
+migrations; this module owns the engine, transactions and the ``meta`` table::
+
+    meta    name PK, value     schema_version:<component>, root-key salt and check, ...
+
+Migrations run forward on start, one transaction per version. Write transactions are serialised
+(``BEGIN IMMEDIATE`` plus a process lock on SQLite; row locks where needed on PostgreSQL).
+Database faults become ``KmsUnavailable`` (HTTP 503) at this boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Connection, Engine, LargeBinary, MetaData, String, Table, create_engine, event, select
+from sqlalchemy import exc as sa_exc
+
+from ppml.errors import KmsUnavailable, UsageError
+
+__all__ = ["Storage", "meta"]
+
+meta_metadata = MetaData()
+meta = Table("meta", meta_metadata, Column("name", String(64), primary_key=True),
+             Column("value", LargeBinary, nullable=False))
+
+
+class Storage:
+    """An engine plus the schema; hands out transactions and maps database faults to ppml errors."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self._writer_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+        )
+        try:
+            if self.is_sqlite:
+                self.engine: Engine = create_engine(
+                    url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
+                )
+                event.listen(self.engine, "connect", _sqlite_on_connect)
+                event.listen(self.engine, "begin", _sqlite_on_begin)
+            elif url.startswith("postgresql"):
+                if url.startswith("postgresql://"):
+                    url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+                self.engine = create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+            else:
+                raise UsageError(f"unsupported database URL {_redact(url)!r}: use sqlite:/// or postgresql://")
+        except ModuleNotFoundError as exc:
+            raise UsageError(f"{exc.name} is not installed: pip install 'ppml[postgres]'") from None
+
+    @classmethod
+    def sqlite_in(cls, directory: Path) -> Storage:
+        return cls(f"sqlite:///{directory / 'kms.db'}")
+
+    @property
+    def display_url(self) -> str:
+        return _redact(self.url)
+
+    def migrate(self, component: str, migrations: Mapping[int, Callable[[Connection], None]]) -> int:
+        """Bring ``component``'s schema forward (versions 1..max of ``migrations``, each in its
+        own transaction); returns the version now in place."""
+        target = max(migrations)
+        meta_metadata.create_all(self.engine, checkfirst=True)
+        name = f"schema_version:{component}"
+        while True:
+            with self.transaction() as conn:
+                row = conn.execute(select(meta.c.value).where(meta.c.name == name)).first()
+                current = int(row[0]) if row else 0
+                if current > target:
+                    raise UsageError(
+                        f"the database has {component} schema version {current}, newer than this ppml ({target})"
+                    )
+                if current == target:
+                    return target
+                migrations[current + 1](conn)
+                self._set_meta(conn, name, str(current + 1).encode())
+
+    @staticmethod
+    def _set_meta(conn: Connection, name: str, value: bytes) -> None:
+        updated = conn.execute(meta.update().where(meta.c.name == name).values(value=value)).rowcount
+        if not updated:
+            conn.execute(meta.insert().values(name=name, value=value))
+
+    def get_meta(self, conn: Connection, name: str) -> bytes | None:
+        row = conn.execute(select(meta.c.value).where(meta.c.name == name)).first()
+        return bytes(row[0]) if row else None
+
+    def set_meta(self, conn: Connection, name: str, value: bytes) -> None:
+        self._set_meta(conn, name, value)
+
+    @contextmanager
+    def transaction(self, *, durable: bool = True) -> Iterator[Connection]:
+        """A read-write transaction; database faults become ``KmsUnavailable`` (HTTP 503).
+
+        ``durable=False`` lets SQLite commit without waiting for fsync (WAL, synchronous=NORMAL):
+        the commit survives a killed process but may be lost with the machine's power. Used for
+        data-key operations, whose loss loses no key; keys and apps are always durable.
+        PostgreSQL commits are always durable.
+        """
+        try:
+            # SQLite serialises writers anyway; queueing threads on a lock here wakes them at
+            # once, where SQLite's busy handler would sleep and retry (p99 of tens of ms).
+            with self._writer_lock, self.engine.connect() as conn:
+                if self.is_sqlite:
+                    raw = conn.connection.dbapi_connection
+                    assert raw is not None
+                    raw.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
+                with conn.begin():
+                    yield conn
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+            raise KmsUnavailable("storage", _describe(exc)) from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE instead of pysqlite's own BEGIN.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: an acknowledged key survives power loss, not just a killed process.
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def _describe(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig or exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+__all__ += ["apps", "audit", "audit_head", "key_versions", "keys", "meta", "replay"]
