@@ -265,7 +265,7 @@ class KmsUnavailable(KeyServiceError):
     def __init__(self, kms: str, reason: str) -> None:
         self.kms = kms
         self.reason = reason
-        super().__init__(f"key service {kms} unavailable: {reason}")
+        super().__init__(f"{kms} unavailable: {reason}")
 
 
 class UnsafeWarning(UserWarning):

@@ -39,7 +39,7 @@ from ppml.errors import (
     UsageError,
 )
 from ppml.kms import signing
-from ppml.kms.tls import client_context
+from ppml.transport import HttpClient
 
 __all__ = ["ClientCredentials", "KmsEndpoint", "RemoteKms", "load_credentials"]
 
@@ -130,36 +130,14 @@ _ERRORS: dict[str, type[KeyServiceError]] = {
 }
 
 
-class HttpTransport:
-    """An httpx client with verified TLS; maps transport faults to ``KmsUnavailable``."""
+class HttpTransport(HttpClient):
+    """The KMS clients' HTTPS transport (verified TLS; faults become ``KmsUnavailable``)."""
 
     def __init__(self, endpoint: KmsEndpoint, *, transport: httpx.BaseTransport | None = None,
                  timeout: float = 30.0) -> None:
         self.endpoint = endpoint
-        self.client = httpx.Client(
-            base_url=endpoint.base_url,
-            verify=client_context(endpoint.ca_path),
-            timeout=timeout,
-            transport=transport,
-            headers={"User-Agent": "ppml-kms-client/1"},
-        )
-
-    def send(self, method: str, path: str, *, body: bytes = b"", headers: dict[str, str] | None = None,
-             params: dict[str, str] | None = None) -> httpx.Response:
-        try:
-            return self.client.request(method, path, content=body or None, headers=headers, params=params)
-        except httpx.TransportError as exc:
-            raise KmsUnavailable(self.endpoint.uri, _transport_reason(exc)) from None
-
-    def close(self) -> None:
-        self.client.close()
-
-
-def _transport_reason(exc: httpx.TransportError) -> str:
-    text = str(exc) or type(exc).__name__
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        return f"TLS certificate not trusted ({text.split(']')[-1].strip() or text}); pass ca=PATH or ${CA_ENV}"
-    return text
+        super().__init__(endpoint.base_url, uri=endpoint.uri, ca_path=endpoint.ca_path,
+                         ca_hint=f"ca=PATH or ${CA_ENV}", transport=transport, timeout=timeout)
 
 
 class RemoteKms:

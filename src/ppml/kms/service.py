@@ -49,9 +49,11 @@ from ppml.errors import (
     PpmlError,
     ReplayedRequest,
     RootKeyMismatch,
+    TokenRejected,
 )
 from ppml.kms import storage as db
-from ppml.kms.rootkey import RootKey, canonical, from_passphrase_file, load_or_create_key_file
+from ppml.kms.release import AttestedCaller, ReleaseGate, check_release, seal_for_tee, validate_release_policy
+from ppml.core.rootkey import RootKey, canonical, from_passphrase_file, load_or_create_key_file
 from ppml.store import Storage
 
 __all__ = [
@@ -153,11 +155,14 @@ class KmsService:
     """The KMS logic over a :class:`Storage` and a :class:`RootKey`. Thread-safe."""
 
     def __init__(
-        self, storage: Storage, root: RootKey, *, now: Callable[[], float] = time.time
+        self, storage: Storage, root: RootKey, *, now: Callable[[], float] = time.time,
+        release_gate: ReleaseGate | None = None,
     ) -> None:
         self.storage = storage
         self._root = root
         self._now = now
+        #: Verifies attestation tokens for keys with a release policy (None: such keys never release).
+        self.release_gate = release_gate
         self._materials: dict[tuple[str, int], AESGCM] = {}
         self._apikeys: dict[str, bytes] = {}
         self._lock = threading.Lock()
@@ -173,6 +178,7 @@ class KmsService:
         db_url: str | None = None,
         passphrase_file: Path | None = None,
         now: Callable[[], float] = time.time,
+        release_gate: ReleaseGate | None = None,
     ) -> tuple[KmsService, Credentials | None]:
         """Open (and on first start, initialise) the KMS in ``data_dir``.
 
@@ -202,7 +208,7 @@ class KmsService:
                     root.open(check, "meta", "root_key_check")
                 except InvalidCiphertext:
                     raise RootKeyMismatch(f"the database at {storage.display_url}") from None
-        service = cls(storage, root, now=now)
+        service = cls(storage, root, now=now, release_gate=release_gate)
         admin = service._bootstrap_admin(data_dir / "admin.credentials")
         return service, admin
 
@@ -219,6 +225,11 @@ class KmsService:
             f.write(credentials.to_json() + "\n")
         os.replace(tmp, path)
         return credentials
+
+    @property
+    def root_key(self) -> RootKey:
+        """For wiring a co-hosted service onto the same database (it seals its own secrets)."""
+        return self._root
 
     def close(self) -> None:
         self.storage.dispose()
@@ -289,6 +300,10 @@ class KmsService:
             raise KmsRequestRejected(f"unsupported origin {origin!r}; use EH_INTERNAL_KEY")
         if len(description) > 1024:
             raise KmsRequestRejected("description longer than 1024 characters")
+        try:
+            release_policy = validate_release_policy(release_policy)
+        except PermissionDenied as exc:
+            raise KmsRequestRejected(str(exc)) from None
         key_id = str(uuid.uuid4())
 
         def op(conn: Connection) -> KeyDescription:
@@ -406,10 +421,72 @@ class KmsService:
         return self._seal(ctx, "Encrypt", key_id, plaintext, aad)
 
     def decrypt(self, ctx: RequestContext, key_id: str, ciphertext: bytes, aad: bytes = b"") -> bytes:
-        """Unwrap a data key (or decrypt a small ciphertext) made under ``key_id``."""
+        """Unwrap a data key (or decrypt a small ciphertext) made under ``key_id``.
+
+        Raises PermissionDenied for a key with a release policy: use :meth:`release_to_tee`.
+        """
         self._check_aad(aad)
-        return self._run(ctx, "Decrypt", key_id, lambda conn: self._open(conn, ctx, key_id, ciphertext, aad)[0],
-                         version_of=lambda _: _version_of(ciphertext), durable=False)
+
+        def op(conn: Connection) -> bytes:
+            plaintext, key = self._open(conn, ctx, key_id, ciphertext, aad)
+            if key.release_policy is not None:
+                raise PermissionDenied(
+                    f"key {key_id!r} releases data keys only to attested TEEs: present an attestation token"
+                )
+            return plaintext
+
+        return self._run(ctx, "Decrypt", key_id, op, version_of=lambda _: _version_of(ciphertext), durable=False)
+
+    def release_to_tee(self, ctx: RequestContext, key_id: str, ciphertext: bytes, aad: bytes = b"", *,
+                       token: str) -> str:
+        """Unwrap a data key for an attested TEE: returns it as a JWE to the token's TEE key."""
+        self._check_aad(aad)
+        ctx, caller = self._attested(ctx, token)
+
+        def op(conn: Connection) -> str:
+            plaintext, key = self._open(conn, ctx, key_id, ciphertext, aad)
+            return self._release(key, caller, plaintext)
+
+        return self._run(ctx, "DecryptForTee", key_id, op, version_of=lambda _: _version_of(ciphertext),
+                         durable=False)
+
+    def generate_data_key_for_tee(self, ctx: RequestContext, key_id: str, *, length: int = DATA_KEY_SIZE,
+                                  aad: bytes = b"", token: str) -> tuple[str, bytes]:
+        """A fresh data key for an attested TEE: (JWE of the plaintext, wrapped)."""
+        if not 1 <= length <= MAX_DATA_KEY_LEN:
+            raise KmsRequestRejected(f"keylen must be 1..{MAX_DATA_KEY_LEN}")
+        self._check_aad(aad)
+        ctx, caller = self._attested(ctx, token)
+        plaintext = os.urandom(length)
+
+        def op(conn: Connection) -> tuple[str, bytes]:
+            key = self._usable(conn, ctx.appid, key_id)
+            return self._release(key, caller, plaintext), self._wrap(conn, key, plaintext, aad)
+
+        return self._run(ctx, "GenerateDataKeyForTee", key_id, op, version_of=lambda r: _version_of(r[1]),
+                         durable=False)
+
+    def _attested(self, ctx: RequestContext, token: str) -> tuple[RequestContext, AttestedCaller]:
+        if self.release_gate is None:
+            raise PermissionDenied("this KMS has no attestation service configured to verify tokens")
+        try:
+            caller = self.release_gate.verify(token, now=self._now())
+        except TokenRejected as exc:
+            self._audit_failure(ctx, "VerifyToken", None, f"TokenRejected: {exc.reason}"[:48])
+            raise
+        claims = caller.claims.to_dict() if hasattr(caller.claims, "to_dict") else dict(caller.claims)
+        presented = {"token_id": caller.token_id, "policy_ids": list(caller.policy_ids),
+                     "simulated": caller.simulated, "claims": claims}
+        return dataclasses.replace(ctx, claims=presented), caller
+
+    @staticmethod
+    def _release(key: KeyDescription, caller: AttestedCaller, plaintext: bytes) -> str:
+        if key.release_policy is not None:
+            check_release(key.release_policy, caller)
+        public = caller.tee_public_key
+        if public is None:
+            raise TokenRejected("the token names no TEE public key to release the key to")
+        return seal_for_tee(plaintext, public)
 
     def rewrap(self, ctx: RequestContext, key_id: str, ciphertext: bytes, aad: bytes = b"") -> bytes:
         """Re-wrap under the key's newest version without returning the plaintext."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ppml.transport import client_context
 
 __all__ = ["DevTls", "client_context", "ensure_dev_tls"]
 
@@ -114,10 +115,3 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey, now: datetime) -> x509.Cert
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-
-
-def client_context(ca_file: Path | str | None) -> ssl.SSLContext:
-    """A verifying client context: the given CA bundle, else the system's trust store."""
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
