@@ -221,6 +221,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_key=Path(args.tls_key) if args.tls_key else None, open_enrollment=args.open_enrollment,
         passphrase_file=Path(args.root_key_passphrase_file) if args.root_key_passphrase_file else None,
         access_log=not args.no_access_log,
+        trusted_simulated_platforms=tuple(Path(p) for p in args.trust_simulated_platform),
+        self_tee=args.self_tee,
     ))
 
 
@@ -398,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root-key-passphrase-file", metavar="FILE",
                    help="derive the root key from this passphrase (scrypt) instead of DATA_DIR/root.key")
     p.add_argument("--no-access-log", action="store_true", help="do not log one JSON line per request")
+    p.add_argument("--trust-simulated-platform", action="append", default=[], metavar="PEM",
+                   help="accept SIMULATED TEE evidence from this platform public key (demos/tests; only "
+                   "policies with allow_simulated match it)")
+    p.add_argument("--self-tee", default="none", choices=["none", "sgx-gramine", "tdx"],
+                   help="the TEE this service runs in, for GenerateQuote (default: none)")
     p.set_defaults(func=cmd_serve)
 
     kms_parser = commands.add_parser("kms", help="KMS operator commands", description="KMS operator commands.")
@@ -427,6 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", metavar="URL")
     p.add_argument("--root-key-passphrase-file", metavar="FILE")
     p.set_defaults(func=cmd_kms_audit_verify)
+
+    from ppml.cli.attest import add_commands as add_attestation_commands
+
+    add_attestation_commands(commands)
+    try:
+        from ppml.tee.enclave_cli import add_enclave_commands
+    except ImportError:  # pragma: no cover - lands with enclave measurement
+        pass
+    else:
+        add_enclave_commands(commands)
 
     p = commands.add_parser(
         "demo",

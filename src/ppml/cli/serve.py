@@ -9,7 +9,14 @@ import sys
 import warnings
 from pathlib import Path
 
+from fastapi import FastAPI
+
+from ppml.attestation.server import add_attestation_routes
+from ppml.attestation.service import AttestationService
+from ppml.attestation.simulated import SimulatedVerifier
+from ppml.core.evidence import EvidenceVerifier
 from ppml.errors import UnsafeWarning, UsageError
+from ppml.kms.server import AppHooks
 from ppml.kms.service import KmsService
 
 __all__ = ["ServeOptions", "serve"]
@@ -29,6 +36,10 @@ class ServeOptions:
     open_enrollment: bool = False
     passphrase_file: Path | None = None
     access_log: bool = True
+    #: Public keys of simulated-TEE platforms whose evidence the attestation service accepts.
+    trusted_simulated_platforms: tuple[Path, ...] = ()
+    #: The TEE this service itself runs in, for GenerateQuote ("none", "simulated", ...).
+    self_tee: str = "none"
 
     def __post_init__(self) -> None:
         if self.tls_dev and (self.tls_cert or self.tls_key):
@@ -38,6 +49,40 @@ class ServeOptions:
         if self.db_url and "@" in self.db_url and ":" in self.db_url.split("://", 1)[-1].split("@", 1)[0]:
             raise UsageError("no passwords on the command line: put it in ~/.pgpass (or PGPASSFILE) "
                              "and give --db postgresql://user@host/db")
+
+
+def open_attestation(service: KmsService, options: ServeOptions) -> AttestationService:
+    """The attestation service on the KMS's database, with the verifiers this host can run."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    verifiers: dict[str, EvidenceVerifier] = {}
+    try:
+        from ppml.attestation.dcap import DcapVerifier
+
+        verifiers["sgx"] = verifiers["tdx"] = DcapVerifier()
+    except ImportError:  # pragma: no cover - present once DCAP verification lands
+        pass
+    if options.trusted_simulated_platforms:
+        keys = []
+        for path in options.trusted_simulated_platforms:
+            key = load_pem_public_key(path.read_bytes())
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                raise UsageError(f"{path}: not a P-256 public key")
+            keys.append(key)
+        warnings.warn(f"the attestation service accepts SIMULATED TEE evidence from {len(keys)} platform key(s); "
+                      "only policies with allow_simulated match it", UnsafeWarning, stacklevel=1)
+        verifiers["simulated"] = SimulatedVerifier(keys)
+    return AttestationService.open(service.storage, service.root_key, verifiers,
+                                   issuer=f"https://{options.host}:{options.port}")
+
+
+def _self_evidence(tee: str):  # type: ignore[no-untyped-def]
+    if tee == "none":
+        return None
+    from ppml.tee.backends import open_backend
+
+    return open_backend(tee).get_evidence
 
 
 def _has(module: str) -> bool:
@@ -68,7 +113,14 @@ def serve(options: ServeOptions) -> int:
     else:
         assert options.tls_cert and options.tls_key
         cert, key = options.tls_cert, options.tls_key
-    app = create_app(service, open_enrollment=options.open_enrollment)
+    attestation = open_attestation(service, options)
+    service.release_gate = attestation.token_verifier()
+
+    def extend(app: FastAPI, hooks: AppHooks) -> None:
+        add_attestation_routes(app, attestation, authenticated=hooks.authenticated, call=hooks.call,
+                               apikey_of=hooks.apikey_of, self_evidence=_self_evidence(options.self_tee))
+
+    app = create_app(service, open_enrollment=options.open_enrollment, extend=extend)
     log.info("ppml kms: storage %s; listening on https://%s:%d", service.storage.display_url,
              options.host, options.port)
     config = uvicorn.Config(

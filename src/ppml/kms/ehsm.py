@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse
 
 from ppml import __version__
 from ppml.errors import (
+    AttestationFailed,
     AuthenticationFailed,
     InvalidCiphertext,
     KeyDisabled,
@@ -44,7 +45,7 @@ from ppml.errors import (
     PpmlError,
     ReplayedRequest,
 )
-from ppml.kms import signing
+from ppml.core import signing
 from ppml.kms.service import ENABLED, KmsService, RequestContext
 
 __all__ = ["EHSM_ACTIONS", "add_ehsm_routes", "ehsm_error_response", "ehsm_result"]
@@ -72,6 +73,8 @@ def ehsm_result(result: dict[str, Any] | None = None, message: str = "success!",
 
 
 def ehsm_error_response(exc: PpmlError) -> JSONResponse:
+    if isinstance(exc, AttestationFailed):
+        return ehsm_result(None, exc.reason, 400)
     if isinstance(exc, ReplayedRequest):
         return ehsm_result(None, "Timestamp can't be repeated in 20 minutes", 400)
     if isinstance(exc, AuthenticationFailed | PermissionDenied):

@@ -27,7 +27,7 @@ from ppml.errors import (
     ReplayedRequest,
     UsageError,
 )
-from ppml.kms import signing
+from ppml.core import signing
 from ppml.kms.remote import ClientCredentials, HttpTransport, KmsEndpoint, load_credentials
 
 __all__ = ["EhsmKms"]

@@ -19,7 +19,7 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -30,15 +30,16 @@ from ppml.errors import (
     InvalidCiphertext,
     KeyDisabled,
     KeyNotFound,
-    KeyServiceError,
     KeyStoreUnreadable,
     KmsRequestRejected,
     KmsUnavailable,
     PermissionDenied,
+    PpmlError,
     ReplayedRequest,
+    TokenRejected,
     UsageError,
 )
-from ppml.kms import signing
+from ppml.core import signing
 from ppml.transport import HttpClient
 
 __all__ = ["ClientCredentials", "KmsEndpoint", "RemoteKms", "load_credentials"]
@@ -120,7 +121,10 @@ class KmsEndpoint:
         )
 
 
-_ERRORS: dict[str, type[KeyServiceError]] = {
+ATTESTATION_HEADER = "X-PPML-Attestation"
+
+_ERRORS: dict[str, type[PpmlError]] = {
+    "TokenRejected": TokenRejected,
     "AuthenticationFailed": AuthenticationFailed,
     "ReplayedRequest": ReplayedRequest,
     "PermissionDenied": PermissionDenied,
@@ -140,11 +144,26 @@ class HttpTransport(HttpClient):
                          ca_hint=f"ca=PATH or ${CA_ENV}", transport=transport, timeout=timeout)
 
 
+class AttestationCredential(Protocol):
+    """An attested TEE's session (``ppml.tee.session.TeeSession``): its token, and the key that
+    opens data keys released to it."""
+
+    @property
+    def token(self) -> str: ...
+
+    def decrypt_jwe(self, token: str) -> bytes: ...
+
+
 class RemoteKms:
-    """``KeyManagementService`` over the native ``/v1`` API of ``ppml serve``."""
+    """``KeyManagementService`` over the native ``/v1`` API of ``ppml serve``.
+
+    With ``attestation`` (inside an attested TEE) data keys are requested with the token and
+    arrive as JWE to the TEE's key, which keys with a release policy require.
+    """
 
     def __init__(self, endpoint: KmsEndpoint, credentials: ClientCredentials | None = None, *,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None,
+                 attestation: AttestationCredential | None = None) -> None:
         if credentials is None:
             if endpoint.credentials_path is None:
                 raise UsageError(f"no credentials for {endpoint.uri}: set credentials=PATH or ${CREDENTIALS_ENV}")
@@ -152,10 +171,11 @@ class RemoteKms:
         self._endpoint = endpoint
         self._credentials = credentials
         self._http = HttpTransport(endpoint, transport=transport)
+        self._attestation = attestation
 
     @classmethod
-    def from_uri(cls, uri: str) -> RemoteKms:
-        return cls(KmsEndpoint.parse(uri))
+    def from_uri(cls, uri: str, *, attestation: AttestationCredential | None = None) -> RemoteKms:
+        return cls(KmsEndpoint.parse(uri), attestation=attestation)
 
     @property
     def uri(self) -> str:
@@ -169,11 +189,13 @@ class RemoteKms:
         return f"RemoteKms({self.uri!r}, appid={self._credentials.appid!r})"
 
     def request(self, method: str, path: str, payload: dict[str, Any] | None = None,
-                *, key_id: str | None = None) -> Any:
+                *, key_id: str | None = None, attested: bool = False) -> Any:
         body = json.dumps(payload).encode() if payload is not None else b""
         url = httpx.URL(self._endpoint.base_url + path)
         headers = signing.native_headers(self._credentials.appid, self._credentials.apikey, method=method,
                                          path=url.path, body=body)
+        if attested and self._attestation is not None:
+            headers[ATTESTATION_HEADER] = self._attestation.token
         if body:
             headers["Content-Type"] = "application/json"
         response = self._http.send(method, path, body=body, headers=headers)
@@ -190,14 +212,22 @@ class RemoteKms:
     def generate_data_key(self, key_id: str, *, associated_data: bytes | None = None) -> GeneratedDataKey:
         result = self.request("POST", f"/v1/keys/{_segment(key_id)}/generate-data-key",
                               {"length": DATA_KEY_SIZE, "aad": _b64(associated_data or b""), "include_plaintext": True},
-                              key_id=key_id)
-        return GeneratedDataKey(key_id=key_id, data_key=DataKey(_unb64(result["plaintext"])),
+                              key_id=key_id, attested=True)
+        return GeneratedDataKey(key_id=key_id, data_key=DataKey(self._plaintext(result)),
                                 wrapped=_unb64(result["ciphertext"]))
+
+    def _plaintext(self, result: dict[str, Any]) -> bytes:
+        if "jwe" in result:
+            if self._attestation is None:
+                raise InvalidCiphertext()
+            return self._attestation.decrypt_jwe(str(result["jwe"]))
+        return _unb64(result["plaintext"])
 
     def unwrap_data_key(self, key_id: str, wrapped: bytes, *, associated_data: bytes | None = None) -> DataKey:
         result = self.request("POST", f"/v1/keys/{_segment(key_id)}/decrypt",
-                              {"ciphertext": _b64(wrapped), "aad": _b64(associated_data or b"")}, key_id=key_id)
-        plaintext = _unb64(result["plaintext"])
+                              {"ciphertext": _b64(wrapped), "aad": _b64(associated_data or b"")}, key_id=key_id,
+                              attested=True)
+        plaintext = self._plaintext(result)
         if len(plaintext) != DATA_KEY_SIZE:
             raise InvalidCiphertext()
         return DataKey(plaintext)
@@ -264,6 +294,8 @@ def _result(response: httpx.Response, uri: str, key_id: str | None) -> Any:
         raise KmsUnavailable(uri, message or f"HTTP {response.status_code}")
     if error is KeyDisabled:
         raise KeyDisabled(key_id or "?", message.rsplit(" is ", 1)[-1] if " is " in message else "disabled")
+    if error is TokenRejected:
+        raise TokenRejected(message.removeprefix("attestation failed: "))
     if error is not None:
         raise error(message)
     raise KmsRequestRejected(f"{uri}: HTTP {response.status_code}: {message}")

@@ -15,7 +15,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from fastapi import Body, Depends, FastAPI, Request
@@ -37,13 +38,15 @@ from ppml.errors import (
     PermissionDenied,
     PpmlError,
     ReplayedRequest,
+    TokenRejected,
 )
-from ppml.kms import signing
+from ppml.core import signing
 from ppml.kms.service import Credentials, KeyDescription, KmsService, RequestContext
 
-__all__ = ["MAX_BODY", "create_app"]
+__all__ = ["ATTESTATION_HEADER", "AppHooks", "MAX_BODY", "create_app"]
 
 MAX_BODY: Final = 1 << 20
+ATTESTATION_HEADER: Final = "X-PPML-Attestation"
 access_log = logging.getLogger("ppml.kms.access")
 
 STATUS: Final[list[tuple[type[PpmlError], int]]] = [
@@ -55,6 +58,7 @@ STATUS: Final[list[tuple[type[PpmlError], int]]] = [
     (InvalidCiphertext, 400),
     (KmsRequestRejected, 400),
     (KmsUnavailable, 503),
+    (TokenRejected, 403),
 ]
 
 
@@ -239,14 +243,24 @@ def b64encode(value: bytes) -> str:
 # -- the application ---------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppHooks:
+    """What a co-hosted service (the attestation service) may reuse when it adds routes."""
+
+    authenticated: Callable[[Request], Awaitable[RequestContext]]
+    call: Callable[..., Awaitable[Any]]
+    apikey_of: Callable[[str], bytes | None]
+
+
 def create_app(
     service: KmsService,
     *,
     open_enrollment: bool = False,
     now: Callable[[], float] = time.time,
     registry: CollectorRegistry | None = None,
+    extend: Callable[[FastAPI, AppHooks], None] | None = None,
 ) -> FastAPI:
-    """Build the ASGI application over ``service``."""
+    """Build the ASGI application over ``service``; ``extend`` adds co-hosted routes."""
     app = FastAPI(
         title="ppml KMS",
         version="1",
@@ -357,9 +371,14 @@ def create_app(
 
     @app.post("/v1/keys/{key_id}/generate-data-key", response_model=DataKeyResponse,
               response_model_exclude_none=True, tags=["data keys"])
-    async def generate_data_key(key_id: str,
+    async def generate_data_key(key_id: str, request: Request,
                                 body: GenerateDataKeyRequest = Body(default_factory=GenerateDataKeyRequest),
                                 ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
+        token = request.headers.get(ATTESTATION_HEADER)
+        if token:
+            jwe, wrapped = await call(service.generate_data_key_for_tee, ctx, key_id, length=body.length,
+                                      aad=b64decode(body.aad, "aad"), token=token)
+            return JSONResponse({"ciphertext": b64encode(wrapped), "jwe": jwe})
         plaintext, wrapped = await call(service.generate_data_key, ctx, key_id, length=body.length,
                                         aad=b64decode(body.aad, "aad"), with_plaintext=body.include_plaintext)
         result = {"ciphertext": b64encode(wrapped)}
@@ -368,9 +387,17 @@ def create_app(
         return JSONResponse(result)
 
     @app.post("/v1/keys/{key_id}/decrypt", response_model=PlaintextResponse, tags=["data keys"])
-    async def decrypt(key_id: str, body: CiphertextRequest,
+    async def decrypt(key_id: str, body: CiphertextRequest, request: Request,
                       ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
-        """Unwrap a data key (or decrypt a small ciphertext); ``aad`` must match the one used to wrap."""
+        """Unwrap a data key (or decrypt a small ciphertext); ``aad`` must match the one used to wrap.
+
+        With an ``X-PPML-Attestation`` token the key comes back as ``jwe``, encrypted to the TEE
+        public key in the token; keys with a release policy answer only that way."""
+        token = request.headers.get(ATTESTATION_HEADER)
+        if token:
+            jwe = await call(service.release_to_tee, ctx, key_id, b64decode(body.ciphertext, "ciphertext"),
+                             b64decode(body.aad, "aad"), token=token)
+            return JSONResponse({"jwe": jwe})
         plaintext = await call(service.decrypt, ctx, key_id, b64decode(body.ciphertext, "ciphertext"),
                                b64decode(body.aad, "aad"))
         return JSONResponse({"plaintext": b64encode(plaintext)})
@@ -392,8 +419,10 @@ def create_app(
 
     from ppml.kms.ehsm import add_ehsm_routes
 
-    add_ehsm_routes(app, service, open_enrollment=open_enrollment, now=now)
     app.state.call = call
+    add_ehsm_routes(app, service, open_enrollment=open_enrollment, now=now)
+    if extend is not None:
+        extend(app, AppHooks(authenticated=authenticated, call=call, apikey_of=service.apikey))
     return _BodyLimit(_Observe(app, requests_total, latency), MAX_BODY)  # type: ignore[return-value]
 
 

@@ -1,0 +1,390 @@
+"""The attestation service and key release, in process, with simulated evidence and real crypto.
+
+Every rejection here must also leave no key released: the KMS's release calls are made after
+each failure and must fail too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from joserfc.jwk import ECKey
+
+from ppml.attestation.policy import Policy
+from ppml.attestation.service import NONCE_TTL, AttestationService
+from ppml.attestation.simulated import SimulatedVerifier
+from ppml.attestation.tokens import TokenSigner, TokenVerifier
+from ppml.core.evidence import Claims, Evidence, report_data_for
+from ppml.core.simulated import SimulatedReport, sign_report
+from ppml.errors import (
+    AttestationFailed,
+    InvalidCiphertext,
+    NonceRejected,
+    PermissionDenied,
+    PolicyNotFound,
+    QuoteFormatError,
+    TokenRejected,
+)
+from ppml.kms.service import KmsService, RequestContext
+from ppml.tee.session import TeeSession
+
+MR_ENCLAVE = hashlib.sha256(b"the approved enclave").digest()
+MR_SIGNER = hashlib.sha256(b"the approved signer").digest()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture()
+def platform() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture()
+def services(tmp_path: Path, clock: Clock, platform: ec.EllipticCurvePrivateKey) -> tuple[KmsService, AttestationService, str]:
+    kms, admin = KmsService.open(data_dir=tmp_path / "kms", now=clock)
+    assert admin is not None
+    attestation = AttestationService.open(kms.storage, kms.root_key,
+                                          {"simulated": SimulatedVerifier([platform.public_key()])},
+                                          issuer="https://as.test", now=clock)
+    kms.release_gate = attestation.token_verifier()
+    app = kms.enroll(RequestContext(appid=admin.appid))
+    yield kms, attestation, app.appid
+    kms.close()
+
+
+def _evidence(platform: ec.EllipticCurvePrivateKey, report_data: bytes, **overrides: Any) -> Evidence:
+    fields: dict[str, Any] = {"mr_enclave": MR_ENCLAVE, "mr_signer": MR_SIGNER, "report_data": report_data}
+    fields.update(overrides)
+    return Evidence(tee="simulated", data=sign_report(SimulatedReport(**fields), platform))
+
+
+def _attest(attestation: AttestationService, platform: ec.EllipticCurvePrivateKey, policy_ids: list[str],
+            *, key: ECKey | None = None, **overrides: Any) -> tuple[str, ECKey]:
+    key = key or ECKey.generate_key("P-256", private=True)
+    runtime = {"tee_public_key": key.as_dict(private=False)}
+    nonce, _ = attestation.new_nonce()
+    evidence = _evidence(platform, report_data_for(nonce.encode(), runtime), **overrides)
+    result = attestation.attest(evidence, nonce=nonce, runtime_data=runtime, policy_ids=policy_ids)
+    return result.token, key
+
+
+def _policy(attestation: AttestationService, owner: str, **fields: Any) -> str:
+    base: dict[str, Any] = {"mr_enclave": MR_ENCLAVE.hex(), "mr_signer": MR_SIGNER.hex(), "allow_simulated": True}
+    base.update(fields)
+    return attestation.register_policy(owner, Policy(**base))
+
+
+# -- the protocol ------------------------------------------------------------------------------
+
+
+def test_attest_issues_a_token_with_the_claims(services: Any, platform: Any, clock: Clock) -> None:
+    kms, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    token, key = _attest(attestation, platform, [policy_id])
+    verified = attestation.verify_token(token)
+    assert verified.policy_ids == (policy_id,)
+    assert verified.claims.mr_enclave == MR_ENCLAVE.hex()
+    assert verified.claims.simulated and verified.simulated
+    assert verified.claims.tcb_status == "Simulated"
+    assert verified.tee_public_key == key.as_dict(private=False)
+    assert verified.expires_at - verified.issued_at == 300
+    jwks = attestation.signer.jwks()
+    assert len(jwks["keys"]) == 1 and "d" not in jwks["keys"][0]
+
+
+@pytest.mark.parametrize(
+    ("policy_fields", "overrides", "reason"),
+    [
+        ({"allow_simulated": False}, {}, "allow_simulated"),
+        ({}, {"mr_enclave": hashlib.sha256(b"other").digest()}, "mr_enclave"),
+        ({}, {"mr_signer": hashlib.sha256(b"other").digest()}, "mr_signer"),
+        ({}, {"debug": True}, "allow_debug"),
+        ({"isv_prod_id": 7}, {"isv_prod_id": 8}, "isv_prod_id"),
+        ({"min_isv_svn": 3}, {"isv_svn": 2}, "isv_svn"),
+    ],
+)
+def test_policy_mismatch_is_rejected(services: Any, platform: Any, policy_fields: dict[str, Any],
+                                     overrides: dict[str, Any], reason: str) -> None:
+    kms, attestation, appid = services
+    policy_id = _policy(attestation, appid, **policy_fields)
+    with pytest.raises(AttestationFailed) as caught:
+        _attest(attestation, platform, [policy_id], **overrides)
+    assert reason in caught.value.reason
+
+
+def test_debug_enclave_accepted_only_with_allow_debug(services: Any, platform: Any) -> None:
+    _, attestation, appid = services
+    policy_id = _policy(attestation, appid, allow_debug=True)
+    token, _ = _attest(attestation, platform, [policy_id], debug=True)
+    assert attestation.verify_token(token).claims.debug
+
+
+def test_tcb_status_policy() -> None:
+    claims = Claims(tee="sgx", report_data="00" * 64, debug=False, tcb_status="OutOfDate",
+                    mr_enclave=MR_ENCLAVE.hex(), mr_signer=MR_SIGNER.hex())
+    strict = Policy(mr_enclave=MR_ENCLAVE.hex())
+    assert any("TCB status OutOfDate" in r for r in strict.mismatches(claims))
+    lenient = Policy(mr_enclave=MR_ENCLAVE.hex(), accepted_tcb_statuses=("UpToDate", "OutOfDate"))
+    assert lenient.mismatches(claims) == []
+
+
+def test_report_data_must_bind_the_nonce(services: Any, platform: Any) -> None:
+    _, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    key = ECKey.generate_key("P-256", private=True)
+    runtime = {"tee_public_key": key.as_dict(private=False)}
+    nonce, _ = attestation.new_nonce()
+    other_nonce, _ = attestation.new_nonce()
+    evidence = _evidence(platform, report_data_for(other_nonce.encode(), runtime))
+    with pytest.raises(AttestationFailed, match="report data"):
+        attestation.attest(evidence, nonce=nonce, runtime_data=runtime, policy_ids=[policy_id])
+
+
+def test_report_data_must_bind_the_runtime_key(services: Any, platform: Any) -> None:
+    """A token cannot name a TEE key other than the one the evidence committed to."""
+    _, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    committed = ECKey.generate_key("P-256", private=True)
+    substituted = ECKey.generate_key("P-256", private=True)
+    nonce, _ = attestation.new_nonce()
+    evidence = _evidence(platform, report_data_for(nonce.encode(), {"tee_public_key": committed.as_dict(private=False)}))
+    with pytest.raises(AttestationFailed, match="report data"):
+        attestation.attest(evidence, nonce=nonce, runtime_data={"tee_public_key": substituted.as_dict(private=False)},
+                           policy_ids=[policy_id])
+
+
+def test_nonce_is_single_use(services: Any, platform: Any) -> None:
+    _, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    key = ECKey.generate_key("P-256", private=True)
+    runtime = {"tee_public_key": key.as_dict(private=False)}
+    nonce, _ = attestation.new_nonce()
+    evidence = _evidence(platform, report_data_for(nonce.encode(), runtime))
+    attestation.attest(evidence, nonce=nonce, runtime_data=runtime, policy_ids=[policy_id])
+    with pytest.raises(NonceRejected):
+        attestation.attest(evidence, nonce=nonce, runtime_data=runtime, policy_ids=[policy_id])
+
+
+def test_nonce_expires(services: Any, platform: Any, clock: Clock) -> None:
+    _, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    runtime = {"tee_public_key": ECKey.generate_key("P-256", private=True).as_dict(private=False)}
+    nonce, _ = attestation.new_nonce()
+    clock.now += NONCE_TTL + 1
+    evidence = _evidence(platform, report_data_for(nonce.encode(), runtime))
+    with pytest.raises(NonceRejected, match="expired"):
+        attestation.attest(evidence, nonce=nonce, runtime_data=runtime, policy_ids=[policy_id])
+
+
+def test_unknown_nonce(services: Any, platform: Any) -> None:
+    _, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    runtime: dict[str, Any] = {}
+    evidence = _evidence(platform, report_data_for(b"made-up", runtime))
+    with pytest.raises(NonceRejected):
+        attestation.attest(evidence, nonce="made-up", runtime_data=runtime, policy_ids=[policy_id])
+
+
+def test_untrusted_simulated_platform(services: Any) -> None:
+    _, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    nonce, _ = attestation.new_nonce()
+    evidence = _evidence(stranger, report_data_for(nonce.encode(), {}))
+    with pytest.raises(AttestationFailed, match="does not trust"):
+        attestation.attest(evidence, nonce=nonce, runtime_data={}, policy_ids=[policy_id])
+
+
+@pytest.mark.parametrize("cut", [0, 10, 400, -1])
+def test_truncated_or_forged_simulated_evidence(services: Any, platform: Any, cut: int) -> None:
+    _, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    nonce, _ = attestation.new_nonce()
+    data = bytearray(_evidence(platform, report_data_for(nonce.encode(), {})).data)
+    if cut == -1:
+        data[100] ^= 1  # inside the signed report body
+        expected: type[AttestationFailed] = AttestationFailed
+    else:
+        data = data[:cut]
+        expected = QuoteFormatError
+    with pytest.raises(expected):
+        attestation.attest(Evidence(tee="simulated", data=bytes(data)), nonce=nonce, runtime_data={},
+                           policy_ids=[policy_id])
+
+
+def test_unknown_tee_type_and_policy(services: Any, platform: Any) -> None:
+    _, attestation, appid = services
+    nonce, _ = attestation.new_nonce()
+    with pytest.raises(AttestationFailed, match="does not verify tdx"):
+        attestation.attest(Evidence(tee="tdx", data=b"x" * 100), nonce=nonce, runtime_data={}, policy_ids=["p"])
+    nonce, _ = attestation.new_nonce()
+    with pytest.raises(PolicyNotFound):
+        attestation.attest(_evidence(platform, report_data_for(nonce.encode(), {})), nonce=nonce,
+                           runtime_data={}, policy_ids=["no-such-policy"])
+
+
+def test_policies_are_private_to_their_owner(services: Any) -> None:
+    kms, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    assert attestation.get_policy(policy_id, owner=appid).mr_enclave == MR_ENCLAVE.hex()
+    with pytest.raises(PolicyNotFound):
+        attestation.get_policy(policy_id, owner="someone-else")
+
+
+def test_signing_key_survives_restart(tmp_path: Path, clock: Clock, platform: Any) -> None:
+    kms, admin = KmsService.open(data_dir=tmp_path / "kms", now=clock)
+    first = AttestationService.open(kms.storage, kms.root_key, {}, issuer="https://as.test", now=clock)
+    kms.close()
+    kms, _ = KmsService.open(data_dir=tmp_path / "kms", now=clock)
+    second = AttestationService.open(kms.storage, kms.root_key, {}, issuer="https://as.test", now=clock)
+    assert first.signer.jwks() == second.signer.jwks()
+    kms.close()
+
+
+# -- key release gated on attestation ----------------------------------------------------------
+
+
+def _gated_key(kms: KmsService, appid: str, policy_id: str) -> tuple[str, bytes, bytes]:
+    ctx = RequestContext(appid=appid)
+    key = kms.create_key(ctx, release_policy={"policy_ids": [policy_id]})
+    plaintext, wrapped = kms.generate_data_key(ctx, key.key_id)
+    assert plaintext is not None
+    return key.key_id, plaintext, wrapped
+
+
+def _session(token: str, key: ECKey) -> TeeSession:
+    return TeeSession(token=token, private_key=key, claims={}, policy_ids=[], attestation_url="https://as.test")
+
+
+def test_release_to_an_attested_tee(services: Any, platform: Any) -> None:
+    kms, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    key_id, plaintext, wrapped = _gated_key(kms, appid, policy_id)
+    token, tee_key = _attest(attestation, platform, [policy_id])
+    jwe = kms.release_to_tee(RequestContext(appid=appid), key_id, wrapped, token=token)
+    assert plaintext.hex() not in jwe and len(jwe.split(".")) == 5
+    assert _session(token, tee_key).decrypt_jwe(jwe) == plaintext
+    # another TEE key cannot open it
+    with pytest.raises(InvalidCiphertext):
+        _session(token, ECKey.generate_key("P-256", private=True)).decrypt_jwe(jwe)
+    # fresh data keys for the TEE arrive the same way
+    jwe2, wrapped2 = kms.generate_data_key_for_tee(RequestContext(appid=appid), key_id, token=token)
+    released = _session(token, tee_key).decrypt_jwe(jwe2)
+    assert len(released) == 32
+    assert _session(token, tee_key).decrypt_jwe(kms.release_to_tee(RequestContext(appid=appid), key_id, wrapped2,
+                                                                    token=token)) == released
+    # the audit log recorded the presented claims, and no key material
+    records = kms.audit_records(limit=10)
+    tee_records = [r for r in records if r["operation"] == "DecryptForTee" and r["outcome"] == "ok"]
+    assert tee_records and MR_ENCLAVE.hex() in tee_records[-1]["claims"]
+    assert all(plaintext.hex() not in str(r) for r in records)
+    assert kms.verify_audit().ok
+
+
+def test_gated_key_never_releases_without_a_token(services: Any) -> None:
+    kms, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    key_id, _, wrapped = _gated_key(kms, appid, policy_id)
+    with pytest.raises(PermissionDenied, match="attested TEEs"):
+        kms.decrypt(RequestContext(appid=appid), key_id, wrapped)
+
+
+def test_token_for_another_policy_is_refused(services: Any, platform: Any) -> None:
+    kms, attestation, appid = services
+    gate_policy = _policy(attestation, appid)
+    other_policy = _policy(attestation, appid, isv_prod_id=0)
+    key_id, _, wrapped = _gated_key(kms, appid, gate_policy)
+    token, _ = _attest(attestation, platform, [other_policy])
+    with pytest.raises(TokenRejected, match="none of the policies"):
+        kms.release_to_tee(RequestContext(appid=appid), key_id, wrapped, token=token)
+
+
+def test_expired_token_is_refused(services: Any, platform: Any, clock: Clock) -> None:
+    kms, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    key_id, _, wrapped = _gated_key(kms, appid, policy_id)
+    token, _ = _attest(attestation, platform, [policy_id])
+    clock.now += 301 + 5
+    with pytest.raises(TokenRejected, match="expired"):
+        kms.release_to_tee(RequestContext(appid=appid), key_id, wrapped, token=token)
+
+
+def test_resigned_token_is_refused(services: Any, platform: Any, clock: Clock) -> None:
+    """A token with the same content signed by another key (an attacker's 'AS') is worthless."""
+    kms, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    key_id, _, wrapped = _gated_key(kms, appid, policy_id)
+    genuine = attestation.verify_token(_attest(attestation, platform, [policy_id])[0])
+    forger = TokenSigner.generate(issuer="https://as.test")
+    forged = forger.issue(claims=genuine.claims, nonce=genuine.nonce, policy_ids=list(genuine.policy_ids),
+                          runtime_data=dict(genuine.runtime_data), now=clock.now)
+    with pytest.raises(TokenRejected, match="signature"):
+        kms.release_to_tee(RequestContext(appid=appid), key_id, wrapped, token=forged)
+    # even with the forger's key id copied into the header, the JWKS does not hold it
+    assert TokenVerifier(forger.jwks(), issuer="https://as.test").verify(forged, now=clock.now).policy_ids
+
+
+@pytest.mark.parametrize("damage", ["payload", "signature", "garbage", "empty"])
+def test_tampered_token_is_refused(services: Any, platform: Any, damage: str) -> None:
+    kms, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    key_id, _, wrapped = _gated_key(kms, appid, policy_id)
+    token, _ = _attest(attestation, platform, [policy_id])
+    head, payload, signature = token.split(".")
+    if damage == "payload":
+        token = ".".join([head, payload[:-4] + ("AAAA" if payload[-4:] != "AAAA" else "BBBB"), signature])
+    elif damage == "signature":
+        token = ".".join([head, payload, signature[:-4] + ("AAAA" if signature[-4:] != "AAAA" else "BBBB")])
+    elif damage == "garbage":
+        token = "not.a.token"
+    else:
+        token = ""
+    with pytest.raises(TokenRejected):
+        kms.release_to_tee(RequestContext(appid=appid), key_id, wrapped, token=token)
+
+
+def test_claim_constraints_in_the_release_policy(services: Any, platform: Any) -> None:
+    kms, attestation, appid = services
+    policy_id = _policy(attestation, appid)
+    ctx = RequestContext(appid=appid)
+    key = kms.create_key(ctx, release_policy={"policy_ids": [policy_id], "claims": {"isv_svn": 5}})
+    _, wrapped = kms.generate_data_key(ctx, key.key_id)
+    token, _ = _attest(attestation, platform, [policy_id], isv_svn=4)
+    with pytest.raises(TokenRejected, match="isv_svn"):
+        kms.release_to_tee(ctx, key.key_id, wrapped, token=token)
+    token, tee_key = _attest(attestation, platform, [policy_id], isv_svn=5)
+    assert len(_session(token, tee_key).decrypt_jwe(kms.release_to_tee(ctx, key.key_id, wrapped, token=token))) == 32
+
+
+def test_kms_without_attestation_service_never_releases(tmp_path: Path, clock: Clock) -> None:
+    kms, admin = KmsService.open(data_dir=tmp_path / "solo", now=clock)
+    ctx = RequestContext(appid=admin.appid)
+    key = kms.create_key(ctx, release_policy={"policy_ids": ["p"]})
+    _, wrapped = kms.generate_data_key(ctx, key.key_id)
+    with pytest.raises(PermissionDenied, match="no attestation service"):
+        kms.release_to_tee(ctx, key.key_id, wrapped, token="x.y.z")
+    kms.close()
+
+
+def test_session_never_shows_its_key() -> None:
+    key = ECKey.generate_key("P-256", private=True)
+    session = _session("header.payload.sig", key)
+    assert key.as_dict(private=True)["d"] not in repr(session)
+    with pytest.raises(PermissionError):
+        session.export(object())
+
