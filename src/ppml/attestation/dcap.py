@@ -6,9 +6,10 @@ Quote Verification Library, ``QuoteVerifier.cpp``, which this follows)::
     quote bytes ──parse──▶ header, body, signature data            (ppml.attestation.quote)
     PCK chain   leaf "SGX PCK Certificate" → "SGX PCK Platform/Processor CA" → pinned root:
                 signatures, validity at `now`, CA flags and path length, CRLs if given
-    QE report   ECDSA-SHA256 by the PCK leaf's P-256 key over the 384-byte QE report  (4.1.2.4.12)
-    binding     QE report_data = SHA-256(attestation key ‖ QE auth data) ‖ 32 zero bytes (4.1.2.4.13)
-    quote       ECDSA-SHA256 by the attestation key over header ‖ body                 (4.1.2.4.16)
+    QE report   ECDSA-SHA256 by the PCK leaf's P-256 key over the 384-byte QE report (4.1.2.4.12)
+    binding     QE report_data = SHA-256(attestation key ‖ QE auth data) ‖ 32 zeros  (4.1.2.4.13)
+    quote       ECDSA-SHA256 by the attestation key over header (‖ v5 descriptor) ‖ body
+                                                                                   (4.1.2.4.16)
     collateral  TCB Info and QE Identity for this TEE and the PCK's FMSPC: signed by a
                 "SGX TCB Signing" certificate that chains to the pinned root, inside
                 issueDate..nextUpdate at `now`; FMSPC and PCE-ID match          (4.1.2.4.9-10)
@@ -24,10 +25,10 @@ check. A TCB status is *reported*, not judged (accepting ``OutOfDate`` is a poli
 ``Revoked``, which is refused here. Not implemented: the TD 1.5 "TD relaunch advised" statuses
 (a TD 1.5 quote gets the TD 1.0 evaluation) and TCB Info v2 (PCS API v3).
 
-Collateral is parsed and its signatures verified once, when a :class:`Collateral` is built;
-certificate signatures, once verified, are remembered by the verifier (keyed by the exact DER of
-issuer and subject), so verifying a quote costs two certificate signatures at most, two ECDSA
-verifications for the QE report and the quote, and some dictionary look-ups.
+Collateral is parsed and its signatures verified once, when a :class:`Collateral` is built.
+Certificate and CRL signatures, once verified, are remembered by the verifier (keyed by the exact
+DER of issuer and subject), so a quote from a platform seen before costs two ECDSA verifications
+(QE report, quote) and some parsing; a new platform adds the signature on its PCK certificate.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ _SGX_OID_DER = bytes.fromhex("2a864886f84d010d01")  # DER content octets of the 
 _MAX_COLLATERAL_SIZE = 1 << 20
 _MAX_CHAIN_LENGTH = 4
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
-_SIGNATURE_CACHE_LIMIT = 4096
+_CHAIN_CACHE_LIMIT = 4096
 
 #: TCB statuses that Intel's TCB Info may give a TCB level (TcbStatus of ppml.core.evidence).
 _PLATFORM_STATUSES = frozenset({
@@ -260,6 +261,9 @@ def _signed_json(document: bytes | str, body_key: str, what: str) -> tuple[bytes
     duplicate key or re-serialisation can make the checked and the used data differ."""
     if isinstance(document, str):
         document = document.encode("utf-8")
+    if not isinstance(document, bytes):
+        raise TypeError(f"{what}: pass the document's raw bytes or text, not "
+                        f"{type(document).__name__}: the signature covers its exact text")
     if len(document) > _MAX_COLLATERAL_SIZE:
         _fail(f"{what}: document of {len(document)} bytes is too large")
     try:
@@ -284,7 +288,8 @@ def _signed_json(document: bytes | str, body_key: str, what: str) -> tuple[bytes
         while char(position) != "}":
             if char(position) != '"':
                 _fail(f"{what}: malformed JSON")
-            name, position = json.decoder.scanstring(text, position + 1)  # type: ignore[attr-defined]
+            scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
+            name, position = scanstring(text, position + 1)
             position = skip(position)
             if char(position) != ":":
                 _fail(f"{what}: malformed JSON")
@@ -611,130 +616,158 @@ def _load_chain(chain: CertificateChain, what: str) -> tuple[x509.Certificate, .
     return tuple(certificates)
 
 
+def _bounded_add(memory: set[Any], key: Any) -> None:
+    if len(memory) >= _CHAIN_CACHE_LIMIT:
+        memory.clear()
+    memory.add(key)
+
+
+def _bounded_put(memory: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(memory) >= _CHAIN_CACHE_LIMIT:
+        memory.clear()
+    memory[key] = value
+
+
 def _fingerprint(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex()
 
 
-class _Revocation:
-    """CRLs by issuer. With CRLs configured, every non-root certificate of a chain must be covered
-    by a valid CRL from its issuer: a missing CRL fails closed instead of skipping the check."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _CheckedChain:
+    """A chain that passed every check that does not depend on the time: what is left to check
+    at each ``now`` is the validity of its certificates and of the CRLs consulted."""
 
-    def __init__(self, crls: Sequence[x509.CertificateRevocationList]) -> None:
-        self._by_issuer: dict[x509.Name, list[tuple[int, x509.CertificateRevocationList]]] = {}
-        for index, crl in enumerate(crls):
-            self._by_issuer.setdefault(crl.issuer, []).append((index, crl))
+    certificates: tuple[x509.Certificate, ...]
+    crls: tuple[tuple[str, x509.CertificateRevocationList], ...]
 
-    def check(self, certificate: x509.Certificate, issuer: x509.Certificate, now: datetime,
-              what: str, signed: _SignatureCache) -> None:
-        crls = self._by_issuer.get(certificate.issuer)
-        issuer_name = _common_name(issuer.subject)
-        if not crls:
-            _fail(f"{what}: no CRL from {issuer_name!r} to check "
-                  f"{_common_name(certificate.subject)!r} against")
-        for index, crl in crls:
-            if not signed.crl_signed_by(index, crl, issuer):
-                _fail(f"{what}: the CRL of {issuer_name!r} is not signed by it")
+    def check_time(self, now: datetime, what: str) -> None:
+        for certificate in self.certificates:
+            if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+                _fail(f"{what}: {_common_name(certificate.subject)!r} is not valid at "
+                      f"{now.isoformat()} (valid {certificate.not_valid_before_utc.isoformat()} "
+                      f"to {certificate.not_valid_after_utc.isoformat()})")
+        for issuer_name, crl in self.crls:
             next_update = crl.next_update_utc
             if crl.last_update_utc > now or (next_update is not None and next_update < now):
                 _fail(f"{what}: the CRL of {issuer_name!r} is not valid at {now.isoformat()} "
                       f"(lastUpdate {crl.last_update_utc.isoformat()}, nextUpdate "
                       f"{next_update.isoformat() if next_update else 'none'})")
+
+
+class _ChainVerifier:
+    """Verifies certificate chains (leaf first) to one pinned root, with optional CRLs.
+
+    A chain must end at the root (which is appended if the chain stops short of a root); every
+    issuer must be a CA (basic constraints, keyCertSign, path length) that signed the certificate
+    below it; the leaf must be no CA; names must be what Intel issues. With CRLs configured, every
+    certificate below the root must be covered by a CRL from its issuer that the issuer signed and
+    that does not list it: a missing CRL fails closed instead of skipping the check.
+
+    Chains that pass the time-independent checks are remembered by their exact certificates, so
+    the shared intermediates and the collateral chains are verified once, not once per quote; only
+    successes are remembered, and the memory is emptied when it reaches its bound.
+    """
+
+    def __init__(self, trusted_root: x509.Certificate,
+                 crls: Sequence[x509.CertificateRevocationList] | None) -> None:
+        self.trusted_root = trusted_root
+        self._crls: dict[x509.Name, list[tuple[int, x509.CertificateRevocationList]]] | None = None
+        if crls is not None:
+            self._crls = {}
+            for index, crl in enumerate(crls):
+                self._crls.setdefault(crl.issuer, []).append((index, crl))
+        self._checked: dict[tuple[Any, ...], _CheckedChain] = {}
+        #: (certificate, issuer) and (CRL index, issuer) pairs whose signature verified
+        self._signed: set[tuple[Any, ...]] = set()
+
+    def verify(self, chain: Sequence[x509.Certificate], *, now: datetime, what: str,
+               leaf_phrase: str, ca_phrases: tuple[str, ...]) -> tuple[x509.Certificate, ...]:
+        """Check ``chain`` at ``now``; return it with the root. Raises AttestationFailed."""
+        key = (what, tuple(chain))
+        checked = self._checked.get(key)
+        if checked is None:
+            checked = self._check_static(chain, what, leaf_phrase, ca_phrases)
+            _bounded_put(self._checked, key, checked)
+        checked.check_time(now, what)
+        return checked.certificates
+
+    def _check_static(self, chain: Sequence[x509.Certificate], what: str, leaf_phrase: str,
+                      ca_phrases: tuple[str, ...]) -> _CheckedChain:
+        certificates = list(chain)
+        last = certificates[-1]
+        if last != self.trusted_root:
+            if last.subject == last.issuer:
+                _fail(f"{what}: the chain ends at {_common_name(last.subject)!r} (SHA-256 "
+                      f"{_fingerprint(last)}), not at the pinned root (SHA-256 "
+                      f"{_fingerprint(self.trusted_root)})")
+            certificates.append(self.trusted_root)
+        if len(certificates) < 2 or len(certificates) > _MAX_CHAIN_LENGTH:
+            _fail(f"{what}: a chain of {len(certificates)} certificates")
+        leaf = certificates[0]
+        if leaf_phrase not in _common_name(leaf.subject):
+            _fail(f"{what}: leaf {_common_name(leaf.subject)!r} is not an {leaf_phrase!r} "
+                  f"certificate")
+        for certificate in certificates[1:-1]:
+            if not any(phrase in _common_name(certificate.subject) for phrase in ca_phrases):
+                _fail(f"{what}: unexpected intermediate {_common_name(certificate.subject)!r}")
+        try:
+            if leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                _fail(f"{what}: the leaf {_common_name(leaf.subject)!r} is a CA")
+        except x509.ExtensionNotFound:
+            pass
+        except ValueError as exc:
+            raise AttestationFailed(f"{what}: unreadable leaf extensions ({exc})") from exc
+        crls_used: list[tuple[str, x509.CertificateRevocationList]] = []
+        for depth, (child, issuer) in enumerate(zip(certificates, certificates[1:])):
+            issuer_name = _common_name(issuer.subject)
+            try:
+                constraints = issuer.extensions.get_extension_for_class(
+                    x509.BasicConstraints).value
+                usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
+            except x509.ExtensionNotFound:
+                _fail(f"{what}: issuer {issuer_name!r} lacks basic constraints or key usage")
+            except ValueError as exc:
+                raise AttestationFailed(
+                    f"{what}: unreadable extensions of {issuer_name!r}") from exc
+            if not constraints.ca or not usage.key_cert_sign:
+                _fail(f"{what}: issuer {issuer_name!r} is not a CA")
+            # ``depth`` intermediate CAs lie between this issuer and the leaf
+            if constraints.path_length is not None and depth > constraints.path_length:
+                _fail(f"{what}: path length of {issuer_name!r} exceeded")
+            if (child, issuer) not in self._signed:
+                try:
+                    child.verify_directly_issued_by(issuer)
+                except (ValueError, TypeError, InvalidSignature):
+                    _fail(f"{what}: {_common_name(child.subject)!r} is not signed by "
+                          f"{issuer_name!r}")
+                _bounded_add(self._signed, (child, issuer))
+        # revocation only once the whole path is authentic, so a foreign chain is reported as such
+        if self._crls is not None:
+            for child, issuer in zip(certificates, certificates[1:]):
+                crls_used.extend(self._check_revocation(child, issuer, what))
+        return _CheckedChain(tuple(certificates), tuple(crls_used))
+
+    def _check_revocation(self, certificate: x509.Certificate, issuer: x509.Certificate,
+                          what: str) -> list[tuple[str, x509.CertificateRevocationList]]:
+        assert self._crls is not None
+        issuer_name = _common_name(issuer.subject)
+        crls = self._crls.get(certificate.issuer)
+        if not crls:
+            _fail(f"{what}: no CRL from {issuer_name!r} to check "
+                  f"{_common_name(certificate.subject)!r} against")
+        for index, crl in crls:
+            if (index, issuer) not in self._signed:
+                try:
+                    valid = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+                except (ValueError, TypeError):
+                    valid = False
+                if not valid:
+                    _fail(f"{what}: the CRL of {issuer_name!r} is not signed by it")
+                _bounded_add(self._signed, (index, issuer))
             if crl.get_revoked_certificate_by_serial_number(certificate.serial_number) is not None:
                 _fail(f"{what}: {_common_name(certificate.subject)!r} (serial "
-                      f"{certificate.serial_number:x}) is revoked")
-
-
-class _SignatureCache:
-    """Remembers which issuer signed which certificate or CRL (by exact DER), so that the shared
-    intermediates and collateral chains are verified once, not once per quote. Only successful
-    verifications are remembered; the set is emptied when it reaches its bound."""
-
-    def __init__(self) -> None:
-        self._verified: set[tuple[Any, ...]] = set()
-
-    def _remember(self, key: tuple[Any, ...]) -> None:
-        if len(self._verified) >= _SIGNATURE_CACHE_LIMIT:
-            self._verified.clear()
-        self._verified.add(key)
-
-    def signed_by(self, certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
-        key = ("cert", certificate, issuer)
-        if key in self._verified:
-            return True
-        try:
-            certificate.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
-            return False
-        self._remember(key)
-        return True
-
-    def crl_signed_by(self, index: int, crl: x509.CertificateRevocationList,
-                      issuer: x509.Certificate) -> bool:
-        key = ("crl", index, issuer)
-        if key in self._verified:
-            return True
-        try:
-            valid = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
-        except (ValueError, TypeError):
-            valid = False
-        if valid:
-            self._remember(key)
-        return valid
-
-
-def _verify_chain(chain: Sequence[x509.Certificate], *, trusted_root: x509.Certificate,
-                  now: datetime, what: str, leaf_phrase: str, ca_phrases: tuple[str, ...],
-                  signed: _SignatureCache, revocation: _Revocation | None) -> None:
-    """Leaf first. The chain must end at ``trusted_root`` (appended if the chain stops short of a
-    root); every certificate valid at ``now``; every issuer a CA (basic constraints, keyCertSign,
-    path length) that signed the one below; the leaf no CA; names as Intel issues them."""
-    certificates = list(chain)
-    last = certificates[-1]
-    if last != trusted_root:
-        if last.subject == last.issuer:
-            _fail(f"{what}: the chain ends at {_common_name(last.subject)!r} (SHA-256 "
-                  f"{_fingerprint(last)}), not at the pinned root (SHA-256 "
-                  f"{_fingerprint(trusted_root)})")
-        certificates.append(trusted_root)
-    if len(certificates) < 2 or len(certificates) > _MAX_CHAIN_LENGTH:
-        _fail(f"{what}: a chain of {len(certificates)} certificates")
-    leaf = certificates[0]
-    if leaf_phrase not in _common_name(leaf.subject):
-        _fail(f"{what}: leaf {_common_name(leaf.subject)!r} is not an {leaf_phrase!r} certificate")
-    for certificate in certificates[1:-1]:
-        if not any(phrase in _common_name(certificate.subject) for phrase in ca_phrases):
-            _fail(f"{what}: unexpected intermediate {_common_name(certificate.subject)!r}")
-    for certificate in certificates:
-        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
-            _fail(f"{what}: {_common_name(certificate.subject)!r} is not valid at "
-                  f"{now.isoformat()} (valid {certificate.not_valid_before_utc.isoformat()} to "
-                  f"{certificate.not_valid_after_utc.isoformat()})")
-    try:
-        leaf_constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if leaf_constraints.ca:
-            _fail(f"{what}: the leaf {_common_name(leaf.subject)!r} is a CA")
-    except x509.ExtensionNotFound:
-        pass
-    except ValueError as exc:
-        raise AttestationFailed(f"{what}: unreadable leaf extensions ({exc})") from exc
-    for depth, (child, issuer) in enumerate(zip(certificates, certificates[1:])):
-        issuer_name = _common_name(issuer.subject)
-        try:
-            constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
-            usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
-        except x509.ExtensionNotFound:
-            _fail(f"{what}: issuer {issuer_name!r} lacks basic constraints or key usage")
-        except ValueError as exc:
-            raise AttestationFailed(f"{what}: unreadable extensions of {issuer_name!r}") from exc
-        if not constraints.ca or not usage.key_cert_sign:
-            _fail(f"{what}: issuer {issuer_name!r} is not a CA")
-        # ``depth`` intermediate CAs lie between this issuer and the leaf
-        if constraints.path_length is not None and depth > constraints.path_length:
-            _fail(f"{what}: path length of {issuer_name!r} exceeded")
-        if not signed.signed_by(child, issuer):
-            _fail(f"{what}: {_common_name(child.subject)!r} is not signed by {issuer_name!r}")
-        if revocation is not None:
-            revocation.check(child, issuer, now, what, signed)
+                      f"{certificate.serial_number:x}) is revoked by the CRL of {issuer_name!r}")
+        return [(issuer_name, crl) for _, crl in crls]
 
 
 # --- collateral ----------------------------------------------------------------------------------
@@ -910,8 +943,8 @@ class DcapVerifier:
             if key in self._collateral:
                 raise ValueError(f"two collaterals for {item.tee} FMSPC {item.fmspc.hex()}")
             self._collateral[key] = item
-        self._revocation = _Revocation(crls) if crls is not None else None
-        self._signed = _SignatureCache()
+        self._chains = _ChainVerifier(self.trusted_root, crls)
+        self._pck_extensions: dict[x509.Certificate, PckCertificateExtensions] = {}
 
     def verify(self, evidence: Evidence, *, now: datetime) -> Claims:
         """Verify a quote completely and return its claims, with the TCB status and advisories.
@@ -940,11 +973,10 @@ class DcapVerifier:
         if signature_data.certification_data_type != CERTIFICATION_DATA_PCK_CHAIN:
             _fail(f"certification data type {signature_data.certification_data_type}: "
                   f"a PCK certificate chain (type 5) is needed")
-        chain = _load_chain(signature_data.certification_data, "PCK chain")
-        _verify_chain(chain, trusted_root=self.trusted_root, now=now, what="PCK chain",
-                      leaf_phrase="SGX PCK Certificate",
-                      ca_phrases=("SGX PCK Platform CA", "SGX PCK Processor CA"),
-                      signed=self._signed, revocation=self._revocation)
+        chain = self._chains.verify(
+            _load_chain(signature_data.certification_data, "PCK chain"), now=now,
+            what="PCK chain", leaf_phrase="SGX PCK Certificate",
+            ca_phrases=("SGX PCK Platform CA", "SGX PCK Processor CA"))
         pck_key = _p256_key(chain[0], "PCK chain")
         if not _verify_raw_ecdsa(pck_key, signature_data.qe_report_signature,
                                  signature_data.qe_report.raw):
@@ -962,9 +994,26 @@ class DcapVerifier:
         if not _verify_raw_ecdsa(attestation_key, signature_data.quote_signature,
                                  quote.signed_bytes):
             _fail("quote signature is not valid under the attestation key")
-        return VerifiedQuote(quote=quote, pck_chain=chain, pck=parse_pck_extensions(chain[0]))
+        return VerifiedQuote(quote=quote, pck_chain=chain, pck=self._pck_extensions_of(chain[0]))
 
-    def _check_collateral(self, collateral: Collateral, now: datetime) -> None:
+    def _pck_extensions_of(self, certificate: x509.Certificate) -> PckCertificateExtensions:
+        extensions = self._pck_extensions.get(certificate)
+        if extensions is None:
+            extensions = parse_pck_extensions(certificate)
+            _bounded_put(self._pck_extensions, certificate, extensions)
+        return extensions
+
+    def check_collateral(self, collateral: Collateral, *, now: datetime) -> None:
+        """Check that ``collateral`` is trusted and current at ``now``: both signing chains lead to
+        the pinned root (and pass the CRLs, if configured), and ``now`` lies inside both
+        documents' issueDate..nextUpdate. :meth:`verify` does this for the collateral it uses;
+        call it directly to vet collateral when loading it.
+
+        Raises:
+            AttestationFailed: expired or not yet valid documents, or an untrusted signing chain.
+        """
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
         for document, chain, what in (
             (collateral.tcb_info, collateral.tcb_info_signing_chain, "TCB Info"),
             (collateral.qe_identity, collateral.qe_identity_signing_chain, "QE Identity"),
@@ -975,10 +1024,8 @@ class DcapVerifier:
             if now < document.issue_date:
                 _fail(f"collateral: {what} is not valid before "
                       f"{document.issue_date.isoformat()} (issueDate)")
-            _verify_chain(chain, trusted_root=self.trusted_root, now=now,
-                          what=f"collateral: {what} signing chain",
-                          leaf_phrase="SGX TCB Signing", ca_phrases=(),
-                          signed=self._signed, revocation=self._revocation)
+            self._chains.verify(chain, now=now, what=f"collateral: {what} signing chain",
+                                leaf_phrase="SGX TCB Signing", ca_phrases=())
 
     def _evaluate_tcb(self, verified: VerifiedQuote, now: datetime) -> tuple[str, tuple[str, ...]]:
         quote, pck = verified.quote, verified.pck
@@ -988,7 +1035,7 @@ class DcapVerifier:
             _fail(f"FMSPC mismatch: the PCK certificate's FMSPC {pck.fmspc.hex()} has no "
                   f"{_TCB_INFO_ID_FOR_TEE[quote.tee]} TCB Info (collateral for: "
                   f"{', '.join(have) or 'none'})")
-        self._check_collateral(collateral, now)
+        self.check_collateral(collateral, now=now)
         tcb_info = collateral.tcb_info
         if pck.pce_id != tcb_info.pce_id:
             _fail(f"PCE-ID mismatch: PCK certificate {pck.pce_id.hex()}, "

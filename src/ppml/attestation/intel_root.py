@@ -12,12 +12,12 @@ and of the TCB Signing certificate that signs the TCB Info and QE Identity colla
   https://certificates.trustedservices.intel.com/Intel_SGX_Provisioning_Certification_RootCA.pem;
   the copy below was taken from public code (edgelesssys/go-tdx-qpl ``verification/pcs/pcs.go``,
   Phala-Network/dcap-qvl ``sample/*_collateral.json``) and is byte-for-byte the root that ends the
-  PCK chains of the three real quotes in ``tests/vectors/attestation/`` (captured on three different
-  machines). google/asylo pins an earlier issue of the same key (valid 2018–2033).
+  PCK chains of the three real quotes in ``tests/vectors/attestation/`` (three different
+  platforms). google/asylo pins an earlier issue of the same key (valid 2018–2033).
 
-**Intel SGX TCB Signing** certificate — signs TCB Info and QE Identity documents. PCS/PCCS send it in
-the ``TCB-Info-Issuer-Chain`` / ``SGX-Enclave-Identity-Issuer-Chain`` response headers; collateral
-saved to files has lost them, so it is pinned here for that case.
+**Intel SGX TCB Signing** certificate — signs TCB Info and QE Identity documents. PCS/PCCS send
+it in the ``TCB-Info-Issuer-Chain`` / ``SGX-Enclave-Identity-Issuer-Chain`` response headers;
+collateral saved to files has lost them, so it is pinned here for that case.
 
 - Subject ``CN=Intel SGX TCB Signing, O=Intel Corporation, L=Santa Clara, ST=CA, C=US``, issuer the
   root above, serial ``7e3882d5fb55294a40498e458403e91491bdf455``, valid 2025-05-06 09:25:00 to

@@ -438,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ppml.cli.attest import add_commands as add_attestation_commands
 
     add_attestation_commands(commands)
+    from ppml.cli.submit import add_commands as add_submit_commands
+
+    add_submit_commands(commands)
     try:
         from ppml.tee.enclave_cli import add_enclave_commands
     except ImportError:  # pragma: no cover - lands with enclave measurement

@@ -129,7 +129,9 @@ def write_enclave_key(key: rsa.RSAPrivateKey, path: Path | str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     except FileExistsError:
-        raise OutputExists(path) from None
+        error = OutputExists(path)
+        error.hint = "choose another path: ppml never replaces an enclave signing key"
+        raise error from None
     try:
         os.fchmod(fd, 0o600)  # whatever the umask says
         with os.fdopen(fd, "wb") as f:
@@ -574,7 +576,8 @@ class EnclaveMeasurement:
         self._hash.update(struct.pack("<8sIQ44s", b"ECREATE", ssa_frame_size, size, b""))
 
     def eadd(self, offset: int, flags: int) -> None:
-        """Add the page at ``offset`` with SECINFO.FLAGS ``flags`` (e.g. ``SECINFO_PT_REG | SECINFO_R``)."""
+        """Add the page at ``offset`` with SECINFO.FLAGS ``flags``, e.g.
+        ``SECINFO_PT_REG | SECINFO_R``."""
         size = self._created()
         if offset % PAGE_SIZE or not 0 <= offset < size:
             raise ValueError(f"EADD offset {offset:#x} is not a page inside the enclave")
@@ -597,7 +600,9 @@ class EnclaveMeasurement:
         self._hash.update(struct.pack("<8sQ48s", b"EEXTEND", offset, b""))
         self._hash.update(data256)
 
-    def add_page(self, offset: int, flags: int, content: bytes | None = None, *, measured: bool = True) -> None:
+    def add_page(
+        self, offset: int, flags: int, content: bytes | None = None, *, measured: bool = True
+    ) -> None:
         """EADD one page and, if ``measured``, EEXTEND all of it (``content`` defaults to zeros)."""
         page = bytes(PAGE_SIZE) if content is None else bytes(content)
         if len(page) != PAGE_SIZE:

@@ -9,6 +9,7 @@ Native API (``/v1``): every request carries four headers::
 
     string_to_sign = "PPML-HMAC-SHA256\\n" METHOD "\\n" PATH "\\n" QUERY "\\n" TIMESTAMP "\\n"
                      NONCE "\\n" hex(SHA-256(body))
+    PATH is the path as sent on the wire (percent-encoded), without the query.
 
 The server accepts a timestamp within ±10 minutes and each nonce once per app in that window.
 Unlike a bearer apikey, the secret never crosses the wire and a captured request cannot be

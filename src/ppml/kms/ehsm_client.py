@@ -3,13 +3,18 @@
 Speaks eHSM's wire protocol (docs/ehsm-api.md): signed ``POST /ehsm?Action=…`` with a fresh
 13-digit millisecond timestamp per request. eHSM accepts each timestamp once per app, so the
 client never reuses one: it waits for the next millisecond when two requests would share it.
-Unlike eHSM's own clients, this one verifies the server's TLS certificate.
+Unlike eHSM's own clients, this one verifies the server's TLS certificate, and it signs a random
+``nonce`` into every request (current eHSM and ``ppml serve`` accept it; eHSM revisions before
+the nonce field would reject such signatures). eHSM keys carry no description: ``list_keys``
+shows descriptions as empty.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+import secrets
 import threading
 import time
 from typing import Any
@@ -31,6 +36,8 @@ from ppml.core import signing
 from ppml.kms.remote import ClientCredentials, HttpTransport, KmsEndpoint, load_credentials
 
 __all__ = ["EhsmKms"]
+
+_UUID = re.compile(r"^[a-z\d]{8}-[a-z\d]{4}-[a-z\d]{4}-[a-z\d]{4}-[a-z\d]{12}$")
 
 
 class _Clock:
@@ -77,12 +84,17 @@ class EhsmKms:
         return f"EhsmKms({self.uri!r}, appid={self._credentials.appid!r})"
 
     def call(self, action: str, payload: dict[str, Any] | None = None, *, key_id: str | None = None) -> dict[str, Any]:
+        if key_id is not None and not _UUID.fullmatch(key_id):
+            raise KeyNotFound(key_id, self.uri)  # eHSM key ids are lower-case UUIDs; nothing else exists
         timestamp = self._clock.next()
-        body: dict[str, Any] = {"appid": self._credentials.appid, "timestamp": timestamp}
+        # A random nonce (signed, as current eHSM does) keeps two clients of one app that pick the
+        # same millisecond from rejecting each other as replays.
+        nonce = secrets.token_hex(16)
+        body: dict[str, Any] = {"appid": self._credentials.appid, "nonce": nonce, "timestamp": timestamp}
         if payload is not None:
             body["payload"] = payload
         body["sign"] = signing.ehsm_sign(self._credentials.apikey, appid=self._credentials.appid,
-                                         payload=payload, timestamp=timestamp)
+                                         payload=payload, timestamp=timestamp, nonce=nonce)
         response = self._http.send("POST", "/ehsm", body=json.dumps(body).encode(),
                                    headers={"Content-Type": "application/json"}, params={"Action": action})
         return _result(response, self.uri, key_id)
@@ -142,7 +154,7 @@ def _result(response: httpx.Response, uri: str, key_id: str | None) -> dict[str,
         return result if isinstance(result, dict) else {}
     if code >= 500 or response.status_code >= 500:
         raise KmsUnavailable(uri, message or f"code {code}")
-    if message in ("keyid error", "appid error", "not find this keyid"):
+    if message in ("keyid error", "appid error", "not find this keyid") or "keyid format wrong" in message:
         raise KeyNotFound(key_id or "?", uri)
     if message == "keyid is disabled":
         raise KeyDisabled(key_id or "?", "disabled")

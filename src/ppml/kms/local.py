@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ppml.core.keys import DATA_KEY_SIZE, SECRET_ACCESS, DataKey, GeneratedDataKey, KeyInfo
-from ppml.errors import InvalidCiphertext, KeyNotFound, KeyStoreUnreadable
+from ppml.errors import InvalidCiphertext, KeyDisabled, KeyNotFound, KeyStoreUnreadable
 
 __all__ = ["LocalKeyStore", "default_local_store_path"]
 
@@ -152,7 +152,7 @@ class LocalKeyStore:
             )
         record = self._load(key_id, self._path(key_id))
         if not record.get("enabled", True):
-            raise KeyNotFound(key_id, self.uri)
+            raise KeyDisabled(key_id, "disabled")
         return AESGCM(base64.b64decode(record["material"]))
 
     def _load(self, key_id: str, path: Path) -> dict:

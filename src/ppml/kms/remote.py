@@ -20,7 +20,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
@@ -192,8 +192,9 @@ class RemoteKms:
                 *, key_id: str | None = None, attested: bool = False) -> Any:
         body = json.dumps(payload).encode() if payload is not None else b""
         url = httpx.URL(self._endpoint.base_url + path)
+        raw_path = url.raw_path.split(b"?", 1)[0].decode("ascii")
         headers = signing.native_headers(self._credentials.appid, self._credentials.apikey, method=method,
-                                         path=url.path, body=body)
+                                         path=raw_path, body=body)
         if attested and self._attestation is not None:
             headers[ATTESTATION_HEADER] = self._attestation.token
         if body:
@@ -272,14 +273,20 @@ def enroll_open(endpoint: KmsEndpoint, *, transport: httpx.BaseTransport | None 
 
 
 def _segment(key_id: str) -> str:
-    if not key_id or "/" in key_id or len(key_id) > 128 or key_id in (".", ".."):
+    """A key id as one escaped URL path segment (ids come from file headers: anything goes)."""
+    if not key_id or len(key_id) > 128 or key_id in (".", ".."):
         raise KeyNotFound(key_id)
-    return key_id
+    return quote(key_id, safe="")
 
 
 def _result(response: httpx.Response, uri: str, key_id: str | None) -> Any:
+    if 300 <= response.status_code < 400:
+        raise KmsRequestRejected(f"{uri}: unexpected redirect (HTTP {response.status_code})")
     if response.status_code < 400:
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            raise KmsUnavailable(uri, f"HTTP {response.status_code} without a JSON body") from None
     try:
         body = response.json()
         kind, message = str(body.get("error", "")), str(body.get("message", ""))

@@ -439,8 +439,10 @@ async def _authenticate_native(request: Request, service: KmsService, now: Calla
         raise AuthenticationFailed("malformed authentication headers")
     apikey = service.apikey(appid)
     body = await request.body()
+    # The path as it was on the wire (percent-encoded), which is what the client signed.
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
     expected = "" if apikey is None else signing.native_signature(
-        apikey, method=request.method, path=request.url.path, query=request.url.query,
+        apikey, method=request.method, path=raw_path.decode("latin-1"), query=request.url.query,
         timestamp=timestamp, nonce=nonce, body=body,
     )
     ctx = RequestContext(appid=appid, request_id=request.state.request_id)

@@ -39,7 +39,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists():
-        raise OutputExists(out)
+        error = OutputExists(out)
+        error.hint = "choose another path: ppml never replaces an enclave signing key"
+        raise error
     key = generate_enclave_key()
     write_enclave_key(key, out)
     print(f"mr_signer : {mr_signer(key).hex()}")
@@ -161,11 +163,13 @@ def add_enclave_commands(subparsers: Any) -> None:
     p.add_argument("--isv-svn", type=_count, default=0, metavar="N")
     p.add_argument("--python", metavar="PATH", help="interpreter (default: this one)")
     p.add_argument("--python-path", action="append", default=[], metavar="DIR",
-                   help="sys.path directory to trust (repeatable; default: this interpreter's sys.path)")
+                   help="sys.path directory to trust (repeatable; default: this "
+                   "interpreter's sys.path)")
     p.add_argument("--extra-file", action="append", default=[], metavar="FILE_OR_DIR",
                    help="other file or directory to trust, e.g. system libraries (repeatable)")
     p.add_argument("--arg", action="append", default=[], metavar="ARG",
-                   help="argument passed to SCRIPT, fixed in the manifest (repeatable)")
+                   help="argument passed to SCRIPT, fixed in the manifest (repeatable; write "
+                   "--arg=--flag for one that starts with -)")
     p.add_argument("--env", action="append", default=[], type=_env_pair, metavar="NAME=VALUE",
                    help="environment variable fixed in the manifest (repeatable)")
     p.add_argument("--libos", default=DEFAULT_LIBOS_URI, metavar="URI",

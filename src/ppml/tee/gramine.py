@@ -198,7 +198,8 @@ class Manifest:
     remote_attestation: str = "dcap"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "trusted_files", tuple(sorted(self.trusted_files, key=lambda t: t.path)))
+        trusted = tuple(sorted(self.trusted_files, key=lambda t: t.path))
+        object.__setattr__(self, "trusted_files", trusted)
         object.__setattr__(self, "env", tuple(sorted(self.env)))
         object.__setattr__(self, "mounts", tuple(sorted(set(self.mounts))))
         object.__setattr__(self, "allowed_files", tuple(sorted(set(self.allowed_files))))
@@ -284,7 +285,9 @@ class Manifest:
         for insecure in ("insecure__use_cmdline_argv", "insecure__use_host_env", "argv_src_file",
                          "env_src_file"):
             if insecure in loader:
-                raise UsageError(f"the manifest sets loader.{insecure}: the host could change what runs")
+                raise UsageError(
+                    f"the manifest sets loader.{insecure}: the host could change what runs"
+                )
         trusted = []
         for entry in sgx["trusted_files"]:
             uri, digest = entry["uri"], entry["sha256"]
@@ -406,10 +409,17 @@ def _read_manifest_bytes(path: Path) -> bytes:
 
 
 def default_python_paths() -> list[Path]:
-    """The running interpreter's ``sys.path`` directories: its standard library, the venv's
-    site-packages and (for an editable install) ppml's source tree."""
+    """The running interpreter's ``sys.path`` directories (its standard library, the venv's
+    site-packages, ``.pth`` additions) and the directory ppml itself is imported from.
+
+    ``sys.path[0]``, the directory of whatever script is running (or the current directory), is
+    left out: it belongs to the invoking program, not to the application's environment.
+    """
+    import ppml
+
     seen: dict[str, Path] = {}
-    for entry in sys.path:
+    # An editable install may import ppml through a finder hook rather than a sys.path entry.
+    for entry in [*sys.path[1:], os.path.dirname(os.path.dirname(os.path.abspath(ppml.__file__)))]:
         if entry and os.path.isdir(entry):
             path = Path(os.path.abspath(entry))
             seen.setdefault(str(path), path)
@@ -592,7 +602,9 @@ def _settings(manifest_bytes: bytes, where: Path) -> _Settings:
     sgx = data.get("sgx", {})
     try:
         return _Settings(
-            enclave_size=_check_enclave_size(_str(sgx.get("enclave_size", _GRAMINE_DEFAULT_ENCLAVE_SIZE))),
+            enclave_size=_check_enclave_size(
+                _str(sgx.get("enclave_size", _GRAMINE_DEFAULT_ENCLAVE_SIZE))
+            ),
             max_threads=_int(sgx.get("max_threads", _GRAMINE_DEFAULT_MAX_THREADS)),
             debug=_bool(sgx.get("debug", False)),
             isv_prod_id=_int(sgx.get("isvprodid", 0)),

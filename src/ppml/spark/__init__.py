@@ -1,0 +1,1 @@
+"""Trusted Spark: the encrypted ``ppml`` data source, the secure session, ``ppml submit``."""

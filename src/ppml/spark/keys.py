@@ -1,0 +1,80 @@
+"""How Spark code (driver and Python workers) reaches the KMS.
+
+A data source option names the KMS by URI (``local:DIR``, ``ppml+https://HOST:PORT?ca=…&
+credentials=…``, ``ehsm+https://…``); URIs carry paths, never secrets. Inside a TEE mode, each
+Python worker process attests on its own the first time it needs a key (``PPML_TEE_BACKEND``,
+``PPML_AS_URL``, ``PPML_TEE_POLICY`` and the enclave files come from the executor's environment),
+so data keys reach it as JWE to its own TEE key and never cross Spark's RPC in the clear.
+One KMS client per URI per process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from ppml.core.keys import DataKeyProvider
+from ppml.errors import UsageError
+
+__all__ = ["TEE_ENV", "kms_for", "tee_session"]
+
+TEE_ENV = ("PPML_TEE_BACKEND", "PPML_AS_URL", "PPML_AS_CA", "PPML_TEE_POLICY", "PPML_ENCLAVE_MANIFEST",
+           "PPML_ENCLAVE_SIG", "PPML_SIM_PLATFORM_KEY")
+
+_lock = threading.Lock()
+_clients: dict[str, DataKeyProvider] = {}
+_session: Any = None
+
+
+def tee_session() -> Any:
+    """This process's attested session: inherited from ``ppml tee run``, or made now when the
+    environment says this process runs in a TEE mode; None outside TEE modes."""
+    global _session
+    from ppml.tee.session import current_session
+
+    inherited = current_session()
+    if inherited is not None:
+        return inherited
+    backend = os.environ.get("PPML_TEE_BACKEND", "")
+    if not backend or backend == "none":
+        return None
+    with _lock:
+        if _session is None:
+            from ppml.attestation.client import AttestationClient
+            from ppml.tee.backends import open_backend
+            from ppml.tee.runtime import attest
+
+            url, policy = os.environ.get("PPML_AS_URL"), os.environ.get("PPML_TEE_POLICY")
+            if not url or not policy:
+                raise UsageError("PPML_TEE_BACKEND is set but PPML_AS_URL or PPML_TEE_POLICY is not")
+            options: dict[str, Any] = {}
+            if backend == "simulated":
+                options = {"manifest": Path(os.environ["PPML_ENCLAVE_MANIFEST"]),
+                           "sigstruct": Path(os.environ["PPML_ENCLAVE_SIG"])}
+                if os.environ.get("PPML_SIM_PLATFORM_KEY"):
+                    options["platform_key_path"] = Path(os.environ["PPML_SIM_PLATFORM_KEY"])
+            ca = os.environ.get("PPML_AS_CA")
+            client = AttestationClient(url, ca_path=Path(ca) if ca else None)
+            _session = attest(open_backend(backend, **options), client, policy.split(","))
+        return _session
+
+
+def kms_for(uri: str) -> DataKeyProvider:
+    """The KMS client for ``uri`` in this process (attested when in a TEE mode)."""
+    with _lock:
+        client = _clients.get(uri)
+    if client is not None:
+        return client
+    if uri.startswith(("ppml+https://", "https://")):
+        from ppml.kms.remote import RemoteKms
+
+        client = RemoteKms.from_uri(uri, attestation=tee_session())
+    else:
+        from ppml.kms.registry import open_kms
+
+        client = open_kms(uri)
+    with _lock:
+        _clients.setdefault(uri, client)
+        return _clients[uri]

@@ -1,0 +1,137 @@
+"""Spark security settings for ppml jobs, and a SparkSession builder that applies them.
+
+What is protected, with Spark's own mechanisms (DESIGN.md, "Spark"):
+
+* RPC authentication (``spark.authenticate``) with a shared secret that comes from a 0600 file,
+  never from argv; for standalone clusters it travels in a 0600 ``--properties-file``;
+* RPC encryption (``spark.network.crypto.enabled``, AES-GCM) and shuffle/spill encryption
+  (``spark.io.encryption.enabled``);
+* TLS for the web UI when a keystore is given (``spark.ssl.ui.*``);
+* redaction: Spark's regex extended so ``apikey``, ``api_key``, ``token``, credentials and ``key``
+  values never show in the UI's environment page or the event log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from ppml.errors import KeyStoreUnreadable, UsageError
+
+__all__ = [
+    "REDACTION_REGEX",
+    "UiTls",
+    "read_secret_file",
+    "secure_session",
+    "security_conf",
+    "write_properties_file",
+    "write_secret_file",
+]
+
+#: Spark's default ((?i)secret|password|token|access[.]?key) plus apikey/api_key/credentials and
+#: any config whose last name part is "key" (kms keys, key ids are not secret but key material is).
+REDACTION_REGEX: Final = (
+    r"(?i)secret|password|token|access[.]?key|api[_-]?key|credential|(^|[._-])key([._-]|$)"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class UiTls:
+    """A JKS/PKCS12 keystore for the Spark UI; its password comes from a 0600 file."""
+
+    keystore: Path
+    password_file: Path
+    keystore_type: str = "PKCS12"
+
+
+def write_secret_file(path: Path) -> str:
+    """Create a random 256-bit secret (hex) in ``path`` with mode 0600; returns it."""
+    value = secrets.token_hex(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+def read_secret_file(path: Path) -> str:
+    """Read a secret file; refuse one that group or others can read."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such secret file (create one with `ppml submit --new-secret-file`)") from None
+    with os.fdopen(fd, "r") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if mode & 0o077:
+            raise KeyStoreUnreadable(path, f"permissions {stat.S_IMODE(mode):04o} are too open; run chmod 600")
+        value = f.read(4096).strip()
+    if len(value) < 32:
+        raise KeyStoreUnreadable(path, "secret shorter than 32 characters")
+    return value
+
+
+def security_conf(*, secret: str | None = None, network_crypto: bool = True, io_encryption: bool = True,
+                  ui_tls: UiTls | None = None) -> dict[str, str]:
+    """Spark settings for an authenticated, encrypted job. ``secret`` may be None where Spark
+    generates one itself (local and Kubernetes masters)."""
+    conf = {
+        "spark.authenticate": "true",
+        "spark.network.crypto.enabled": "true" if network_crypto else "false",
+        "spark.io.encryption.enabled": "true" if io_encryption else "false",
+        "spark.redaction.regex": REDACTION_REGEX,
+        "spark.sql.redaction.options.regex": REDACTION_REGEX,
+        "spark.sql.python.filterPushdown.enabled": "true",
+    }
+    if secret is not None:
+        conf["spark.authenticate.secret"] = secret
+    if ui_tls is not None:
+        password = read_secret_file(ui_tls.password_file)
+        conf.update({
+            "spark.ssl.ui.enabled": "true",
+            "spark.ssl.ui.keyStore": str(ui_tls.keystore),
+            "spark.ssl.ui.keyStorePassword": password,
+            "spark.ssl.ui.keyStoreType": ui_tls.keystore_type,
+            "spark.ssl.ui.protocol": "TLSv1.3",
+        })
+    return conf
+
+
+def write_properties_file(conf: Mapping[str, str], path: Path) -> Path:
+    """Write Spark properties (which may hold the secret) to ``path`` with mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        for name, value in sorted(conf.items()):
+            escaped = value.replace("\\", "\\\\").replace("\n", "\\n")
+            f.write(f"{name}={escaped}\n")
+    os.replace(tmp, path)
+    return path
+
+
+def secure_session(app_name: str, *, master: str | None = None, secret_file: Path | None = None,
+                   conf: Mapping[str, str] | None = None, ui_tls: UiTls | None = None) -> Any:
+    """A SparkSession with ppml's security settings and the ``ppml`` data source registered.
+
+    Needs ``pip install 'ppml[spark]'``.
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ModuleNotFoundError:
+        raise UsageError("Spark support needs pyspark: pip install 'ppml[spark]'") from None
+    from ppml.spark.datasource import register
+
+    secret = read_secret_file(secret_file) if secret_file else None
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    for name, value in {**security_conf(secret=secret, ui_tls=ui_tls), **(conf or {})}.items():
+        builder = builder.config(name, value)
+    session = builder.getOrCreate()
+    register(session)
+    return session

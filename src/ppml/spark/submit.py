@@ -1,0 +1,254 @@
+"""``ppml submit``: spark-submit with ppml's security settings, the TEE gate and fail-fast checks.
+
+Modes (DESIGN.md step 5), chosen by ``--tee`` and the master/deploy mode:
+
+===========  ======================  ====================================================
+mode         how to ask              what runs where
+===========  ======================  ====================================================
+local        ``--tee none``          no TEE; Spark's authentication and encryption still on
+local-tee    ``--tee X``, local[N]   the driver (and its executor threads and Python workers)
+                                     pass the gate, then every Python worker attests itself
+client       ``--tee X``, spark://…  driver passes the gate locally; each executor's Python
+             deploy-mode client      workers attest themselves (``spark.executorEnv.PPML_*``)
+cluster      ``--tee X``, k8s://…    driver and executors in TEE pods (pod templates)
+             deploy-mode cluster
+===========  ======================  ====================================================
+
+Secrets never go on a command line: the RPC secret and any other secret settings are written to a
+0600 ``--properties-file``. Spark's own processes get ``spark.redaction.regex`` extended so
+``apikey``/``token``/``key`` values never show in the UI or event log.
+
+Spark hangs with vague errors when the submission's secret, RPC cipher or TLS settings do not
+match the cluster's. Against a standalone master, ``ppml submit`` watches the driver's output for
+each such signature and for the "registered with the master" line, and stops the job within
+``--registration-timeout`` seconds with a message that names the likely mismatch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from ppml.errors import UsageError
+from ppml.spark.session import read_secret_file, security_conf, write_properties_file
+
+__all__ = ["MISMATCH_SIGNATURES", "SubmitOptions", "build_submission", "spark_submit_path", "submit"]
+
+TEES: Final = ("none", "simulated", "sgx-gramine", "tdx")
+
+#: Driver log lines that mean the submission's security settings do not match the cluster's.
+MISMATCH_SIGNATURES: Final = (
+    (re.compile(r"SaslException|DIGEST-MD5|Mismatched response|Authentication failed|"
+                r"auth(entication)? challenge|Failed to authenticate|Expected SaslMessage|"
+                r"SaslTimeoutException|Invalid (auth|challenge)", re.I),
+     "authentication failed: the spark.authenticate secret differs from the cluster's (check --secret-file)"),
+    (re.compile(r"(AuthEngine|TransportCipher|crypto).{0,80}(mismatch|failed|error)|"
+                r"Unsupported cipher|GeneralSecurityException|AEADBadTagException", re.I),
+     "RPC encryption failed: spark.network.crypto settings (enabled/cipher) differ from the cluster's"),
+    (re.compile(r"SSLHandshakeException|SSLException|not an SSL/TLS record|PKIX path", re.I),
+     "TLS failed: spark.ssl settings differ from the cluster's (TLS on one side only, or an untrusted certificate)"),
+)
+_REGISTERED = re.compile(r"Connected to Spark cluster with app ID|Granted executor ID|"
+                         r"StandaloneSchedulerBackend.*app ID|SchedulerBackend is ready", re.I)
+_GIVING_UP = re.compile(r"All masters are unresponsive|Application has been killed|"
+                        r"Failed to connect to master", re.I)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitOptions:
+    app: str
+    app_args: tuple[str, ...] = ()
+    master: str = "local[2]"
+    deploy_mode: str = "client"
+    name: str | None = None
+    driver_memory: str | None = None
+    executor_memory: str | None = None
+    executor_cores: int | None = None
+    num_executors: int | None = None
+    conf: tuple[tuple[str, str], ...] = ()
+    py_files: tuple[str, ...] = ()
+    verbose: bool = False
+    tee: str = "none"
+    policy: tuple[str, ...] = ()
+    attestation_url: str | None = None
+    attestation_ca: Path | None = None
+    enclave_manifest: Path | None = None
+    enclave_sig: Path | None = None
+    platform_key: Path | None = None
+    secret_file: Path | None = None
+    event_log_dir: Path | None = None
+    registration_timeout: float = 60.0
+    network_crypto: bool = True
+    io_encryption: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tee not in TEES:
+            raise UsageError(f"--tee must be one of {', '.join(TEES)}")
+        if self.tee != "none":
+            if not self.policy:
+                raise UsageError(f"--tee {self.tee} needs --policy ID (from `ppml attest register`)")
+            if not self.attestation_url:
+                raise UsageError(f"--tee {self.tee} needs --attestation-url (or $PPML_AS_URL)")
+            if self.tee == "simulated" and not (self.enclave_manifest and self.enclave_sig):
+                raise UsageError("--tee simulated needs --enclave-manifest and --enclave-sig (from `ppml enclave`)")
+        if self.deploy_mode not in ("client", "cluster"):
+            raise UsageError("--deploy-mode is client or cluster")
+        if self.deploy_mode == "cluster" and self.master.startswith("spark://") and self.app.endswith(".py"):
+            raise UsageError("Spark's standalone master cannot run Python applications in cluster deploy mode; "
+                             "use --deploy-mode client, or Kubernetes (k8s://) for cluster mode")
+        if self.master.startswith("spark://") and not self.secret_file:
+            raise UsageError("a standalone cluster needs the shared RPC secret: --secret-file FILE (0600), the "
+                             "same file the master and workers were started with")
+
+    @property
+    def mode(self) -> str:
+        if self.tee == "none":
+            return "local"
+        if self.master.startswith("local"):
+            return "local-tee"
+        return "cluster" if self.deploy_mode == "cluster" else "client"
+
+
+def spark_submit_path() -> Path:
+    try:
+        import pyspark
+    except ModuleNotFoundError:
+        raise UsageError("ppml submit needs pyspark: pip install 'ppml[spark]'") from None
+    return Path(pyspark.__file__).parent / "bin" / "spark-submit"
+
+
+def tee_environment(options: SubmitOptions) -> dict[str, str]:
+    """What a process needs to attest itself (none of it secret: paths, URLs, policy ids)."""
+    if options.tee == "none":
+        return {}
+    env = {"PPML_TEE_BACKEND": options.tee, "PPML_AS_URL": options.attestation_url or "",
+           "PPML_TEE_POLICY": ",".join(options.policy)}
+    for name, value in (("PPML_AS_CA", options.attestation_ca), ("PPML_ENCLAVE_MANIFEST", options.enclave_manifest),
+                        ("PPML_ENCLAVE_SIG", options.enclave_sig), ("PPML_SIM_PLATFORM_KEY", options.platform_key)):
+        if value is not None:
+            env[name] = str(Path(value).absolute())
+    return env
+
+
+def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """The spark-submit argv (no secrets in it) and the environment to run it with."""
+    secret = read_secret_file(options.secret_file) if options.secret_file else None
+    conf = security_conf(secret=secret, network_crypto=options.network_crypto,
+                         io_encryption=options.io_encryption)
+    conf["spark.pyspark.python"] = sys.executable
+    conf["spark.pyspark.driver.python"] = sys.executable
+    if options.event_log_dir is not None:
+        options.event_log_dir.mkdir(parents=True, exist_ok=True)
+        conf["spark.eventLog.enabled"] = "true"
+        conf["spark.eventLog.dir"] = options.event_log_dir.absolute().as_uri()
+    tee_env = tee_environment(options)
+    for name, value in tee_env.items():
+        conf[f"spark.executorEnv.{name}"] = value
+    conf["spark.executorEnv.PYSPARK_PYTHON"] = sys.executable
+    conf.update(dict(options.conf))
+    properties = write_properties_file(conf, work_dir / "spark-ppml.properties")
+
+    argv = [str(spark_submit_path()), "--master", options.master, "--deploy-mode", options.deploy_mode,
+            "--properties-file", str(properties)]
+    for flag, value in (("--name", options.name), ("--driver-memory", options.driver_memory),
+                        ("--executor-memory", options.executor_memory),
+                        ("--executor-cores", options.executor_cores), ("--num-executors", options.num_executors)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if options.py_files:
+        argv += ["--py-files", ",".join(options.py_files)]
+    if options.verbose:
+        argv.append("--verbose")
+    argv += [options.app, *options.app_args]
+    env = {**os.environ, **tee_env, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    return argv, env
+
+
+def _gate(options: SubmitOptions) -> int:
+    """local-tee/client/cluster: the driver side attests before anything is submitted."""
+    from ppml.attestation.client import AttestationClient
+    from ppml.tee.backends import open_backend
+    from ppml.tee.runtime import run_attested
+
+    backend_options: dict[str, object] = {}
+    if options.tee == "simulated":
+        backend_options = {"manifest": options.enclave_manifest, "sigstruct": options.enclave_sig}
+        if options.platform_key:
+            backend_options["platform_key_path"] = options.platform_key
+    backend = open_backend(options.tee, **backend_options)
+    client = AttestationClient(options.attestation_url or "", ca_path=options.attestation_ca)
+    return run_attested([], backend=backend, client=client, policy_ids=list(options.policy))
+
+
+def submit(options: SubmitOptions, *, out: object = None) -> int:
+    """Run the job; returns spark-submit's exit code (or 1 on a failed gate, 2 on a detected
+    misconfiguration)."""
+    if options.tee != "none":
+        code = _gate(options)
+        if code != 0:
+            return code
+    with tempfile.TemporaryDirectory(prefix="ppml-submit-") as work:
+        argv, env = build_submission(options, Path(work))
+        if options.master.startswith("spark://"):
+            return _run_watched(argv, env, options.registration_timeout)
+        return subprocess.run(argv, env=env, check=False).returncode
+
+
+def _run_watched(argv: Sequence[str], env: dict[str, str], timeout: float) -> int:
+    """Run spark-submit, echo its output, and stop it early on a security mismatch."""
+    process = subprocess.Popen(list(argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               bufsize=1)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    started = time.monotonic()
+    registered = False
+    diagnosis: str | None = None
+    while True:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            line = ""
+        if line is None:
+            break
+        if line:
+            sys.stdout.write(line)
+            if _REGISTERED.search(line):
+                registered = True
+            if not registered and diagnosis is None:
+                for pattern, message in MISMATCH_SIGNATURES:
+                    if pattern.search(line):
+                        diagnosis = message
+                        break
+                if diagnosis is None and _GIVING_UP.search(line):
+                    diagnosis = _TIMEOUT_MESSAGE
+        if not registered and diagnosis is None and time.monotonic() - started > timeout:
+            diagnosis = _TIMEOUT_MESSAGE
+        if diagnosis is not None:
+            process.kill()
+            process.wait()
+            print(f"ppml: error: the job could not join the cluster: {diagnosis}", file=sys.stderr)
+            return 2
+    return process.wait()
+
+
+_TIMEOUT_MESSAGE = ("no registration with the master in time: the cluster's spark.authenticate secret, "
+                    "spark.network.crypto or spark.ssl settings most likely differ from this submission's "
+                    "(or the master is unreachable)")
