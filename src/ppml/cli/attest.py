@@ -101,9 +101,13 @@ def cmd_verify_service(args: argparse.Namespace) -> int:
             keys = [load_pem_public_key(Path(p).read_bytes()) for p in args.trust_simulated_platform]
             verifier: Any = SimulatedVerifier(keys)  # type: ignore[arg-type]
         else:
-            from ppml.attestation.dcap import DcapVerifier
+            from ppml.attestation.dcap import DcapVerifier, fetch_from_pccs
 
-            verifier = DcapVerifier()
+            if not args.pccs_url:
+                raise AttestationFailed("the service sent a hardware quote; pass --pccs-url URL to fetch the "
+                                        "collateral needed to verify it")
+            fmspc = DcapVerifier().verify_signatures(evidence, now=datetime.now(UTC)).pck.fmspc
+            verifier = DcapVerifier(collateral=fetch_from_pccs(args.pccs_url, fmspc, tee=evidence.tee))
         claims = verifier.verify(evidence, now=datetime.now(UTC))
         if claims.report_data != report_data_for(challenge.encode(), {}).hex():
             raise AttestationFailed("the service's evidence does not bind our challenge")
@@ -195,6 +199,7 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--mr-enclave", metavar="HEX", help="the measurement the service must have")
     p.add_argument("--trust-simulated-platform", action="append", metavar="PEM",
                    help="accept SIMULATED evidence from this platform public key")
+    p.add_argument("--pccs-url", metavar="URL", help="PCCS/PCS to fetch DCAP collateral from (hardware quotes)")
     p.set_defaults(func=cmd_verify_service)
 
     tee = commands.add_parser("tee", help="run a command inside the TEE gate", description="TEE runtime.")

@@ -223,6 +223,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=not args.no_access_log,
         trusted_simulated_platforms=tuple(Path(p) for p in args.trust_simulated_platform),
         self_tee=args.self_tee,
+        dcap_collateral=tuple((Path(a), Path(b)) for a, b in args.dcap_collateral),
+        dcap_crls=tuple(Path(p) for p in args.dcap_crl),
     ))
 
 
@@ -403,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-simulated-platform", action="append", default=[], metavar="PEM",
                    help="accept SIMULATED TEE evidence from this platform public key (demos/tests; only "
                    "policies with allow_simulated match it)")
+    p.add_argument("--dcap-collateral", action="append", default=[], nargs=2, metavar=("TCB_INFO", "QE_IDENTITY"),
+                   help="Intel TCB Info and QE Identity JSON (from PCS/PCCS) for SGX/TDX quote verification; "
+                   "repeat per FMSPC. Without it the service verifies no hardware quotes.")
+    p.add_argument("--dcap-crl", action="append", default=[], metavar="FILE",
+                   help="Intel SGX Root CA / PCK CA CRL (PEM or DER); with any, revocation is enforced")
     p.add_argument("--self-tee", default="none", choices=["none", "sgx-gramine", "tdx"],
                    help="the TEE this service runs in, for GenerateQuote (default: none)")
     p.set_defaults(func=cmd_serve)

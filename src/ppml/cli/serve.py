@@ -40,6 +40,10 @@ class ServeOptions:
     trusted_simulated_platforms: tuple[Path, ...] = ()
     #: The TEE this service itself runs in, for GenerateQuote ("none", "simulated", ...).
     self_tee: str = "none"
+    #: DCAP collateral: (TCB Info JSON, QE Identity JSON) pairs, signed by Intel's TCB signing key.
+    dcap_collateral: tuple[tuple[Path, Path], ...] = ()
+    #: Intel SGX Root CA / PCK CA CRLs (DER or PEM) to check revocation with.
+    dcap_crls: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.tls_dev and (self.tls_cert or self.tls_key):
@@ -57,12 +61,20 @@ def open_attestation(service: KmsService, options: ServeOptions) -> AttestationS
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     verifiers: dict[str, EvidenceVerifier] = {}
-    try:
-        from ppml.attestation.dcap import DcapVerifier
+    if options.dcap_collateral:
+        from cryptography import x509
 
-        verifiers["sgx"] = verifiers["tdx"] = DcapVerifier()
-    except ImportError:  # pragma: no cover - present once DCAP verification lands
-        pass
+        from ppml.attestation.dcap import Collateral, DcapVerifier
+        from ppml.attestation.intel_root import intel_tcb_signing_chain
+
+        chain = intel_tcb_signing_chain()
+        collateral = [Collateral.from_files(tcb, qe, tcb_info_signing_chain=chain, qe_identity_signing_chain=chain)
+                      for tcb, qe in options.dcap_collateral]
+        crls = []
+        for path in options.dcap_crls:
+            data = path.read_bytes()
+            crls.append(x509.load_pem_x509_crl(data) if data.startswith(b"-----") else x509.load_der_x509_crl(data))
+        verifiers["sgx"] = verifiers["tdx"] = DcapVerifier(collateral=collateral, crls=crls or None)
     if options.trusted_simulated_platforms:
         keys = []
         for path in options.trusted_simulated_platforms:

@@ -321,7 +321,7 @@ class Manifest:
         """Read a manifest file written by :meth:`write`."""
         path = Path(path)
         try:
-            text = _read_manifest_bytes(path).decode("utf-8")
+            text = read_manifest_bytes(path).decode("utf-8")
         except UnicodeDecodeError:
             raise UsageError(f"{path}: a manifest is UTF-8 text") from None
         return cls.from_toml(text)
@@ -396,7 +396,7 @@ def _write_atomically(path: Path, data: bytes, *, overwrite: bool, mode: int = 0
         raise
 
 
-def _read_manifest_bytes(path: Path) -> bytes:
+def read_manifest_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -593,7 +593,7 @@ class _Settings:
     isv_svn: int
 
 
-def _settings(manifest_bytes: bytes, where: Path) -> _Settings:
+def manifest_settings(manifest_bytes: bytes, where: Path) -> _Settings:
     """The measurement-relevant manifest keys, with Gramine's defaults."""
     try:
         data = tomllib.loads(manifest_bytes.decode("utf-8"))
@@ -655,8 +655,8 @@ def measure(manifest_path: Path | str, key_path: Path | str, *, tool: Tool = "au
             signed by another key.
     """
     manifest_path, key_path = Path(manifest_path), Path(key_path)
-    manifest_bytes = _read_manifest_bytes(manifest_path)
-    settings = _settings(manifest_bytes, manifest_path)
+    manifest_bytes = read_manifest_bytes(manifest_path)
+    settings = manifest_settings(manifest_bytes, manifest_path)
     signer = mr_signer(load_enclave_key(key_path))
     gramine = _resolve_tool(tool)
     if gramine is not None:
@@ -693,8 +693,8 @@ def sign(
     manifest_path, key_path, out_path = Path(manifest_path), Path(key_path), Path(out_sig)
     if out_path.exists() and not overwrite:
         raise OutputExists(out_path)
-    manifest_bytes = _read_manifest_bytes(manifest_path)
-    settings = _settings(manifest_bytes, manifest_path)
+    manifest_bytes = read_manifest_bytes(manifest_path)
+    settings = manifest_settings(manifest_bytes, manifest_path)
     key = load_enclave_key(key_path)
     gramine = _resolve_tool(tool)
     if gramine is not None:
