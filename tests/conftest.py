@@ -28,3 +28,6 @@ def key_id(key_store: LocalKeyStore) -> str:
     """The id of the one primary key in :func:`key_store`."""
     (info,) = key_store.list_keys()
     return info.key_id
+
+# Session fixtures for real servers and Spark, declared once so each starts once per session.
+pytest_plugins = ["server_fixtures", "spark_fixtures"]

@@ -1,7 +1,5 @@
-"""Session fixtures for real servers. Import the ones a module needs:
-
-    from server_fixtures import pg_cluster  # noqa: F401  (pytest finds fixtures by name)
-"""
+"""Session fixtures for real servers (loaded by conftest.py's ``pytest_plugins``: request them
+by name; do not import them, which would start a second instance)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""One SparkSession (local[2]) for the whole test session. Import the fixture where needed:
-
-    from spark_fixtures import spark  # noqa: F401
-"""
+"""One SparkSession (local[2]) for the whole test session (loaded by conftest.py's
+``pytest_plugins``: request ``spark`` by name; do not import it)."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ from ppml.kms.registry import open_kms
 from ppml.kms.remote import KmsEndpoint, RemoteKms, load_credentials, write_credentials
 from ppml.kms.service import Credentials, KmsService, RequestContext
 from ppml.kms.tls import client_context
-from server_fixtures import new_database, pg_cluster  # noqa: F401  (pytest finds fixtures by name)
+from server_fixtures import new_database
 from servers import KmsServer, PostgresCluster
 
 #: Key ids no key service issues; "#" and "?" are special in a URL, "%2F" is an escaped "/".

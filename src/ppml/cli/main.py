@@ -287,6 +287,12 @@ def cmd_kms_audit_verify(args: argparse.Namespace) -> int:
     return 7
 
 
+def cmd_example_simple_query(args: argparse.Namespace) -> int:
+    from ppml.spark.examples.simple_query import main as simple_query
+
+    return simple_query(args.example_args)
+
+
 # -- demo --------------------------------------------------------------------------------------
 
 
@@ -455,6 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_enclave_commands(commands)
 
+    example = commands.add_parser("example", help="run an example job",
+                                  description="Run an example job in this process (Spark local mode unless "
+                                  "--master is given); use `ppml submit examples/...` for TEE modes.")
+    example_commands = example.add_subparsers(dest="example", metavar="EXAMPLE", required=True)
+    p = example_commands.add_parser("simple-query", help="developers aged 20-40 in people.csv (BigDL's SimpleQuery)",
+                                    add_help=False)
+    p.add_argument("example_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_example_simple_query)
+
     p = commands.add_parser(
         "demo",
         help="run the whole workflow on embedded defaults",
@@ -472,8 +487,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv[:2] == ["example", "simple-query"]:
+        # The example owns its arguments (BigDL's names, --help included).
+        args = argparse.Namespace(func=cmd_example_simple_query, example_args=argv[2:])
+    else:
+        args = parser.parse_args(argv)
     warnings.simplefilter("always", UnsafeWarning)
     warnings.showwarning = _show_warning
     try:

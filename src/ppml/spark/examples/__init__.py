@@ -1,0 +1,1 @@
+"""Example jobs (SimpleQuery), runnable with ``ppml submit`` or ``ppml example``."""
