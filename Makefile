@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ppml-installed
-EXTRAS ?= test,postgres
+EXTRAS ?= test,postgres,spark
 ROWS   ?= 1000000
 
 .PHONY: demo test bench venv clean
@@ -25,6 +25,9 @@ test: venv
 
 bench: venv
 	$(PY) bench/crypto.py
+	$(PY) bench/kms.py
+	$(PY) bench/attestation.py
+	$(PY) bench/simple_query.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache build src/*.egg-info
