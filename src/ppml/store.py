@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Column, Connection, Engine, LargeBinary, MetaData, String, Table, create_engine, event, select
 from sqlalchemy import exc as sa_exc
 
-from ppml.errors import KmsUnavailable, UsageError
+from ppml.errors import KmsRequestRejected, KmsUnavailable, UsageError
 
 __all__ = ["Storage", "meta"]
 
@@ -116,6 +116,8 @@ class Storage:
                     yield conn
         except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
             raise KmsUnavailable("storage", _describe(exc)) from None
+        except sa_exc.DataError as exc:
+            raise KmsRequestRejected(f"a value does not fit the database: {_describe(exc)}") from None
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -55,7 +55,7 @@ class ClientCredentials:
 
 
 def load_credentials(path: Path | str) -> ClientCredentials:
-    """Read a credentials file; refuse one that group or others can read."""
+    """Read a credentials file; refuse one that others can read or group can write."""
     path = Path(path).expanduser()
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -65,7 +65,8 @@ def load_credentials(path: Path | str) -> ClientCredentials:
         raise KeyStoreUnreadable(path, exc.strerror or "cannot open") from None
     with os.fdopen(fd, "rb") as f:
         mode = os.fstat(f.fileno()).st_mode
-        if mode & 0o077:
+        # Group read is tolerated: Kubernetes mounts a 0400 secret as 0440 when fsGroup is set.
+        if mode & 0o037:
             raise KeyStoreUnreadable(path, f"permissions {stat.S_IMODE(mode):04o} are too open; run chmod 600")
         try:
             record = json.loads(f.read(16 << 10))

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from fastapi import Body, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -46,6 +47,7 @@ from ppml.kms.service import Credentials, KeyDescription, KmsService, RequestCon
 __all__ = ["ATTESTATION_HEADER", "AppHooks", "MAX_BODY", "create_app"]
 
 MAX_BODY: Final = 1 << 20
+_EHSM_GET: Final = ("GetVersion", "Enroll")
 ATTESTATION_HEADER: Final = "X-PPML-Attestation"
 access_log = logging.getLogger("ppml.kms.access")
 
@@ -70,7 +72,8 @@ def status_of(exc: PpmlError) -> int:
 
 
 class _BodyLimit:
-    """Refuse bodies over ``limit`` bytes (by Content-Length, or while streaming) with 413."""
+    """Refuse bodies over ``limit`` bytes with 413, whether announced by Content-Length or sent
+    chunked: the body is read (up to limit + 1 bytes) before the app sees the request."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -84,25 +87,30 @@ class _BodyLimit:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
                 await _too_large(send)
                 return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge()
-            return message
+            if message["type"] != "http.request":
+                break  # a disconnect: let the app see it
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await _too_large(send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _too_large(send)
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _too_large(send: Send) -> None:
@@ -150,7 +158,9 @@ class _Observe:
             if route == "/ehsm":
                 query = scope.get("query_string", b"").decode("latin-1")
                 action = next((q[7:] for q in query.split("&") if q.startswith("Action=")), "")
-                route = f"/ehsm?Action={action[:40]}"
+                # Only known actions become label values: clients must not mint metric series.
+                known = getattr(getattr(scope.get("app"), "state", None), "ehsm_actions", {})
+                route = f"/ehsm?Action={action if action in known or action in _EHSM_GET else 'unknown'}"
             self.requests_total.labels(route, str(status)).inc()
             self.latency.labels(route).observe(elapsed)
             if access_log.isEnabledFor(logging.INFO):
@@ -280,6 +290,13 @@ def create_app(
         if inline:
             return fn(*args, **kwargs)
         return await run_in_threadpool(fn, *args, **kwargs)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+                             for e in exc.errors()[:5])
+        return JSONResponse({"error": "KmsRequestRejected", "message": f"malformed request: {problems}"},
+                            status_code=400)
 
     @app.exception_handler(PpmlError)
     async def ppml_error(request: Request, exc: PpmlError) -> JSONResponse:

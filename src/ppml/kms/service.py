@@ -21,7 +21,9 @@ Audit record MAC (a chain keyed by the root key, so nobody without it can rewrit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import secrets
@@ -541,6 +543,8 @@ class KmsService:
     # -- lookups -------------------------------------------------------------------------------
 
     def _describe(self, conn: Connection, appid: str, key_id: str) -> KeyDescription:
+        if not key_id or len(key_id) > 64:
+            raise KeyNotFound(key_id[:64])
         row = conn.execute(_SELECT_KEY, {"key_id": key_id, "owner": appid}).first()
         if row is None:
             # Unknown and foreign key ids look the same.
@@ -613,12 +617,19 @@ class KmsService:
         except ReplayedRequest:
             raise
         except PpmlError as exc:
-            self._audit_failure(ctx, operation, key_id, type(exc).__name__)
+            # The failed request's stamp is spent too, or it could be replayed once the
+            # condition that failed it (a disabled key, say) has changed.
+            self._audit_failure(ctx, operation, key_id, type(exc).__name__, consume_stamp=True)
             raise
 
-    def _audit_failure(self, ctx: RequestContext, operation: str, key_id: str | None, outcome: str) -> None:
+    def _audit_failure(self, ctx: RequestContext, operation: str, key_id: str | None, outcome: str, *,
+                       consume_stamp: bool = False) -> None:
         try:
             with self.storage.transaction() as conn:
+                if consume_stamp and ctx.replay_stamp is not None:
+                    with contextlib.suppress(ReplayedRequest):
+                        with conn.begin_nested():
+                            self._consume_replay_stamp(conn, ctx)
                 self._append_audit(conn, ctx, operation, key_id, None, outcome)
         except PpmlError:
             pass  # the storage is down: the original error is what the caller needs
@@ -632,8 +643,10 @@ class KmsService:
             return
         # First statement of the transaction, so a conflict needs no savepoint: the whole
         # transaction is rolled back and nothing else has happened yet.
+        # Stamps are hashed to a fixed width: they embed client-chosen nonces of any length.
+        stamp = hashlib.sha256(ctx.replay_stamp.encode()).hexdigest()
         try:
-            conn.execute(_INSERT_REPLAY, {"appid": ctx.appid, "stamp": ctx.replay_stamp, "expires": ctx.replay_expires})
+            conn.execute(_INSERT_REPLAY, {"appid": ctx.appid[:64], "stamp": stamp, "expires": ctx.replay_expires})
         except sa_exc.IntegrityError:
             raise ReplayedRequest("this request was already used (replayed timestamp)") from None
         self._replay_inserts += 1
@@ -646,9 +659,11 @@ class KmsService:
         seq = int(head.seq) + 1
         when = self._datetime()
         claims = json.dumps(ctx.claims, sort_keys=True) if ctx.claims else None
+        # Values are cut to their column widths: ids arrive from clients and may be any length.
         record = dict(
-            seq=seq, time=when, appid=ctx.appid or None, operation=operation, key_id=key_id,
-            key_version=key_version, outcome=outcome, request_id=ctx.request_id or None, claims=claims,
+            seq=seq, time=when, appid=(ctx.appid or "")[:64] or None, operation=operation[:48],
+            key_id=key_id[:64] if key_id else None, key_version=key_version, outcome=outcome[:48],
+            request_id=(ctx.request_id or "")[:64] or None, claims=claims,
         )
         prev = bytes(head.mac)
         mac = self._root.audit_mac(prev + _audit_bytes(record))

@@ -105,7 +105,8 @@ replay = Table(
 
 def _migrate_to_1(conn: Connection) -> None:
     metadata.create_all(conn, checkfirst=True)
-    conn.execute(audit_head.insert().values(id=1, seq=0, mac=b"\0" * 32))
+    if conn.execute(audit_head.select().where(audit_head.c.id == 1)).first() is None:
+        conn.execute(audit_head.insert().values(id=1, seq=0, mac=b"\0" * 32))
 
 
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1}

@@ -1,0 +1,980 @@
+"""The ``ppml`` Spark data source: encrypted csv, json lines and text, through Spark's Python
+Data Source API, exchanging Arrow record batches with the JVM.
+
+Reading::
+
+    spark.read.format("ppml")
+        .option("kms", "local:/keys")       # KMS URI; each process asks ``kms_for(uri)``
+        .option("format", "csv")            # csv (default) | json | text
+        .option("header", "true")           # csv: first line of each file is the header
+        .schema("name STRING, age INT")     # optional: else inferred from the first ~1 MiB
+        .load("/data/people")               # a file, or a directory (recursively)
+
+Options (case-insensitive): ``kms``; ``format``; ``header`` (csv, default false); ``sep`` or
+``delimiter`` (csv, default ``,``); ``quote`` (csv, default ``"``); ``escape`` (csv, default
+none: quotes are escaped by doubling them); ``nullValue`` (csv, default empty string);
+``maxPartitionBytes`` (plaintext bytes per task, default 128 MiB); ``filterPushdown`` (default
+false; see below); ``mode`` (``ppml``, the default, or ``AES/CBC/PKCS5Padding`` for BigDL legacy
+files, with ``bigdlPrimaryKey`` naming the primary key file, readable on every executor, and
+``unsafeAllowWeakLegacyKeys`` to read files whose keys give no real protection).
+
+How a read runs. The driver lists the input (names starting with ``.`` or ``_`` are skipped),
+reads each file's envelope header and size, and plans plaintext ranges on segment boundaries
+(:mod:`ppml.spark.splits`) without unwrapping any key; it then unwraps the first file's key
+once, so a wrong KMS or key fails the job before any task runs. Each task opens its files with
+:class:`~ppml.core.envelope.EnvelopeReader` (its own KMS client: keys never travel through
+Spark), decrypts its segments into one buffer, parses the lines it owns with PyArrow using the
+schema's column names and types (so every split parses alike; the CSV header belongs to split
+0 only), applies the pushed filters with ``pyarrow.compute`` and yields record batches. Legacy
+BigDL files are not splittable (one CBC stream and one HMAC): one task per file.
+
+Schema inference reads at most the first MiB of the first non-empty file and maps PyArrow's
+types to Spark's: integers to bigint, floating point to double, then boolean, string, date,
+timestamp; a column with no values is a string. Values later in the data that do not fit the
+inferred type fail the task (Spark's PERMISSIVE mode, which turns them into nulls, is not
+implemented): pass a schema when the sample is not representative.
+
+Parsing follows PyArrow, which differs from Spark's own csv/json/text readers in places: a
+record cannot span lines (Spark's ``multiLine=false``); only ``\\n`` ends a line (``\\r\\n`` is
+one line end, a lone ``\\r`` is data); in csv only ``nullValue`` reads as null and a quoted empty
+string stays an empty string; timestamps without a zone offset are read as UTC (Spark would use
+the session time zone); rows with more fields than the schema fail instead of being cut.
+
+Filter pushdown, opt-in with ``option("filterPushdown", "true")`` (it also needs the session
+setting ``spark.sql.python.filterPushdown.enabled=true``, else Spark fails the read with
+``DATA_SOURCE_PUSHDOWN_DISABLED``). ``=``, ``>``, ``>=``, ``<``, ``<=``, ``IN`` on top-level
+integer, string, boolean and date columns, and ``IS NULL``/``IS NOT NULL`` on any top-level
+column, then run inside the source with ``pyarrow.compute``; everything else is left to Spark
+(floating point comparisons too: Arrow and Spark order NaN differently).
+
+It is off by default because Spark 4.3 caches the planned reader in the DataFrame's relation
+and reuses it for a later scan of the same DataFrame when that scan has no filter Spark can
+hand to Python: after ``df.filter("job = 'Developer'").count()``, ``df.count()`` on the *same*
+``df`` silently counts Developers only. With pushdown on, build a fresh DataFrame
+(``spark.read...load()``) for each query. Without it the cached reader carries no filters and
+reuse is harmless; the cost is that Spark, not the source, drops the rows (measured: filtering
+and the hand-off of the dropped rows to the JVM are a few percent of a scan).
+
+Writing::
+
+    df.write.format("ppml").option("kms", "local:/keys").option("key", KEY_ID)
+        .option("format", "csv").option("header", "true").mode("overwrite").save("/out")
+
+Each task writes one envelope ``part-<partition>-<job id>.<format>.ppml`` under a fresh data key
+from ``kms_for(uri).generate_data_key(key)``, streaming through
+:class:`~ppml.core.envelope.EnvelopeWriter`, into ``/out/_temporary/<job id>/``. Only the
+driver's commit moves the files into ``/out`` and writes ``_SUCCESS``; an abort deletes the
+job's temporary directory, so a failed job leaves no visible output. Write options: ``kms``,
+``key``, ``format``, ``header``, ``sep``/``delimiter`` (csv), ``segmentSize`` (envelope segment
+size, default 1 MiB). csv columns must be flat; text needs exactly one string column; json is
+written by Python's ``json`` (slower than csv), omitting null fields as Spark does.
+
+Save modes. Spark 4.3 hands a Python data source only ``overwrite: bool``, and its planner
+rejects ``ErrorIfExists`` (the default of ``df.write``) and ``Ignore`` with
+``UNSUPPORTED_DATA_SOURCE_SAVE_MODE`` before the source is asked. So:
+
+* ``mode("append")`` adds new files and never touches existing ones;
+* ``mode("overwrite")`` replaces every data file under the path at commit (not before), after
+  the new files are in place;
+* ``mode("append").option("saveMode", "errorifexists")`` fails on the driver, before any task,
+  if the path holds data files; ``option("saveMode", "ignore")`` writes nothing then (the input
+  is still computed, and dropped);
+* plain ``df.write.format("ppml").save(path)`` fails in Spark with
+  ``UNSUPPORTED_DATA_SOURCE_SAVE_MODE``: always say ``mode(...)``.
+
+Limits: paths are local or shared POSIX paths (every executor must see the same directory); a
+commit is a sequence of renames, not atomic across files: a driver crash in the middle of it
+can leave part of the new files visible (and, for overwrite, old ones not yet deleted). A task
+still running when the job aborts may leave a file under ``_temporary``, which readers skip.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import decimal
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+try:
+    import numpy as np
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.compute as pc  # type: ignore[import-untyped]
+    import pyarrow.csv as pa_csv  # type: ignore[import-untyped]
+    import pyarrow.json as pa_json  # type: ignore[import-untyped]
+    from pyspark.sql.datasource import (
+        DataSource,
+        DataSourceArrowWriter,
+        DataSourceReader,
+        EqualTo,
+        Filter,
+        GreaterThan,
+        GreaterThanOrEqual,
+        In,
+        InputPartition,
+        IsNotNull,
+        IsNull,
+        LessThan,
+        LessThanOrEqual,
+        WriterCommitMessage,
+    )
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import (
+        ArrayType,
+        BooleanType,
+        DataType,
+        DateType,
+        DoubleType,
+        LongType,
+        StringType,
+        StructField,
+        StructType,
+        TimestampType,
+    )
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(f"ppml.spark needs `pip install ppml[spark]` ({exc})") from exc
+
+from ppml.core import legacy
+from ppml.core.envelope import DEFAULT_SEGMENT_SIZE, EnvelopeHeader, EnvelopeReader, EnvelopeWriter
+from ppml.errors import InputError, InvalidCiphertext, OutputExists, UsageError
+from ppml.spark.keys import kms_for
+from ppml.spark.splits import (
+    DEFAULT_MAX_SPLIT_BYTES,
+    FileSplit,
+    list_input_files,
+    pack_splits,
+    plan_envelope_splits,
+    read_owned_lines,
+)
+
+__all__ = [
+    "PpmlCommitMessage",
+    "PpmlDataSource",
+    "PpmlPartition",
+    "PpmlPushdownReader",
+    "PpmlReader",
+    "PpmlWriter",
+    "register",
+]
+
+FORMATS: Final = ("csv", "json", "text")
+ENVELOPE_MODE: Final = "ppml"
+SAMPLE_BYTES: Final = 1 << 20
+"""How much plaintext schema inference reads from the first non-empty file."""
+_TRUE_VALUES = ["true", "True", "TRUE"]
+_FALSE_VALUES = ["false", "False", "FALSE"]
+
+
+def register(spark: Any) -> None:
+    """Make ``format("ppml")`` available in ``spark`` (a SparkSession)."""
+    spark.dataSource.register(PpmlDataSource)
+
+
+# -- options ----------------------------------------------------------------------------------
+
+
+def _lower(options: Mapping[str, str]) -> dict[str, str]:
+    return {key.lower(): value for key, value in options.items()}
+
+
+def _flag(options: Mapping[str, str], name: str, default: bool) -> bool:
+    value = options.get(name.lower())
+    if value is None:
+        return default
+    if value.strip().lower() in ("true", "1", "yes"):
+        return True
+    if value.strip().lower() in ("false", "0", "no"):
+        return False
+    raise UsageError(f"option {name} must be true or false, got {value!r}")
+
+
+def _positive_int(options: Mapping[str, str], name: str, default: int) -> int:
+    value = options.get(name.lower())
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise UsageError(f"option {name} must be a whole number of bytes, got {value!r}") from None
+    if number <= 0:
+        raise UsageError(f"option {name} must be positive, got {number}")
+    return number
+
+
+def _path(options: Mapping[str, str]) -> str:
+    path = options.get("path")
+    if not path:
+        raise UsageError("no path: use .load(PATH) or .save(PATH)")
+    for prefix in ("file://", "file:"):
+        if path.startswith(prefix):
+            return path[len(prefix) :]
+    if "://" in path:
+        raise UsageError(f"{path!r}: the ppml data source reads and writes local paths only")
+    return path
+
+
+def _format(options: Mapping[str, str]) -> str:
+    fmt = options.get("format", "csv").lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"option format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return fmt
+
+
+def _single_char(options: Mapping[str, str], names: Sequence[str], default: str | None) -> str | None:
+    for name in names:
+        value = options.get(name.lower())
+        if value is not None:
+            if len(value) != 1:
+                raise UsageError(f"option {name} must be one character, got {value!r}")
+            return value
+    return default
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _ReadOptions:
+    path: str
+    format: str
+    kms: str | None
+    header: bool
+    delimiter: str
+    quote: str
+    escape: str | None
+    null_value: str
+    max_split_bytes: int
+    filter_pushdown: bool
+    legacy: bool
+    bigdl_primary_key: str | None
+    allow_weak_legacy_keys: bool
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, str]) -> _ReadOptions:
+        options = _lower(raw)
+        mode = options.get("mode", ENVELOPE_MODE)
+        if mode not in (ENVELOPE_MODE, legacy.MODE):
+            raise UsageError(f"option mode must be {ENVELOPE_MODE!r} or {legacy.MODE!r}, got {mode!r}")
+        is_legacy = mode == legacy.MODE
+        kms = options.get("kms")
+        primary_key = options.get("bigdlprimarykey")
+        if is_legacy and not primary_key:
+            raise UsageError(f"option mode {legacy.MODE} needs option bigdlPrimaryKey (a file)")
+        if not is_legacy and not kms:
+            raise UsageError("option kms is required: the KMS URI, for example local:/path/to/keys")
+        allow_weak = _flag(options, "unsafeAllowWeakLegacyKeys", False)
+        if allow_weak and not is_legacy:
+            raise UsageError(f"unsafeAllowWeakLegacyKeys applies only to mode {legacy.MODE}")
+        return cls(
+            path=_path(options),
+            format=_format(options),
+            kms=kms,
+            header=_flag(options, "header", False),
+            delimiter=_single_char(options, ("sep", "delimiter"), ",") or ",",
+            quote=_single_char(options, ("quote",), '"') or '"',
+            escape=_single_char(options, ("escape",), None),
+            null_value=options.get("nullvalue", ""),
+            max_split_bytes=_positive_int(options, "maxPartitionBytes", DEFAULT_MAX_SPLIT_BYTES),
+            filter_pushdown=_flag(options, "filterPushdown", False),
+            legacy=is_legacy,
+            bigdl_primary_key=primary_key,
+            allow_weak_legacy_keys=allow_weak,
+        )
+
+
+_SAVE_MODES = ("errorifexists", "error", "ignore")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _WriteOptions:
+    path: str
+    format: str
+    kms: str
+    key_id: str
+    header: bool
+    delimiter: str
+    segment_size: int
+    save_mode: str | None
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, str], overwrite: bool) -> _WriteOptions:
+        options = _lower(raw)
+        kms, key_id = options.get("kms"), options.get("key")
+        if not kms:
+            raise UsageError("option kms is required: the KMS URI, for example local:/path/to/keys")
+        if not key_id:
+            raise UsageError("option key is required: the id of the primary key for new data keys")
+        save_mode = options.get("savemode")
+        if save_mode is not None:
+            save_mode = save_mode.lower()
+            if save_mode not in _SAVE_MODES:
+                raise UsageError(
+                    f"option saveMode must be errorifexists or ignore, got {save_mode!r}; "
+                    "for append or overwrite use .mode(...)"
+                )
+            if overwrite:
+                raise UsageError(f"option saveMode={save_mode} needs .mode('append'), not overwrite")
+        return cls(
+            path=_path(options),
+            format=_format(options),
+            kms=kms,
+            key_id=key_id,
+            header=_flag(options, "header", False),
+            delimiter=_single_char(options, ("sep", "delimiter"), ",") or ",",
+            segment_size=_positive_int(options, "segmentSize", DEFAULT_SEGMENT_SIZE),
+            save_mode="errorifexists" if save_mode == "error" else save_mode,
+        )
+
+
+# -- types ------------------------------------------------------------------------------------
+
+
+def _spark_type(arrow_type: pa.DataType) -> DataType:
+    """The Spark type a column inferred by PyArrow becomes."""
+    if pa.types.is_integer(arrow_type):
+        return LongType()
+    if pa.types.is_floating(arrow_type):
+        return DoubleType()
+    if pa.types.is_boolean(arrow_type):
+        return BooleanType()
+    if pa.types.is_timestamp(arrow_type):
+        return TimestampType()
+    if pa.types.is_date(arrow_type):
+        return DateType()
+    if pa.types.is_struct(arrow_type):
+        return StructType([
+            StructField(arrow_type.field(i).name, _spark_type(arrow_type.field(i).type), True)
+            for i in range(arrow_type.num_fields)
+        ])
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return ArrayType(_spark_type(arrow_type.value_type), True)
+    return StringType()
+
+
+def _inferred_schema(table: pa.Table) -> StructType:
+    return StructType([
+        StructField(field.name, _spark_type(field.type), True) for field in table.schema
+    ])
+
+
+def _arrow_schema(schema: StructType) -> pa.Schema:
+    """The schema Spark expects of the batches a Python source yields."""
+    return to_arrow_schema(schema, timezone="UTC")
+
+
+def _parsed_as(target: pa.DataType, fmt: str) -> pa.DataType:
+    """What PyArrow parses a column as before :func:`_convert` makes it ``target``: zoned
+    timestamps (and json dates) go through strings, which PyArrow cannot parse into them."""
+    if pa.types.is_timestamp(target) and target.tz is not None:
+        return pa.string()
+    if fmt == "json" and pa.types.is_date(target):
+        return pa.string()
+    return target
+
+
+def _convert(column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
+    if column.type == target:
+        return column
+    if pa.types.is_timestamp(target) and pa.types.is_string(column.type):
+        try:
+            return pc.cast(column, target)
+        except pa.ArrowInvalid:
+            # No zone offset in the text: the value is taken as UTC.
+            return pc.cast(pc.cast(column, pa.timestamp(target.unit)), target)
+    return pc.cast(column, target)
+
+
+def _conform(table: pa.Table, target: pa.Schema) -> pa.Table:
+    columns = [_convert(table.column(i), field.type) for i, field in enumerate(target)]
+    return pa.Table.from_arrays(columns, schema=target)
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+class _Parser:
+    """Parses owned lines of one format into tables of exactly the Spark schema's Arrow type."""
+
+    def __init__(self, options: _ReadOptions, schema: StructType) -> None:
+        self._options = options
+        self._schema = schema
+        self._target = _arrow_schema(schema)
+        self._names = schema.fieldNames()
+        fmt = options.format
+        if fmt == "text" and (len(self._target) != 1 or not pa.types.is_string(self._target[0].type)):
+            raise UsageError("format text reads one string column; its schema must be 'value STRING'")
+        if fmt == "csv":
+            for field in self._target:
+                if pa.types.is_nested(field.type):
+                    raise UsageError(f"format csv cannot read nested column {field.name!r}")
+        self._parse_schema = pa.schema(
+            [pa.field(f.name, _parsed_as(f.type, fmt), nullable=True) for f in self._target]
+        )
+
+    def parse(self, view: memoryview, source: str) -> pa.Table | None:
+        if not len(view):
+            return None
+        try:
+            if self._options.format == "csv":
+                table = self._csv(view)
+            elif self._options.format == "json":
+                table = self._json(view)
+            else:
+                table = self._text(view)
+            return _conform(table, self._target)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            # PyArrow's message may quote the offending plaintext: it is not passed on.
+            raise InputError(
+                source,
+                f"cannot parse the decrypted {self._options.format} data with the schema "
+                f"{self._schema.simpleString()}: a value does not fit its column type, or a row "
+                "has the wrong number of fields (details withheld: they would quote plaintext)",
+            ) from None
+
+    def _csv(self, view: memoryview) -> pa.Table:
+        options = self._options
+        return pa_csv.read_csv(
+            pa.BufferReader(pa.py_buffer(view)),
+            read_options=pa_csv.ReadOptions(column_names=self._names, use_threads=True),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=options.delimiter,
+                quote_char=options.quote,
+                escape_char=options.escape or False,
+                double_quote=True,
+                newlines_in_values=False,
+                ignore_empty_lines=True,
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=self._parse_schema,
+                null_values=[options.null_value],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                true_values=_TRUE_VALUES,
+                false_values=_FALSE_VALUES,
+            ),
+        )
+
+    def _json(self, view: memoryview) -> pa.Table:
+        # With an explicit schema every column is present, in order; missing fields are null.
+        return pa_json.read_json(
+            pa.BufferReader(pa.py_buffer(view)),
+            read_options=pa_json.ReadOptions(use_threads=True),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=self._parse_schema, unexpected_field_behavior="ignore"
+            ),
+        )
+
+    def _text(self, view: memoryview) -> pa.Table:
+        offsets = pa.array([0, len(view)], pa.int64()).buffers()[1]
+        whole = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(view)])
+        lines = pc.split_pattern(whole, pattern="\n").flatten()
+        if view[-1] == 0x0A:
+            lines = lines.slice(0, len(lines) - 1)
+        values = lines.cast(pa.large_string()).cast(pa.string())
+        crlf = pc.ends_with(values, "\r")
+        if pc.any(crlf).as_py():
+            values = pc.if_else(crlf, pc.utf8_slice_codeunits(values, 0, -1), values)
+        return pa.Table.from_arrays([values], names=self._names)
+
+
+# -- filters ----------------------------------------------------------------------------------
+
+_COMPARISONS: Final = {
+    EqualTo: "eq",
+    GreaterThan: "gt",
+    GreaterThanOrEqual: "ge",
+    LessThan: "lt",
+    LessThanOrEqual: "le",
+}
+
+
+def _literal_fits(value: Any, arrow_type: pa.DataType) -> bool:
+    """True if comparing ``arrow_type`` with ``value`` in Arrow means what it means in Spark."""
+    if value is None:
+        return False
+    if pa.types.is_integer(arrow_type):
+        if not isinstance(value, int) or isinstance(value, bool):
+            return False
+        try:
+            pa.scalar(value, type=arrow_type)
+        except (OverflowError, pa.ArrowInvalid):
+            return False
+        return True
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return isinstance(value, str)
+    if pa.types.is_boolean(arrow_type):
+        return isinstance(value, bool)
+    if pa.types.is_date32(arrow_type):
+        return isinstance(value, datetime.date) and not isinstance(value, datetime.datetime)
+    return False
+
+
+def _pushable(spark_filter: Filter, target: pa.Schema) -> tuple[str, str, Any] | None:
+    """The filter as ``(operation, column, value)`` if it can run in the source, else None."""
+    attribute = getattr(spark_filter, "attribute", None)
+    if not isinstance(attribute, tuple) or len(attribute) != 1:
+        return None
+    column = attribute[0]
+    if target.names.count(column) != 1:
+        return None
+    arrow_type = target.field(column).type
+    if isinstance(spark_filter, IsNull):
+        return ("isnull", column, None)
+    if isinstance(spark_filter, IsNotNull):
+        return ("notnull", column, None)
+    if isinstance(spark_filter, In):
+        values = tuple(v for v in spark_filter.value if v is not None)
+        if values and all(_literal_fits(v, arrow_type) for v in values):
+            return ("in", column, values)
+        return None
+    operation = _COMPARISONS.get(type(spark_filter))
+    value = getattr(spark_filter, "value", None)
+    if operation is not None and _literal_fits(value, arrow_type):
+        return (operation, column, value)
+    return None
+
+
+def _filter_expression(pushed: Sequence[tuple[str, str, Any]], target: pa.Schema) -> pc.Expression | None:
+    expression = None
+    for operation, column, value in pushed:
+        field = pc.field(column)
+        arrow_type = target.field(column).type
+        if operation == "isnull":
+            term = field.is_null()
+        elif operation == "notnull":
+            term = field.is_valid()
+        elif operation == "in":
+            term = field.isin(pa.array(value, type=arrow_type))
+        else:
+            literal = pa.scalar(value, type=arrow_type)
+            term = {
+                "eq": field == literal,
+                "gt": field > literal,
+                "ge": field >= literal,
+                "lt": field < literal,
+                "le": field <= literal,
+            }[operation]
+        expression = term if expression is None else expression & term
+    return expression
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+class PpmlPartition(InputPartition):
+    """One task's input: envelope splits (packed from one or more files) or one legacy file."""
+
+    def __init__(self, *, splits: tuple[FileSplit, ...] = (), legacy_file: str | None = None) -> None:
+        super().__init__((splits, legacy_file))
+        self.splits = splits
+        self.legacy_file = legacy_file
+
+
+def _read_legacy(options: _ReadOptions, path: str) -> bytearray:
+    """The whole plaintext of a BigDL legacy file, verified.
+
+    ``ppml.core.legacy`` only decrypts file to file, so the plaintext passes through a private
+    directory (0700, the file 0600), in memory-backed ``/dev/shm`` where there is one, and is
+    deleted before this returns.
+    """
+    assert options.bigdl_primary_key is not None
+    primary_key = legacy.BigDLPrimaryKey.load(options.bigdl_primary_key)
+    scratch = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="ppml-legacy-", dir=scratch) as private:
+        plain = Path(private) / "plaintext"
+        legacy.decrypt_bigdl_file(
+            path, plain, primary_key=primary_key, allow_weak_keys=options.allow_weak_legacy_keys
+        )
+        with open(plain, "rb") as f:
+            buffer = bytearray(os.fstat(f.fileno()).st_size)
+            with memoryview(buffer) as view:
+                filled = 0
+                while filled < len(buffer):
+                    n = f.readinto(view[filled:])
+                    if not n:
+                        break
+                    filled += n
+        del buffer[filled:]
+        return buffer
+
+
+def _sample(options: _ReadOptions, files: Sequence[Path]) -> bytes:
+    """The first ~MiB of the first non-empty file, cut after its last whole line."""
+    for path in files:
+        if options.legacy:
+            data = bytes(_read_legacy(options, str(path))[:SAMPLE_BYTES + 1])
+            whole = len(data) <= SAMPLE_BYTES
+        else:
+            assert options.kms is not None
+            with EnvelopeReader(path, kms=kms_for(options.kms)) as reader:
+                if reader.plaintext_size == 0:
+                    continue
+                data = reader.read_range(0, SAMPLE_BYTES)
+                whole = reader.plaintext_size <= SAMPLE_BYTES
+        if not data:
+            continue
+        if not whole:
+            data = data[: data.rfind(b"\n") + 1] or data
+        return data
+    raise UsageError(
+        f"cannot infer a schema for {options.path}: no non-empty input file; "
+        "pass one with .schema(...)"
+    )
+
+
+def _infer_schema(options: _ReadOptions) -> StructType:
+    if options.format == "text":
+        return StructType([StructField("value", StringType(), True)])
+    data = _sample(options, list_input_files(options.path))
+    try:
+        if options.format == "csv":
+            table = pa_csv.read_csv(
+                pa.BufferReader(data),
+                read_options=pa_csv.ReadOptions(autogenerate_column_names=not options.header),
+                parse_options=pa_csv.ParseOptions(
+                    delimiter=options.delimiter, quote_char=options.quote,
+                    escape_char=options.escape or False, ignore_empty_lines=True,
+                ),
+                convert_options=pa_csv.ConvertOptions(
+                    null_values=[options.null_value], strings_can_be_null=True,
+                    quoted_strings_can_be_null=False,
+                    true_values=_TRUE_VALUES, false_values=_FALSE_VALUES,
+                ),
+            )
+            if not options.header:
+                table = table.rename_columns([f"_c{i}" for i in range(table.num_columns)])
+        else:
+            table = pa_json.read_json(pa.BufferReader(data))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise InputError(
+            options.path,
+            f"cannot infer a schema: the first MiB of data is not {options.format} that PyArrow "
+            "parses (pass one with .schema(...))",
+        ) from None
+    return _inferred_schema(table)
+
+
+class PpmlReader(DataSourceReader):
+    """Plans and reads partitions; :class:`PpmlPushdownReader` adds filter pushdown."""
+
+    def __init__(self, options: _ReadOptions, schema: StructType) -> None:
+        self._options = options
+        self._schema = schema
+        _Parser(options, schema)  # validates the schema for the format on the driver
+        self._pushed: list[tuple[str, str, Any]] = []
+
+    def partitions(self) -> Sequence[InputPartition]:
+        options = self._options
+        files = list_input_files(options.path)
+        if options.legacy:
+            return [PpmlPartition(legacy_file=str(path)) for path in files]
+        splits = [s for path in files for s in plan_envelope_splits(path, options.max_split_bytes)]
+        if files:
+            # Fail fast, before any task: unwrap one key with the KMS the job was given.
+            assert options.kms is not None
+            EnvelopeReader(files[0], kms=kms_for(options.kms)).close()
+        return [
+            PpmlPartition(splits=tuple(group))
+            for group in pack_splits(splits, options.max_split_bytes)
+        ]
+
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        if not isinstance(partition, PpmlPartition):
+            # Spark reads one placeholder partition when partitions() returned none.
+            return iter(())
+        return self._batches(partition)
+
+    def _tables(self, partition: PpmlPartition, parser: _Parser) -> Iterator[pa.Table]:
+        options = self._options
+        skip_header = options.format == "csv" and options.header
+        if partition.legacy_file is not None:
+            plaintext = _read_legacy(options, partition.legacy_file)
+            begin = plaintext.find(b"\n") + 1 if skip_header else 0
+            if skip_header and begin == 0:
+                begin = len(plaintext)
+            table = parser.parse(memoryview(plaintext)[begin:], partition.legacy_file)
+            if table is not None:
+                yield table
+            return
+        assert options.kms is not None
+        kms = kms_for(options.kms)
+        reader: EnvelopeReader | None = None
+        try:
+            for split in partition.splits:
+                if reader is None or str(reader.path) != split.path:
+                    if reader is not None:
+                        reader.close()
+                    reader = EnvelopeReader(split.path, kms=kms)
+                if reader.plaintext_size != split.file_size:
+                    raise InvalidCiphertext(split.path)  # changed since planning
+                view = read_owned_lines(
+                    reader, split, skip_first_line=split.start > 0 or skip_header
+                )
+                table = parser.parse(view, split.path)
+                del view
+                if table is not None:
+                    yield table
+        finally:
+            if reader is not None:
+                reader.close()
+
+    def _batches(self, partition: PpmlPartition) -> Iterator[pa.RecordBatch]:
+        parser = _Parser(self._options, self._schema)
+        expression = _filter_expression(self._pushed, _arrow_schema(self._schema))
+        for table in self._tables(partition, parser):
+            if expression is not None:
+                table = table.filter(expression)
+            for batch in table.to_batches():
+                if batch.num_rows:
+                    yield batch
+
+
+class PpmlPushdownReader(PpmlReader):
+    """The reader with filter pushdown (see the module docstring for what is pushed, and why it
+    is opt-in)."""
+
+    def pushFilters(self, filters: list[Filter]) -> Iterable[Filter]:  # noqa: N802 (Spark's name)
+        target = _arrow_schema(self._schema)
+        for spark_filter in filters:
+            pushed = _pushable(spark_filter, target)
+            if pushed is None:
+                yield spark_filter
+            else:
+                self._pushed.append(pushed)
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PpmlCommitMessage(WriterCommitMessage):
+    """What a task wrote: the file's name in the job's temporary directory (None: nothing)."""
+
+    file_name: str | None
+    rows: int
+
+
+class _PlaintextSink(io.RawIOBase):
+    """A write-only file object over an EnvelopeWriter, for PyArrow's CSV writer."""
+
+    def __init__(self, envelope: EnvelopeWriter) -> None:
+        self._envelope = envelope
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return self._envelope.write(data)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"cannot write a {type(value).__name__} as JSON")
+
+
+def _encode_csv(envelope: EnvelopeWriter, batches: Iterator[pa.RecordBatch],
+                schema: pa.Schema, options: _WriteOptions) -> int:
+    rows = 0
+    sink = _PlaintextSink(envelope)
+    writer: pa_csv.CSVWriter | None = None
+    write_options = pa_csv.WriteOptions(include_header=options.header, delimiter=options.delimiter)
+    for batch in batches:
+        if writer is None:
+            writer = pa_csv.CSVWriter(sink, batch.schema, write_options=write_options)
+        writer.write_batch(batch)
+        rows += batch.num_rows
+    if writer is None:
+        writer = pa_csv.CSVWriter(sink, schema, write_options=write_options)
+    writer.close()
+    return rows
+
+
+def _encode_json(envelope: EnvelopeWriter, batches: Iterator[pa.RecordBatch]) -> int:
+    rows = 0
+    encoder = json.JSONEncoder(default=_json_value, separators=(",", ":"), ensure_ascii=False)
+    for batch in batches:
+        lines = [
+            encoder.encode({k: v for k, v in row.items() if v is not None}) + "\n"
+            for row in batch.to_pylist()
+        ]
+        envelope.write("".join(lines).encode("utf-8"))
+        rows += batch.num_rows
+    return rows
+
+
+def _encode_text(envelope: EnvelopeWriter, batches: Iterator[pa.RecordBatch]) -> int:
+    rows = 0
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        lines = pc.binary_join_element_wise(pc.fill_null(batch.column(0), ""), "", "\n")
+        lines = lines.cast(pa.large_string())
+        # The joined values lie back to back in the data buffer: write them in one piece.
+        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)
+        first, last = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
+        envelope.write(memoryview(lines.buffers()[2])[first:last])
+        rows += batch.num_rows
+    return rows
+
+
+def _job_dir(path: str, job_id: str) -> Path:
+    return Path(path) / "_temporary" / job_id
+
+
+class PpmlWriter(DataSourceArrowWriter):
+    """Writes one encrypted part file per task; the driver's commit publishes them."""
+
+    def __init__(
+        self,
+        options: _WriteOptions,
+        schema: StructType,
+        *,
+        overwrite: bool,
+        skip: bool,
+        created_output: bool,
+        job_id: str,
+    ) -> None:
+        self._options = options
+        self._schema = schema
+        self._overwrite = overwrite
+        self._skip = skip
+        self._created_output = created_output
+        self.job_id = job_id
+
+    def write(self, iterator: Iterator[pa.RecordBatch]) -> PpmlCommitMessage:
+        from pyspark import TaskContext
+
+        if self._skip:
+            for _ in iterator:
+                pass
+            return PpmlCommitMessage(file_name=None, rows=0)
+        options = self._options
+        context = TaskContext.get()
+        partition = context.partitionId() if context is not None else 0
+        attempt = context.taskAttemptId() if context is not None else 0
+        name = f"part-{partition:05d}-{self.job_id}.{options.format}.ppml"
+        job_dir = _job_dir(options.path, self.job_id)
+        in_progress = job_dir / f".{name}.{attempt}.inprogress"
+        kms = kms_for(options.kms)
+        generated = kms.generate_data_key(options.key_id)
+        header = EnvelopeHeader(
+            kms=kms.uri,
+            key_id=generated.key_id,
+            wrapped_data_key=generated.wrapped,
+            segment_size=options.segment_size,
+        )
+        # "x": no directory (the job was aborted) or a clash means no file, not a stray one.
+        with open(in_progress, "xb") as raw:
+            try:
+                envelope = EnvelopeWriter(raw, header=header, data_key=generated.data_key)
+                if options.format == "csv":
+                    rows = _encode_csv(envelope, iterator, _arrow_schema(self._schema), options)
+                elif options.format == "json":
+                    rows = _encode_json(envelope, iterator)
+                else:
+                    rows = _encode_text(envelope, iterator)
+                envelope.close()
+            except BaseException:
+                in_progress.unlink(missing_ok=True)
+                raise
+        os.replace(in_progress, job_dir / name)
+        return PpmlCommitMessage(file_name=name, rows=rows)
+
+    def commit(self, messages: list[WriterCommitMessage | None]) -> None:
+        if self._skip:
+            return
+        options = self._options
+        job_dir = _job_dir(options.path, self.job_id)
+        target = Path(options.path)
+        names = []
+        for message in messages:
+            if not isinstance(message, PpmlCommitMessage):
+                raise UsageError(f"job {self.job_id}: a task reported no commit message")
+            if message.file_name is not None:
+                names.append(message.file_name)
+        previous = list_input_files(target) if self._overwrite else []
+        for name in names:
+            os.replace(job_dir / name, target / name)
+        published = {target / name for name in names}
+        for old in previous:
+            if old not in published:
+                old.unlink(missing_ok=True)
+        (target / "_SUCCESS").write_bytes(b"")
+        self._remove_job_dir()
+
+    def abort(self, messages: list[WriterCommitMessage | None]) -> None:
+        if self._skip:
+            return
+        self._remove_job_dir()
+        if self._created_output:
+            try:
+                Path(self._options.path).rmdir()
+            except OSError:
+                pass
+
+    def _remove_job_dir(self) -> None:
+        job_dir = _job_dir(self._options.path, self.job_id)
+        # A task that was still running may add a file while the tree is removed: retry once.
+        shutil.rmtree(job_dir, ignore_errors=True)
+        shutil.rmtree(job_dir, ignore_errors=True)
+        try:
+            job_dir.parent.rmdir()
+        except OSError:
+            pass
+
+
+# -- the data source --------------------------------------------------------------------------
+
+
+class PpmlDataSource(DataSource):
+    """``format("ppml")``: encrypted files through the KMS (see the module docstring)."""
+
+    @classmethod
+    def name(cls) -> str:
+        return "ppml"
+
+    def schema(self) -> StructType:
+        return _infer_schema(_ReadOptions.parse(self.options))
+
+    def reader(self, schema: StructType) -> DataSourceReader:
+        options = _ReadOptions.parse(self.options)
+        if options.filter_pushdown:
+            return PpmlPushdownReader(options, schema)
+        return PpmlReader(options, schema)
+
+    def writer(self, schema: StructType, overwrite: bool) -> PpmlWriter:
+        options = _WriteOptions.parse(self.options, overwrite)
+        target = _arrow_schema(schema)
+        if options.format == "text" and (
+            len(target) != 1 or not pa.types.is_string(target[0].type)
+        ):
+            raise UsageError("format text writes exactly one string column")
+        if options.format == "csv":
+            for field in target:
+                if pa.types.is_nested(field.type):
+                    raise UsageError(f"format csv cannot write nested column {field.name!r}")
+        output = Path(options.path)
+        if output.exists() and not output.is_dir():
+            raise InputError(output, "is a file; the output of a Spark write is a directory")
+        has_data = output.is_dir() and bool(list_input_files(output))
+        if options.save_mode == "errorifexists" and has_data:
+            raise OutputExists(output)
+        skip = options.save_mode == "ignore" and has_data
+        created_output = not output.exists()
+        job_id = uuid.uuid4().hex
+        if not skip:
+            _job_dir(options.path, job_id).mkdir(parents=True)
+        return PpmlWriter(
+            options, schema, overwrite=overwrite, skip=skip, created_output=created_output,
+            job_id=job_id,
+        )
