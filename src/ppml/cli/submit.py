@@ -30,6 +30,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         enclave_manifest=_path(args.enclave_manifest), enclave_sig=_path(args.enclave_sig),
         platform_key=_path(args.platform_key), secret_file=_path(args.secret_file),
         event_log_dir=_path(args.event_log_dir), registration_timeout=args.registration_timeout,
+        k8s_image=args.k8s_image, k8s_namespace=args.k8s_namespace, k8s_rpc_secret=args.k8s_rpc_secret,
+        k8s_kms_credentials=args.k8s_kms_credentials, k8s_ca=args.k8s_ca, render_only=_path(args.render_only),
     )
     return submit(options)
 
@@ -66,6 +68,13 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--event-log-dir", metavar="DIR", help="write Spark event logs here (history server)")
     p.add_argument("--registration-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="standalone: give up if the driver has not joined the cluster by then")
+    p.add_argument("--k8s-image", metavar="IMAGE", help="Kubernetes: the ppml/Spark container image")
+    p.add_argument("--k8s-namespace", default="default", metavar="NS")
+    p.add_argument("--k8s-rpc-secret", metavar="SECRET[:KEY]", help="Kubernetes Secret holding the Spark RPC secret")
+    p.add_argument("--k8s-kms-credentials", metavar="SECRET[:KEY]", help="Kubernetes Secret with the KMS credentials")
+    p.add_argument("--k8s-ca", metavar="CONFIGMAP[:KEY]", help="ConfigMap with the KMS/AS CA certificate")
+    p.add_argument("--render-only", metavar="DIR", help="write pod templates and properties to DIR and print the "
+                   "spark-submit command instead of running it")
     p.add_argument("app", metavar="APP")
     p.add_argument("app_args", nargs=argparse.REMAINDER, metavar="ARGS")
     p.set_defaults(func=cmd_submit)

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from ppml.errors import UsageError
 from ppml.spark.session import read_secret_file, security_conf, write_properties_file
@@ -90,6 +90,14 @@ class SubmitOptions:
     registration_timeout: float = 60.0
     network_crypto: bool = True
     io_encryption: bool = True
+    #: Kubernetes (``--master k8s://…``): image, namespace, and Secret/ConfigMap NAME:KEY references.
+    k8s_image: str | None = None
+    k8s_namespace: str = "default"
+    k8s_rpc_secret: str | None = None
+    k8s_kms_credentials: str | None = None
+    k8s_ca: str | None = None
+    #: Write the pod templates and properties here and print the spark-submit command, without running it.
+    render_only: Path | None = None
 
     def __post_init__(self) -> None:
         if self.tee not in TEES:
@@ -106,6 +114,9 @@ class SubmitOptions:
         if self.deploy_mode == "cluster" and self.master.startswith("spark://") and self.app.endswith(".py"):
             raise UsageError("Spark's standalone master cannot run Python applications in cluster deploy mode; "
                              "use --deploy-mode client, or Kubernetes (k8s://) for cluster mode")
+        if self.master.startswith("k8s://") and not (self.k8s_image and self.k8s_rpc_secret):
+            raise UsageError("Kubernetes needs --k8s-image and --k8s-rpc-secret SECRET:KEY (the Spark RPC secret "
+                             "as a Kubernetes Secret, mounted as a file)")
         if self.master.startswith("spark://") and not self.secret_file:
             raise UsageError("a standalone cluster needs the shared RPC secret: --secret-file FILE (0600), the "
                              "same file the master and workers were started with")
@@ -140,11 +151,46 @@ def tee_environment(options: SubmitOptions) -> dict[str, str]:
     return env
 
 
+def _ref(value: str, default_key: str) -> tuple[str, str]:
+    name, _, key = value.partition(":")
+    return name, key or default_key
+
+
+def _kubernetes_conf(options: SubmitOptions, work_dir: Path) -> Any:
+    """Render the pod templates; their Spark settings go with the submission."""
+    from ppml.deploy.k8s import ConfigMapFile, PodTemplateInputs, SecretFile, render_pod_templates
+
+    secret_name, secret_key = _ref(options.k8s_rpc_secret or "", "secret")
+    inputs = PodTemplateInputs(
+        tee=options.tee, rpc_secret=SecretFile(secret=secret_name, key=secret_key),
+        tee_environment=tee_environment(options),
+        kms_credentials=SecretFile(secret=_ref(options.k8s_kms_credentials, "credentials.json")[0],
+                                   key=_ref(options.k8s_kms_credentials, "credentials.json")[1])
+        if options.k8s_kms_credentials else None,
+        ca_bundle=ConfigMapFile(config_map=_ref(options.k8s_ca, "ca.pem")[0], key=_ref(options.k8s_ca, "ca.pem")[1])
+        if options.k8s_ca else None,
+    )
+    return render_pod_templates(inputs, image=options.k8s_image or "", namespace=options.k8s_namespace,
+                                out_dir=work_dir)
+
+
 def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str], dict[str, str]]:
     """The spark-submit argv (no secrets in it) and the environment to run it with."""
-    secret = read_secret_file(options.secret_file) if options.secret_file else None
+    kubernetes = options.master.startswith("k8s://")
+    secret = read_secret_file(options.secret_file) if options.secret_file and not kubernetes else None
     conf = security_conf(secret=secret, network_crypto=options.network_crypto,
                          io_encryption=options.io_encryption)
+    if kubernetes:
+        from ppml.deploy.k8s import check_spark_conf
+
+        templates = _kubernetes_conf(options, work_dir)
+        conf.update(templates.spark_conf)
+        conf.update(dict(options.conf))
+        check_spark_conf(conf, templates)
+        properties = write_properties_file(conf, work_dir / "spark-ppml.properties")
+        argv = [str(spark_submit_path()), "--master", options.master, "--deploy-mode", options.deploy_mode,
+                "--properties-file", str(properties), *_common_flags(options), options.app, *options.app_args]
+        return argv, {**os.environ}
     conf["spark.pyspark.python"] = sys.executable
     conf["spark.pyspark.driver.python"] = sys.executable
     if options.event_log_dir is not None:
@@ -159,7 +205,14 @@ def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str],
     properties = write_properties_file(conf, work_dir / "spark-ppml.properties")
 
     argv = [str(spark_submit_path()), "--master", options.master, "--deploy-mode", options.deploy_mode,
-            "--properties-file", str(properties)]
+            "--properties-file", str(properties), *_common_flags(options), options.app, *options.app_args]
+    env = {**os.environ, **tee_env, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    return argv, env
+
+
+def _common_flags(options: SubmitOptions) -> list[str]:
+    argv: list[str] = []
     for flag, value in (("--name", options.name), ("--driver-memory", options.driver_memory),
                         ("--executor-memory", options.executor_memory),
                         ("--executor-cores", options.executor_cores), ("--num-executors", options.num_executors)):
@@ -169,10 +222,7 @@ def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str],
         argv += ["--py-files", ",".join(options.py_files)]
     if options.verbose:
         argv.append("--verbose")
-    argv += [options.app, *options.app_args]
-    env = {**os.environ, **tee_env, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    return argv, env
+    return argv
 
 
 def _gate(options: SubmitOptions) -> int:
@@ -194,7 +244,13 @@ def _gate(options: SubmitOptions) -> int:
 def submit(options: SubmitOptions, *, out: object = None) -> int:
     """Run the job; returns spark-submit's exit code (or 1 on a failed gate, 2 on a detected
     misconfiguration)."""
-    if options.tee != "none":
+    if options.render_only is not None:
+        options.render_only.mkdir(parents=True, exist_ok=True)
+        argv, _ = build_submission(options, options.render_only)
+        print(" ".join(argv))
+        return 0
+    if options.tee != "none" and not options.master.startswith("k8s://"):
+        # On Kubernetes the driver pod attests itself; here the gate runs on this machine.
         code = _gate(options)
         if code != 0:
             return code
