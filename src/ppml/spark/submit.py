@@ -48,13 +48,13 @@ TEES: Final = ("none", "simulated", "sgx-gramine", "tdx")
 
 #: Driver log lines that mean the submission's security settings do not match the cluster's.
 MISMATCH_SIGNATURES: Final = (
-    (re.compile(r"SaslException|DIGEST-MD5|Mismatched response|Authentication failed|"
-                r"auth(entication)? challenge|Failed to authenticate|Expected SaslMessage|"
-                r"SaslTimeoutException|Invalid (auth|challenge)", re.I),
+    # Measured on Spark 4.3 standalone: one side speaks Spark's AES auth protocol, the other SASL.
+    (re.compile(r"Unknown challenge message|Expected SaslMessage|does not have SASL enabled|"
+                r"Unsupported cipher|AEADBadTagException", re.I),
+     "RPC encryption mismatch: spark.network.crypto.enabled (or its cipher) differs from the cluster's"),
+    # Measured: both sides speak the AES protocol, the secrets differ.
+    (re.compile(r"Authentication failed|SaslException|DIGEST-MD5|Mismatched response|Failed to authenticate", re.I),
      "authentication failed: the spark.authenticate secret differs from the cluster's (check --secret-file)"),
-    (re.compile(r"(AuthEngine|TransportCipher|crypto).{0,80}(mismatch|failed|error)|"
-                r"Unsupported cipher|GeneralSecurityException|AEADBadTagException", re.I),
-     "RPC encryption failed: spark.network.crypto settings (enabled/cipher) differ from the cluster's"),
     (re.compile(r"SSLHandshakeException|SSLException|not an SSL/TLS record|PKIX path", re.I),
      "TLS failed: spark.ssl settings differ from the cluster's (TLS on one side only, or an untrusted certificate)"),
 )
@@ -261,6 +261,13 @@ def submit(options: SubmitOptions, *, out: object = None) -> int:
         return subprocess.run(argv, env=env, check=False).returncode
 
 
+def _diagnose(lines: Sequence[str]) -> str | None:
+    for pattern, message in MISMATCH_SIGNATURES:
+        if any(pattern.search(line) for line in lines):
+            return message
+    return None
+
+
 def _run_watched(argv: Sequence[str], env: dict[str, str], timeout: float) -> int:
     """Run spark-submit, echo its output, and stop it early on a security mismatch."""
     process = subprocess.Popen(list(argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -276,27 +283,30 @@ def _run_watched(argv: Sequence[str], env: dict[str, str], timeout: float) -> in
     threading.Thread(target=pump, daemon=True).start()
     started = time.monotonic()
     registered = False
+    seen: list[str] = []
+    giving_up_at: float | None = None
     diagnosis: str | None = None
     while True:
         try:
-            line = lines.get(timeout=0.5)
+            line = lines.get(timeout=0.2)
         except queue.Empty:
             line = ""
         if line is None:
             break
         if line:
             sys.stdout.write(line)
-            if _REGISTERED.search(line):
-                registered = True
-            if not registered and diagnosis is None:
-                for pattern, message in MISMATCH_SIGNATURES:
-                    if pattern.search(line):
-                        diagnosis = message
-                        break
-                if diagnosis is None and _GIVING_UP.search(line):
-                    diagnosis = _TIMEOUT_MESSAGE
-        if not registered and diagnosis is None and time.monotonic() - started > timeout:
-            diagnosis = _TIMEOUT_MESSAGE
+            if not registered:
+                seen.append(line)
+                registered = bool(_REGISTERED.search(line))
+                diagnosis = _diagnose([line])
+                if giving_up_at is None and _GIVING_UP.search(line):
+                    giving_up_at = time.monotonic()
+        if not registered and diagnosis is None:
+            # Spark logs the refusal and the cause on different threads: give the cause a moment.
+            if giving_up_at is not None and time.monotonic() - giving_up_at > 2.0:
+                diagnosis = _diagnose(seen) or _TIMEOUT_MESSAGE
+            elif time.monotonic() - started > timeout:
+                diagnosis = _diagnose(seen) or _TIMEOUT_MESSAGE
         if diagnosis is not None:
             process.kill()
             process.wait()

@@ -1,0 +1,203 @@
+"""`ppml submit`: what it hands spark-submit, and real runs on a standalone cluster started from
+the pyspark wheel on 127.0.0.1 (master + worker through bin/spark-class), including the
+misconfigurations Spark itself would only hang on."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ppml.errors import UsageError
+from ppml.spark.cluster import StandaloneCluster
+from ppml.spark.session import REDACTION_REGEX, read_secret_file, write_secret_file
+from ppml.spark.submit import SubmitOptions, build_submission, submit
+
+APP = """
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+conf = spark.sparkContext.getConf()
+print("RESULT", spark.range(1000).selectExpr("sum(id)").collect()[0][0])
+print("SETTINGS", conf.get("spark.authenticate"), conf.get("spark.network.crypto.enabled"),
+      conf.get("spark.io.encryption.enabled"), conf.get("spark.network.crypto.saslFallback"))
+spark.stop()
+"""
+
+
+def _properties(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def test_local_submission_has_security_on_and_no_secret_in_argv(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret = write_secret_file(secret_file)
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    options = SubmitOptions(app="job.py", master="spark://127.0.0.1:7077", secret_file=secret_file,
+                            conf=(("spark.executor.instances", "1"),), event_log_dir=tmp_path / "events")
+    argv, env = build_submission(options, tmp_path)
+    assert secret not in " ".join(argv) and secret not in json.dumps(env)
+    properties_file = Path(argv[argv.index("--properties-file") + 1])
+    assert stat.S_IMODE(properties_file.stat().st_mode) == 0o600
+    conf = _properties(properties_file)
+    assert conf["spark.authenticate.secret"] == secret
+    assert conf["spark.authenticate"] == conf["spark.network.crypto.enabled"] == "true"
+    assert conf["spark.io.encryption.enabled"] == "true"
+    assert conf["spark.network.crypto.saslFallback"] == "false"
+    assert conf["spark.redaction.regex"] == REDACTION_REGEX
+    assert conf["spark.eventLog.enabled"] == "true"
+    assert conf["spark.executor.instances"] == "1"
+
+
+def test_redaction_regex_covers_ppml_secrets() -> None:
+    import re
+
+    pattern = re.compile(REDACTION_REGEX)
+    for name in ("spark.authenticate.secret", "apikey", "api_key", "spark.executorEnv.PPML_TOKEN", "token",
+                 "kms.key", "spark.ssl.ui.keyStorePassword", "credentials"):
+        assert pattern.search(name), name
+    for name in ("spark.app.name", "spark.executor.memory", "spark.io.encryption.keySizeBits"):
+        assert not pattern.search(name), name
+
+
+def test_tee_submission_passes_the_attestation_settings_to_executors(tmp_path: Path) -> None:
+    options = SubmitOptions(app="job.py", master="local[2]", tee="simulated", policy=("p1", "p2"),
+                            attestation_url="https://127.0.0.1:9000", enclave_manifest=tmp_path / "m.toml",
+                            enclave_sig=tmp_path / "m.sig")
+    assert options.mode == "local-tee"
+    argv, env = build_submission(options, tmp_path)
+    conf = _properties(Path(argv[argv.index("--properties-file") + 1]))
+    assert conf["spark.executorEnv.PPML_TEE_BACKEND"] == "simulated"
+    assert conf["spark.executorEnv.PPML_TEE_POLICY"] == "p1,p2"
+    assert env["PPML_TEE_BACKEND"] == "simulated" and env["PPML_AS_URL"] == "https://127.0.0.1:9000"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"tee": "simulated"}, "--policy"),
+        ({"tee": "tdx", "policy": ("p",)}, "--attestation-url"),
+        ({"tee": "simulated", "policy": ("p",), "attestation_url": "https://x"}, "--enclave-manifest"),
+        ({"master": "spark://127.0.0.1:7077"}, "--secret-file"),
+        ({"master": "spark://127.0.0.1:7077", "deploy_mode": "cluster"}, "cluster deploy mode"),
+        ({"master": "k8s://https://10.0.0.1:6443", "deploy_mode": "cluster"}, "--k8s-image"),
+    ],
+)
+def test_bad_submissions_are_refused_up_front(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        SubmitOptions(app="job.py", **fields)  # type: ignore[arg-type]
+
+
+def test_kubernetes_submission_renders_valid_templates(tmp_path: Path) -> None:
+    options = SubmitOptions(app="local:///opt/ppml/simple_query.py", master="k8s://https://10.0.0.1:6443",
+                            deploy_mode="cluster", tee="sgx-gramine", policy=("p1",),
+                            attestation_url="https://as.example:9000", k8s_image="ppml:1",
+                            k8s_rpc_secret="spark-rpc", k8s_kms_credentials="kms-app:credentials.json")
+    argv, _ = build_submission(options, tmp_path)
+    conf = _properties(Path(argv[argv.index("--properties-file") + 1]))
+    assert "spark.authenticate.secret" not in conf
+    assert conf["spark.authenticate.secret.executor.file"].startswith("/var/run/ppml/")
+    driver = json.loads(Path(conf["spark.kubernetes.driver.podTemplateFile"]).read_text())
+    executor = json.loads(Path(conf["spark.kubernetes.executor.podTemplateFile"]).read_text())
+    import kubernetes_validate
+
+    for pod in (driver, executor):
+        kubernetes_validate.validate(pod, "1.37", strict=True)
+        limits = pod["spec"]["containers"][0]["resources"]["limits"]
+        assert "sgx.intel.com/epc" in limits
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env", [])}
+        assert env["PPML_TEE_BACKEND"] == "sgx-gramine"
+
+
+def test_render_only_prints_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    options = SubmitOptions(app="local:///opt/app.py", master="k8s://https://10.0.0.1:6443", deploy_mode="cluster",
+                            k8s_image="ppml:1", k8s_rpc_secret="spark-rpc", render_only=tmp_path / "out")
+    assert submit(options) == 0
+    printed = capsys.readouterr().out
+    assert "spark-submit" in printed and "--properties-file" in printed
+    assert (tmp_path / "out" / "driver-pod-template.json").exists()
+
+
+# -- a real standalone cluster -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StandaloneCluster, Path, Path]]:
+    base = tmp_path_factory.mktemp("cluster")
+    secret = base / "secret"
+    write_secret_file(secret)
+    app = base / "app.py"
+    app.write_text(APP)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    spark_cluster = StandaloneCluster(base / "cluster", secret_file=secret, worker_memory="1g").start()
+    try:
+        yield spark_cluster, secret, app
+    finally:
+        spark_cluster.stop()
+
+
+def _run(options: SubmitOptions) -> tuple[int, str, float]:
+    """Submit through the CLI entry in a subprocess so the output can be read."""
+    code = (
+        "import sys; from pathlib import Path; from ppml.spark.submit import SubmitOptions, submit; "
+        f"sys.exit(submit(SubmitOptions(**{options_repr(options)})))"
+    )
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=240,
+                            env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+    return result.returncode, result.stdout + result.stderr, time.monotonic() - started
+
+
+def options_repr(options: SubmitOptions) -> str:
+    fields = {"app": options.app, "master": options.master, "secret_file": options.secret_file,
+              "network_crypto": options.network_crypto, "registration_timeout": options.registration_timeout}
+    return "{" + ", ".join(f"{k!r}: {('Path(' + repr(str(v)) + ')') if isinstance(v, Path) else repr(v)}"
+                           for k, v in fields.items()) + "}"
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_job_runs_on_the_authenticated_encrypted_cluster(cluster: tuple[StandaloneCluster, Path, Path]) -> None:
+    spark_cluster, secret, app = cluster
+    code, output, _ = _run(SubmitOptions(app=str(app), master=spark_cluster.master_url, secret_file=secret))
+    assert code == 0, output[-3000:]
+    assert "RESULT 499500" in output
+    assert "SETTINGS true true true false" in output
+    assert read_secret_file(secret) not in output
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+@pytest.mark.parametrize(("wrong", "named"), [("secret", "secret differs"), ("cipher", "RPC encryption mismatch")])
+def test_misconfiguration_fails_fast_and_says_what(cluster: tuple[StandaloneCluster, Path, Path], tmp_path: Path,
+                                                   wrong: str, named: str) -> None:
+    spark_cluster, secret, app = cluster
+    if wrong == "secret":
+        other = tmp_path / "other-secret"
+        write_secret_file(other)
+        options = SubmitOptions(app=str(app), master=spark_cluster.master_url, secret_file=other,
+                                registration_timeout=60)
+    else:
+        options = SubmitOptions(app=str(app), master=spark_cluster.master_url, secret_file=secret,
+                                network_crypto=False, registration_timeout=60)
+    code, output, elapsed = _run(options)
+    assert code == 2, output[-3000:]
+    assert f"could not join the cluster: " in output and named in output
+    assert elapsed < 55, "it should fail on the first refused handshake, well before the timeout"
+    assert "RESULT" not in output
+
+
+def test_secret_file_with_open_permissions_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    write_secret_file(secret)
+    secret.chmod(0o644)
+    with pytest.raises(Exception, match="too open"):
+        build_submission(SubmitOptions(app="a.py", master="spark://127.0.0.1:1", secret_file=secret), tmp_path)
+
