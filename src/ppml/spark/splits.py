@@ -109,11 +109,16 @@ def envelope_plaintext_size(path: Path | str) -> tuple[EnvelopeHeader, int]:
     alone (nothing is decrypted, no key is unwrapped).
 
     Raises:
+        InputNotFound: there is no such file.
         NotAnEnvelope: the file is not a ppml envelope.
         InvalidCiphertext: the header is malformed or the size is impossible for its segments.
     """
     path = Path(path)
-    with open(path, "rb") as raw:
+    try:
+        raw = open(path, "rb")
+    except FileNotFoundError:
+        raise InputNotFound(path) from None
+    with raw:
         try:
             header, header_bytes = EnvelopeHeader.read_from(raw)
         except NotAnEnvelope:

@@ -1,0 +1,150 @@
+"""SimpleQuery on encrypted data vs Spark's own reader on the same data in plaintext.
+
+    .venv/bin/python bench/simple_query.py [--rows 8000000] [--repeat 2]
+
+Generates people.csv once (cached under bench/.data/), encrypts it with ppml, and writes the same
+rows as plaintext Parquet and as PME-encrypted Parquet. Then, in ONE Spark session (local[2],
+the ppml session settings), it times each pipeline (best of --repeat):
+
+* CSV: ``spark.read.csv`` on the plaintext vs ``spark.read.format("ppml")`` on the encrypted file;
+  each pipeline counts the rows, counts the developers aged 20-40 and writes them out (plaintext
+  CSV / ppml-encrypted CSV). Target: ppml <= 0.4x the plaintext time.
+* Parquet: ``spark.read.parquet`` on the plaintext vs the PME-encrypted file read through PyArrow
+  (``ppml.spark.parquet.read_encrypted_table``: column pruning and row-group statistics), each
+  computing the same two counts. Target: PME <= 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = "name STRING, age INT, job STRING"
+
+
+def best(repeat: int, action: Callable[[], tuple[int, int]]) -> tuple[float, tuple[int, int]]:
+    times, result = [], (0, 0)
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = action()
+        times.append(time.perf_counter() - started)
+    return min(times), result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=8_000_000)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=ROOT / "bench" / ".data")
+    args = parser.parse_args()
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from ppml.core.envelope import encrypt_file
+    from ppml.datagen import generate_people
+    from ppml.kms.local import LocalKeyStore
+    from ppml.spark.parquet import decryption_properties, read_encrypted_table, write_encrypted_table
+
+    data = args.data
+    data.mkdir(parents=True, exist_ok=True)
+    store = LocalKeyStore(data / "keys")
+    key_id = next((k.key_id for k in store.list_keys() if k.description == "bench"), None) or \
+        store.create_primary_key(description="bench").key_id
+    plain = data / f"people-{args.rows}.csv"
+    expected_file = plain.with_suffix(".expected")
+    if not plain.exists() or not expected_file.exists():
+        print(f"generating {args.rows:,} rows ...", flush=True)
+        expected_file.write_text(str(generate_people(plain, args.rows, seed=42).developers_20_40))
+    expected = int(expected_file.read_text())
+    encrypted = plain.with_suffix(".csv.ppml")
+    if not encrypted.exists():
+        encrypt_file(plain, encrypted, kms=store, key_id=key_id)
+    plain_parquet, pme_parquet = plain.with_suffix(".parquet"), plain.with_suffix(".pme.parquet")
+    if not plain_parquet.exists() or not pme_parquet.exists():
+        table = pacsv.read_csv(plain)
+        pq.write_table(table, plain_parquet, row_group_size=1 << 20)
+        write_encrypted_table(table, pme_parquet, kms=store, footer_key=key_id, row_group_size=1 << 20)
+    kms_uri = f"local:{data / 'keys'}"
+
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    from ppml.spark.datasource import register
+    from ppml.spark.session import security_conf
+
+    builder = SparkSession.builder.master("local[2]").appName("bench-simple-query").config("spark.ui.enabled", "false")
+    for name, value in security_conf().items():
+        builder = builder.config(name, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    register(spark)
+    developers = (F.col("job") == "Developer") & (F.col("age") >= 20) & (F.col("age") <= 40)
+    work = Path(tempfile.mkdtemp(prefix="ppml-bench-sq-"))
+    try:
+        def plain_csv() -> tuple[int, int]:
+            df = spark.read.schema(SCHEMA).option("header", "true").csv(str(plain))
+            rows, dev = df.count(), df.filter(developers)
+            count = dev.count()
+            dev.write.mode("overwrite").csv(str(work / "plain-out"))
+            return rows, count
+
+        def ppml_read(pushdown: bool) -> object:
+            return (spark.read.format("ppml").schema(SCHEMA).option("format", "csv").option("header", "true")
+                    .option("kms", kms_uri).option("filterPushdown", str(pushdown).lower()).load(str(encrypted)))
+
+        def ppml_csv() -> tuple[int, int]:
+            # one DataFrame per query: the filtered one pushes its filter into the source
+            rows, dev = ppml_read(False).count(), ppml_read(True).filter(developers)  # type: ignore[attr-defined]
+            count = dev.count()
+            (dev.write.format("ppml").mode("overwrite").option("format", "csv").option("kms", kms_uri)
+             .option("key", key_id).save(str(work / "ppml-out")))
+            return rows, count
+
+        def plain_parquet_scan() -> tuple[int, int]:
+            df = spark.read.parquet(str(plain_parquet))
+            return df.count(), df.filter(developers).count()
+
+        def pme_parquet_scan() -> tuple[int, int]:
+            rows = pq.ParquetFile(pme_parquet, decryption_properties=decryption_properties(store)).metadata.num_rows
+            table = read_encrypted_table(pme_parquet, kms=store, columns=["age", "job"],
+                                         filters=[("job", "=", "Developer"), ("age", ">=", 20), ("age", "<=", 40)])
+            return rows, table.num_rows
+
+        results = {}
+        for name, action in (("plain CSV, spark.read.csv", plain_csv), ("ppml CSV, encrypted", ppml_csv),
+                             ("plain Parquet, spark.read.parquet", plain_parquet_scan),
+                             ("PME Parquet via PyArrow", pme_parquet_scan)):
+            action()  # warm-up (JIT, caches, page cache)
+            results[name] = best(args.repeat, action)
+        print(f"\nSimpleQuery, {args.rows:,} rows ({plain.stat().st_size / 2**20:.0f} MiB CSV), local[2], "
+              f"best of {args.repeat}")
+        print(f"{'pipeline':<36}{'seconds':>9}{'rows':>12}{'developers':>12}")
+        for name, (seconds, (rows, count)) in results.items():
+            print(f"{name:<36}{seconds:>9.2f}{rows:>12,}{count:>12,}")
+            if (rows, count) != (args.rows, expected):
+                print(f"  WRONG RESULT: expected {args.rows:,} rows and {expected:,} developers")
+                return 1
+        csv_ratio = results["ppml CSV, encrypted"][0] / results["plain CSV, spark.read.csv"][0]
+        pq_ratio = results["PME Parquet via PyArrow"][0] / results["plain Parquet, spark.read.parquet"][0]
+        print(f"ratio ppml CSV / plain Spark CSV: {csv_ratio:.2f}  (target <= 0.40: "
+              f"{'PASS' if csv_ratio <= 0.4 else 'BELOW'})")
+        print(f"ratio PME Parquet / plain Spark Parquet: {pq_ratio:.2f}  (target <= 2.0: "
+              f"{'PASS' if pq_ratio <= 2.0 else 'BELOW'})")
+    finally:
+        spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
