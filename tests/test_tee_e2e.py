@@ -210,3 +210,28 @@ def test_attest_verify_cli(world: World, tmp_path: Path) -> None:
     strict = world.register()
     result = run("attest", "verify", str(quote), "--policy", strict, env=world.env)
     assert result.returncode == 8 and "allow_simulated" in result.stdout
+
+
+def test_verify_service_with_the_simulated_service_tee(world: World, tmp_path: Path) -> None:
+    """`ppml attest verify-service`: the service attests itself (GenerateQuote) with our challenge
+    bound into its evidence; we verify it locally. Simulated, so it must be trusted explicitly."""
+    platform_public = str(world.platform_key.with_name("platform-public.pem"))
+    server = KmsServer(tmp_path / "self-attesting", extra=[
+        "--self-tee", "simulated", "--self-enclave-manifest", str(world.manifest),
+        "--self-enclave-sig", str(world.sig), "--self-platform-key", str(world.platform_key)])
+    try:
+        uri = server.uri("ehsm+https", credentials=server.admin_credentials)
+        good = run("attest", "verify-service", uri, "--trust-simulated-platform", platform_public,
+                   "--mr-enclave", world.mr_enclave)
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert "Attestation Success!" in good.stdout and world.mr_enclave in good.stdout
+        wrong = run("attest", "verify-service", uri, "--trust-simulated-platform", platform_public,
+                    "--mr-enclave", "cd" * 32)
+        assert wrong.returncode == 8 and "Attestation Fail!" in wrong.stdout and "not " in wrong.stderr
+        untrusted = run("attest", "verify-service", uri)
+        assert untrusted.returncode == 8 and "SIMULATED" in untrusted.stderr
+    finally:
+        server.stop()
+    # a service that is not in a TEE says so
+    plain = run("attest", "verify-service", world.server.uri("ehsm+https", credentials=world.server.admin_credentials))
+    assert plain.returncode == 8 and "does not run in a TEE" in plain.stderr

@@ -223,6 +223,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=not args.no_access_log,
         trusted_simulated_platforms=tuple(Path(p) for p in args.trust_simulated_platform),
         self_tee=args.self_tee,
+        self_enclave_manifest=Path(args.self_enclave_manifest) if args.self_enclave_manifest else None,
+        self_enclave_sig=Path(args.self_enclave_sig) if args.self_enclave_sig else None,
+        self_platform_key=Path(args.self_platform_key) if args.self_platform_key else None,
         dcap_collateral=tuple((Path(a), Path(b)) for a, b in args.dcap_collateral),
         dcap_crls=tuple(Path(p) for p in args.dcap_crl),
     ))
@@ -416,8 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "repeat per FMSPC. Without it the service verifies no hardware quotes.")
     p.add_argument("--dcap-crl", action="append", default=[], metavar="FILE",
                    help="Intel SGX Root CA / PCK CA CRL (PEM or DER); with any, revocation is enforced")
-    p.add_argument("--self-tee", default="none", choices=["none", "sgx-gramine", "tdx"],
-                   help="the TEE this service runs in, for GenerateQuote (default: none)")
+    p.add_argument("--self-tee", default="none", choices=["none", "sgx-gramine", "tdx", "simulated"],
+                   help="the TEE this service runs in, for GenerateQuote (default: none; simulated proves nothing)")
+    p.add_argument("--self-enclave-manifest", metavar="FILE", help="--self-tee simulated: the service's manifest")
+    p.add_argument("--self-enclave-sig", metavar="FILE", help="--self-tee simulated: its SIGSTRUCT")
+    p.add_argument("--self-platform-key", metavar="FILE", help="--self-tee simulated: the platform key")
     p.set_defaults(func=cmd_serve)
 
     kms_parser = commands.add_parser("kms", help="KMS operator commands", description="KMS operator commands.")

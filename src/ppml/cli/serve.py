@@ -40,6 +40,10 @@ class ServeOptions:
     trusted_simulated_platforms: tuple[Path, ...] = ()
     #: The TEE this service itself runs in, for GenerateQuote ("none", "simulated", ...).
     self_tee: str = "none"
+    #: For ``self_tee="simulated"``: the service's own signed enclave and platform key.
+    self_enclave_manifest: Path | None = None
+    self_enclave_sig: Path | None = None
+    self_platform_key: Path | None = None
     #: DCAP collateral: (TCB Info JSON, QE Identity JSON) pairs, signed by Intel's TCB signing key.
     dcap_collateral: tuple[tuple[Path, Path], ...] = ()
     #: Intel SGX Root CA / PCK CA CRLs (DER or PEM) to check revocation with.
@@ -89,12 +93,19 @@ def open_attestation(service: KmsService, options: ServeOptions) -> AttestationS
                                    issuer=f"https://{options.host}:{options.port}")
 
 
-def _self_evidence(tee: str):  # type: ignore[no-untyped-def]
-    if tee == "none":
+def _self_evidence(options: ServeOptions):  # type: ignore[no-untyped-def]
+    if options.self_tee == "none":
         return None
     from ppml.tee.backends import open_backend
 
-    return open_backend(tee).get_evidence
+    if options.self_tee == "simulated":
+        if not (options.self_enclave_manifest and options.self_enclave_sig):
+            raise UsageError("--self-tee simulated needs --self-enclave-manifest and --self-enclave-sig")
+        backend = open_backend("simulated", manifest=options.self_enclave_manifest,
+                               sigstruct=options.self_enclave_sig, platform_key_path=options.self_platform_key)
+    else:
+        backend = open_backend(options.self_tee)
+    return backend.get_evidence
 
 
 def _has(module: str) -> bool:
@@ -130,7 +141,7 @@ def serve(options: ServeOptions) -> int:
 
     def extend(app: FastAPI, hooks: AppHooks) -> None:
         add_attestation_routes(app, attestation, authenticated=hooks.authenticated, call=hooks.call,
-                               apikey_of=hooks.apikey_of, self_evidence=_self_evidence(options.self_tee))
+                               apikey_of=hooks.apikey_of, self_evidence=_self_evidence(options))
 
     app = create_app(service, open_enrollment=options.open_enrollment, extend=extend)
     log.info("ppml kms: storage %s; listening on https://%s:%d", service.storage.display_url,
