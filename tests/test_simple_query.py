@@ -1,0 +1,195 @@
+"""SimpleQuery through `ppml submit`, for real: local-tee mode, client mode on a standalone
+cluster (every executor's Python workers attest themselves), and the ways it must fail."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import ppml
+from ppml.datagen import generate_people
+from ppml.kms.remote import KmsEndpoint, RemoteKms, load_credentials, write_credentials
+from ppml.spark.cluster import StandaloneCluster
+from ppml.spark.session import write_secret_file
+from ppml.tee.backends import load_or_create_platform_key
+from servers import KmsServer
+
+PPML = [sys.executable, "-m", "ppml.cli.main"]
+EXAMPLE = Path(ppml.__file__).parent / "spark" / "examples" / "simple_query.py"
+
+
+def ppml_run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PPML, *args], capture_output=True, text=True, env=env, check=False, timeout=timeout)
+
+
+class Deployment:
+    """ppml serve + an enrolled app + a signed enclave for SimpleQuery + encrypted people data."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.platform_key = base / "platform" / "platform-key.pem"
+        load_or_create_platform_key(self.platform_key)
+        self.server = KmsServer(base / "kms", extra=["--trust-simulated-platform",
+                                                     str(self.platform_key.with_name("platform-public.pem")),
+                                                     "--no-access-log"])
+        admin = RemoteKms(KmsEndpoint.parse(self.server.uri()), load_credentials(self.server.admin_credentials))
+        self.credentials = {}
+        for name in ("owner", "stranger"):
+            app = admin.enroll()
+            path = base / f"{name}.json"
+            write_credentials(path, app.appid, app.apikey.decode())
+            self.credentials[name] = path
+        admin.close()
+        self.env = {**os.environ, "PPML_AS_URL": self.server.base_url, "PPML_AS_CA": str(self.server.ca),
+                    "PPML_KMS_CREDENTIALS": str(self.credentials["owner"]), "SPARK_LOCAL_IP": "127.0.0.1"}
+        self.kms = self.server.uri(credentials=self.credentials["owner"])
+        key, self.manifest, self.sig = base / "enclave.pem", base / "sq.manifest.toml", base / "sq.sig"
+        package = Path(ppml.__file__).parent
+        for args in (("enclave", "keygen", str(key)),
+                     ("enclave", "build", "--app", str(package), "--entrypoint", str(EXAMPLE), "--python-path",
+                      str(package.parent), "--out", str(self.manifest)),
+                     ("enclave", "sign", str(self.manifest), "--key", str(key), "--out", str(self.sig))):
+            result = ppml_run(*args)
+            assert result.returncode == 0, result.stderr
+        words = ppml_run("enclave", "measure", str(self.manifest), "--key", str(key)).stdout.split()
+        self.mr_enclave, self.mr_signer = words[2], words[5]
+        self.policy = self.register("--allow-simulated")
+        owner = RemoteKms.from_uri(self.kms)
+        self.input_key = owner.request("POST", "/v1/keys", {"release_policy": {"policy_ids": [self.policy]}})["key_id"]
+        self.output_key = owner.request("POST", "/v1/keys", {})["key_id"]
+        owner.close()
+        self.plain = base / "people.csv"
+        self.expected = generate_people(self.plain, 30_000, seed=11).developers_20_40
+        self.encrypted = base / "people.csv.ppml"
+        result = ppml_run("encrypt", str(self.plain), str(self.encrypted), "--key", self.input_key, "--kms", self.kms,
+                          "--segment-size", "65536", env=self.env)
+        assert result.returncode == 0, result.stderr
+
+    def register(self, *extra: str) -> str:
+        result = ppml_run("attest", "register", "--mr-enclave", self.mr_enclave, "--mr-signer", self.mr_signer,
+                          *extra, env=self.env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def submit(self, output: Path, *, policy: str | None = None, master: str = "local[2]",
+               extra: tuple[str, ...] = (), kms: str | None = None) -> subprocess.CompletedProcess[str]:
+        return ppml_run(
+            "submit", "--master", master, "--tee", "simulated", "--policy", policy or self.policy,
+            "--enclave-manifest", str(self.manifest), "--enclave-sig", str(self.sig),
+            "--platform-key", str(self.platform_key), "--conf", "spark.ui.enabled=false", *extra,
+            str(EXAMPLE), "--inputPath", str(self.encrypted), "--outputPath", str(output),
+            "--outputPartitionNum", "2", "--kms", kms or self.kms, "--primaryKey", self.output_key, env=self.env)
+
+    def audit_operations(self) -> list[str]:
+        import sqlite3
+
+        with sqlite3.connect(self.server.data_dir / "kms.db") as db:
+            return [row[0] for row in db.execute("SELECT operation FROM audit ORDER BY seq")]
+
+    def count_output(self, output: Path) -> int:
+        decrypted = output.parent / (output.name + ".plain")
+        result = ppml_run("decrypt", str(output), str(decrypted), "--kms", self.kms, "--force", env=self.env)
+        assert result.returncode == 0, result.stderr
+        rows = 0
+        for part in decrypted.glob("part-*"):
+            lines = part.read_text().splitlines()
+            assert lines[0] == "name,age,job"
+            rows += len(lines) - 1
+        return rows
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    d = Deployment(tmp_path_factory.mktemp("simple-query"))
+    try:
+        yield d
+    finally:
+        d.server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_simple_query_in_local_tee_mode(deployment: Deployment, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    result = deployment.submit(output)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.splitlines()[0] == "Attestation Success!"
+    assert "Num of rows in people is 30000" in result.stdout
+    assert f"Num of Developer age between 20,40 is {deployment.expected}" in result.stdout
+    assert deployment.count_output(output) == deployment.expected
+    operations = deployment.audit_operations()
+    assert "DecryptForTee" in operations and "GenerateDataKeyForTee" in operations
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_failed_attestation_stops_the_job_before_any_key_is_requested(deployment: Deployment,
+                                                                      tmp_path: Path) -> None:
+    strict = deployment.register()  # no allow_simulated
+    before = deployment.audit_operations()
+    output = tmp_path / "out"
+    result = deployment.submit(output, policy=strict)
+    assert result.returncode == 1
+    assert result.stdout.strip().splitlines()[-1] == "Attestation Fail! Application killed!"
+    assert not re.search(r"Num of rows in people is \d", result.stdout)
+    assert not output.exists()
+    after = deployment.audit_operations()[len(before):]
+    assert not any(op.startswith(("Decrypt", "GenerateDataKey")) for op in after), after
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_another_apps_credentials_fail_before_any_row(deployment: Deployment, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    stranger = deployment.server.uri(credentials=deployment.credentials["stranger"])
+    result = deployment.submit(output, kms=stranger)
+    assert result.returncode != 0
+    assert not re.search(r"Num of rows in people is \d", result.stdout)
+    assert "cannot decrypt" in result.stdout + result.stderr
+    assert not output.exists() or not list(output.glob("part-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_tampered_input_fails_naming_the_file_and_commits_nothing(deployment: Deployment, tmp_path: Path) -> None:
+    data = bytearray(deployment.encrypted.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    tampered = tmp_path / "input" / "part-00000.csv.ppml"
+    tampered.parent.mkdir()
+    tampered.write_bytes(bytes(data))
+    output = tmp_path / "out"
+    result = ppml_run(
+        "submit", "--master", "local[2]", "--tee", "simulated", "--policy", deployment.policy,
+        "--enclave-manifest", str(deployment.manifest), "--enclave-sig", str(deployment.sig),
+        "--platform-key", str(deployment.platform_key), "--conf", "spark.ui.enabled=false", str(EXAMPLE),
+        "--inputPath", str(tampered.parent), "--outputPath", str(output), "--kms", deployment.kms,
+        "--primaryKey", deployment.output_key, env=deployment.env)
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "part-00000.csv.ppml" in text and "cannot decrypt" in text
+    assert not output.exists() or not list(output.glob("part-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_simple_query_in_client_mode_on_a_standalone_cluster(deployment: Deployment, tmp_path: Path) -> None:
+    """The driver passes the gate here; the cluster's executors' Python workers attest on their own."""
+    secret = tmp_path / "rpc-secret"
+    write_secret_file(secret)
+    before = deployment.audit_operations()
+    with StandaloneCluster(tmp_path / "cluster", secret_file=secret, worker_memory="1g") as cluster:
+        output = tmp_path / "out"
+        result = deployment.submit(output, master=cluster.master_url,
+                                   extra=("--secret-file", str(secret), "--executor-memory", "768m"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Num of Developer age between 20,40 is {deployment.expected}" in result.stdout
+    assert deployment.count_output(output) == deployment.expected
+    released = [op for op in deployment.audit_operations()[len(before):] if op.endswith("ForTee")]
+    assert released, "the executors received no data key through attestation"
+
