@@ -79,7 +79,8 @@ def submit_options(tee: str, host: Path) -> SubmitOptions:
         extra.update(enclave_manifest=host / "enclave.manifest", enclave_sig=host / "enclave.sig",
                      platform_key=host / "platform-key.pem")
     return SubmitOptions(app="local:///opt/app/query.py", master="k8s://https://127.0.0.1:6443",
-                         deploy_mode="cluster", tee=tee, secret_file=host / "rpc.secret", **extra)
+                         deploy_mode="cluster", tee=tee, secret_file=host / "rpc.secret",
+                         k8s_image="ppml:test", k8s_rpc_secret="spark-rpc-secret", **extra)
 
 
 def inputs_for(tee: str, host: Path, **changes: Any) -> PodTemplateInputs:

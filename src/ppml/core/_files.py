@@ -46,3 +46,16 @@ class AtomicOutput:
     def discard(self) -> None:
         self.file.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def read_exactly(raw: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes: fewer only at end of file (``read`` may return short counts)."""
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = raw.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 from ppml.core import _streaming
-from ppml.core._files import AtomicOutput, open_input
+from ppml.core._files import AtomicOutput, open_input, read_exactly
 from ppml.core.keys import SECRET_ACCESS, DataKey, DataKeyProvider
 from ppml.errors import InvalidCiphertext, KeyNotFound, NotAnEnvelope
 
@@ -142,7 +142,7 @@ class EnvelopeHeader:
     @classmethod
     def read_from(cls, raw: BinaryIO) -> tuple[EnvelopeHeader, bytes]:
         """Read and parse the header at the current position; returns it and its exact bytes."""
-        prefix = _read_exactly(raw, _PREFIX.size)
+        prefix = read_exactly(raw, _PREFIX.size)
         if len(prefix) < 4 or prefix[:4] != MAGIC:
             raise NotAnEnvelope()
         if len(prefix) < _PREFIX.size:
@@ -150,22 +150,10 @@ class EnvelopeHeader:
         total = _PREFIX.unpack(prefix)[2]
         if not _PREFIX.size < total <= MAX_HEADER_SIZE:
             raise InvalidCiphertext()
-        data = prefix + _read_exactly(raw, total - _PREFIX.size)
+        data = prefix + read_exactly(raw, total - _PREFIX.size)
         if len(data) != total:
             raise InvalidCiphertext()
         return cls.from_bytes(data), data
-
-
-def _read_exactly(raw: BinaryIO, size: int) -> bytes:
-    chunks = []
-    remaining = size
-    while remaining:
-        chunk = raw.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
 
 
 def is_envelope(path: Path | str) -> bool:
@@ -286,7 +274,7 @@ class EnvelopeReader:
                 raise InvalidCiphertext(self.path)
             size = os.fstat(self._file.fileno()).st_size
             self._body_offset = len(header_bytes)
-            stream_header = _read_exactly(self._file, _streaming.HEADER_SIZE)
+            stream_header = read_exactly(self._file, _streaming.HEADER_SIZE)
             data_key = _unwrap(kms, self.header, self.path)
             try:
                 self._decrypter = _streaming.SegmentDecrypter(

@@ -55,7 +55,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ppml.core._files import AtomicOutput, open_input
+from ppml.core._files import AtomicOutput, open_input, read_exactly
 from ppml.core.envelope import ProgressCallback
 from ppml.errors import (
     InputError,
@@ -210,18 +210,6 @@ class _Header:
         return cls(wrapped_data_key=wrapped, iv=bytes(data[wrapped_end:iv_end]))
 
 
-def _read_exactly(raw: BinaryIO, size: int) -> bytes:
-    chunks = []
-    remaining = size
-    while remaining:
-        chunk = raw.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
 def _readinto_exactly(raw: BinaryIO, view: memoryview) -> int:
     filled = 0
     while filled < len(view):
@@ -303,7 +291,7 @@ def is_bigdl_file(path: Path | str) -> bool:
     path = Path(path)
     with open_input(path) as f:
         size = os.fstat(f.fileno()).st_size
-        head = _read_exactly(f, HEADER_SIZE)
+        head = read_exactly(f, HEADER_SIZE)
     ciphertext_size = size - HEADER_SIZE - TAG_SIZE
     if ciphertext_size < BLOCK_SIZE or ciphertext_size % BLOCK_SIZE:
         return False
@@ -347,7 +335,7 @@ def decrypt_bigdl_file(
         if ciphertext_size < BLOCK_SIZE or ciphertext_size % BLOCK_SIZE:
             raise InvalidCiphertext(src)
         try:
-            header = _Header.from_bytes(_read_exactly(source, HEADER_SIZE))
+            header = _Header.from_bytes(read_exactly(source, HEADER_SIZE))
             text = _unwrap_data_key_text(primary_key, header.wrapped_data_key)
         except InvalidCiphertext:
             raise InvalidCiphertext(src) from None
@@ -398,7 +386,7 @@ def _decrypt_body(
         if progress is not None and plain:
             progress(len(plain))
         remaining -= len(chunk)
-    tag = _read_exactly(source, TAG_SIZE)
+    tag = read_exactly(source, TAG_SIZE)
     if len(tag) != TAG_SIZE:
         raise InvalidCiphertext(src)
     try:
