@@ -99,10 +99,10 @@ class Storage:
     def transaction(self, *, durable: bool = True) -> Iterator[Connection]:
         """A read-write transaction; database faults become ``KmsUnavailable`` (HTTP 503).
 
-        ``durable=False`` lets SQLite commit without waiting for fsync (WAL, synchronous=NORMAL):
-        the commit survives a killed process but may be lost with the machine's power. Used for
+        ``durable=False`` commits without waiting for the disk (SQLite WAL synchronous=NORMAL,
+        PostgreSQL synchronous_commit=off): the commit survives a killed server process but may be
+        lost with the machine's power (PostgreSQL: with a crash of the database server). Used for
         data-key operations, whose loss loses no key; keys and apps are always durable.
-        PostgreSQL commits are always durable.
         """
         try:
             # SQLite serialises writers anyway; queueing threads on a lock here wakes them at
@@ -113,6 +113,9 @@ class Storage:
                     assert raw is not None
                     raw.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
                 with conn.begin():
+                    if not durable and not self.is_sqlite:
+                        # Same trade as SQLite's NORMAL: the commit is not waited for on disk.
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
                     yield conn
         except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
             raise KmsUnavailable("storage", _describe(exc)) from None
