@@ -132,7 +132,7 @@ def _directory_output(dst: Path, *, overwrite: bool) -> Iterator[Path]:
 
 
 def _run_files(
-    args: argparse.Namespace, verb: str, one: Callable[[Path, Path, Callable[[int], None] | None], None]
+    args: argparse.Namespace, verb: str, one: Callable[[Path, Path, Callable[[int], None] | None], object]
 ) -> int:
     src, dst = Path(args.src), Path(args.dst)
     plan = _plan(src, dst)

@@ -12,7 +12,7 @@ import dataclasses
 import hmac
 import os
 from datetime import datetime
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, NoReturn, Protocol, runtime_checkable
 
 __all__ = [
     "SECRET_ACCESS",
@@ -78,7 +78,7 @@ class DataKey:
     def __hash__(self) -> int:  # pragma: no cover - keys are not dict keys
         raise TypeError("DataKey is not hashable")
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a DataKey cannot be pickled; send the wrapped key instead")
 
 

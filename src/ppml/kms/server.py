@@ -345,7 +345,7 @@ def create_app(
         return JSONResponse({"appid": credentials.appid, "apikey": credentials.apikey}, status_code=201)
 
     @app.post("/v1/keys", response_model=KeyResponse, tags=["keys"], status_code=201)
-    async def create_key(body: CreateKeyRequest = Body(default_factory=CreateKeyRequest),
+    async def create_key(body: CreateKeyRequest = Body(default_factory=lambda: CreateKeyRequest()),
                          ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
         key = await call(service.create_key, ctx, keyspec=body.keyspec, description=body.description,
                          release_policy=body.release_policy)
@@ -369,7 +369,7 @@ def create_app(
 
     @app.post("/v1/keys/{key_id}/schedule-deletion", response_model=KeyResponse, tags=["keys"])
     async def schedule_deletion(key_id: str,
-                                body: ScheduleDeletionRequest = Body(default_factory=ScheduleDeletionRequest),
+                                body: ScheduleDeletionRequest = Body(default_factory=lambda: ScheduleDeletionRequest()),
                                 ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
         """Make the key unusable now and delete it after ``days`` (0: at once)."""
         result = await call(service.schedule_deletion, ctx, key_id, days=body.days)
@@ -389,7 +389,7 @@ def create_app(
     @app.post("/v1/keys/{key_id}/generate-data-key", response_model=DataKeyResponse,
               response_model_exclude_none=True, tags=["data keys"])
     async def generate_data_key(key_id: str, request: Request,
-                                body: GenerateDataKeyRequest = Body(default_factory=GenerateDataKeyRequest),
+                                body: GenerateDataKeyRequest = Body(default_factory=lambda: GenerateDataKeyRequest()),
                                 ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
         token = request.headers.get(ATTESTATION_HEADER)
         if token:

@@ -733,7 +733,7 @@ def _description(row: Any) -> KeyDescription:
     return KeyDescription(
         key_id=row.key_id, owner=row.owner, keyspec=row.keyspec, origin=row.origin,
         description=row.description, state=row.state, current_version=row.current_version,
-        created=_utc(row.created), deletion_time=_utc(row.deletion_time),
+        created=_utc(row.created) or datetime.fromtimestamp(0, UTC), deletion_time=_utc(row.deletion_time),
         release_policy=json.loads(row.release_policy) if row.release_policy else None,
     )
 
