@@ -29,3 +29,11 @@ def test_core_imports_no_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_mypy_is_clean_on_the_package() -> None:
+    """STYLE.md 14: the package type-checks (configuration in pyproject.toml)."""
+    mypy = Path(sys.executable).with_name("mypy")
+    result = subprocess.run([str(mypy), "src/ppml", "--no-incremental"], cwd=ROOT, capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stdout[-4000:]

@@ -1,11 +1,11 @@
-"""The ``ppml`` Spark data source: encrypted csv, json lines and text, through Spark's Python
-Data Source API, exchanging Arrow record batches with the JVM.
+"""The ``ppml`` Spark data source: encrypted csv, json lines and text, and Parquet with column
+encryption, through Spark's Python Data Source API, exchanging Arrow record batches with the JVM.
 
 Reading::
 
     spark.read.format("ppml")
         .option("kms", "local:/keys")       # KMS URI; each process asks ``kms_for(uri)``
-        .option("format", "csv")            # csv (default) | json | text
+        .option("format", "csv")            # csv (default) | json | text | parquet
         .option("header", "true")           # csv: first line of each file is the header
         .schema("name STRING, age INT")     # optional: else inferred from the first ~1 MiB
         .load("/data/people")               # a file, or a directory (recursively)
@@ -27,6 +27,7 @@ Spark), decrypts its segments into one buffer, parses the lines it owns with PyA
 schema's column names and types (so every split parses alike; the CSV header belongs to split
 0 only), applies the pushed filters with ``pyarrow.compute`` and yields record batches. Legacy
 BigDL files are not splittable (one CBC stream and one HMAC): one task per file.
+``format("parquet")`` reads differently: see below.
 
 Schema inference reads at most the first MiB of the first non-empty file and maps PyArrow's
 types to Spark's: integers to bigint, floating point to double, then boolean, string, date,
@@ -56,13 +57,44 @@ reuse is harmless; the cost is that every row crosses to the JVM before Spark dr
 (measured on a 228 MB people.csv, 2 cores: SimpleQuery took 2.2-3.0 s without pushdown and
 1.5-2.2 s with it).
 
+Parquet (``option("format", "parquet")``) is Parquet Modular Encryption through PyArrow, with
+ppml's ``KmsClient`` (:mod:`ppml.spark.parquet`): the PME keys are wrapped by ppml primary keys,
+so a key with a release policy releases them only to attested TEEs. Files are plain PME files
+(no ppml envelope), written with an encrypted footer and every column encrypted; they
+interoperate with :func:`~ppml.spark.parquet.write_encrypted_table` and
+:func:`~ppml.spark.parquet.read_encrypted_table` both ways.
+
+* Reading: the driver opens each file's footer (unwrapping the footer key only, so a wrong KMS
+  or key fails before any task) and plans partitions of whole row groups, grouped in file
+  order up to ``maxPartitionBytes`` (counted in the footer's uncompressed row-group bytes, plus
+  Spark's 4 MiB open cost per file in a partition): one file may give several partitions, many
+  small row groups share one. Without ``.schema(...)``, the schema is the first file's (its
+  Arrow types mapped as Spark maps them: int32 is int, timestamps without a zone are
+  timestamp_ntz, unsigned integers widen as Spark's Parquet reader widens them). Each task reads
+  its row groups with PyArrow, only the schema's columns, so only their keys are unwrapped;
+  ``filterPushdown`` (as for csv) skips row groups whose footer statistics rule the pushed
+  filters out, then filters rows exactly with ``pyarrow.compute``. A schema column a file lacks
+  fails the read (Spark's Parquet reader would give nulls). Files must have an encrypted footer
+  (``PARE``): plaintext Parquet is refused, not read as if authenticated.
+* Column pruning needs an explicit schema: Spark 4.3 gives Python data sources no required
+  columns (its ``PythonScanBuilder`` does not implement ``SupportsPushDownRequiredColumns``), so
+  ``df.select("age")`` still reads, and unwraps the keys of, every column of the schema, and
+  fails if one of those keys is refused. ``.schema("age BIGINT")`` reads ``age`` alone.
+* Writing: ``option("key", KEY_ID)`` is the footer key, which also encrypts every column that
+  ``option("columnKeys", "KEY_ID:col1,col2;KEY_ID2:col3")`` does not give another primary key
+  (top-level columns; key ids may contain ``:``, column names may not contain ``:``, ``,`` or
+  ``;``). Each task writes ``part-<partition>-<job id>.parquet``, with row groups of
+  ``rowGroupSize`` rows (default 1,048,576, PyArrow's) or fewer, buffering at most 128 MiB of
+  Arrow data; a task with no rows writes no file, except partition 0, so the output always
+  holds the schema. Commit and save modes are as below.
+
 Writing::
 
     df.write.format("ppml").option("kms", "local:/keys").option("key", KEY_ID)
         .option("format", "csv").option("header", "true").mode("overwrite").save("/out")
 
-Each task writes one envelope ``part-<partition>-<job id>.<format>.ppml`` under a fresh data key
-from ``kms_for(uri).generate_data_key(key)``, streaming through
+Each task writes one envelope ``part-<partition>-<job id>.<format>.ppml`` (Parquet: see above)
+under a fresh data key from ``kms_for(uri).generate_data_key(key)``, streaming through
 :class:`~ppml.core.envelope.EnvelopeWriter`, into ``/out/_temporary/<job id>/``. Only the
 driver's commit moves the files into ``/out`` and writes ``_SUCCESS``; an abort deletes the
 job's temporary directory, so a failed job leaves no visible output. Write options: ``kms``,
@@ -71,7 +103,7 @@ size, default 1 MiB). csv columns must be flat; csv values are unquoted, except 
 (about 10,000 rows) with a value that needs quotes (delimiter, quote, line break, or an empty
 string, which unquoted would read back as null) has all its strings quoted; text needs exactly
 one string column; json is written by Python's ``json`` (slower than csv), omitting null fields
-as Spark does.
+as Spark does. Parquet adds ``columnKeys`` and ``rowGroupSize`` (see above).
 
 Save modes. Spark 4.3 hands a Python data source only ``overwrite: bool``, and its planner
 rejects ``ErrorIfExists`` (the default of ``df.write``) and ``Ignore`` with
@@ -98,6 +130,7 @@ import base64
 import dataclasses
 import datetime
 import decimal
+import itertools
 import json
 import os
 import shutil
@@ -109,10 +142,11 @@ from typing import Any, Final
 
 try:
     import numpy as np
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.compute as pc  # type: ignore[import-untyped]
-    import pyarrow.csv as pa_csv  # type: ignore[import-untyped]
-    import pyarrow.json as pa_json  # type: ignore[import-untyped]
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+    import pyarrow.json as pa_json
+    import pyarrow.parquet as pq
     from pyspark.sql.datasource import (
         DataSource,
         DataSourceArrowWriter,
@@ -129,14 +163,18 @@ try:
         LessThanOrEqual,
         WriterCommitMessage,
     )
-    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.errors import PySparkTypeError
+    from pyspark.sql.pandas.types import from_arrow_type, to_arrow_schema
     from pyspark.sql.types import (
         ArrayType,
         BooleanType,
         DataType,
         DateType,
+        DecimalType,
         DoubleType,
+        IntegerType,
         LongType,
+        ShortType,
         StringType,
         StructField,
         StructType,
@@ -149,8 +187,17 @@ from ppml.core import legacy
 from ppml.core.envelope import DEFAULT_SEGMENT_SIZE, EnvelopeHeader, EnvelopeReader, EnvelopeWriter
 from ppml.errors import InputError, InvalidCiphertext, OutputExists, UsageError
 from ppml.spark.keys import kms_for
+from ppml.spark.parquet import (
+    PmeKeys,
+    Predicate,
+    RowGroupSlice,
+    open_encrypted,
+    plan_row_groups,
+    read_row_groups,
+)
 from ppml.spark.splits import (
     DEFAULT_MAX_SPLIT_BYTES,
+    DEFAULT_OPEN_COST_BYTES,
     FileSplit,
     list_input_files,
     pack_splits,
@@ -161,6 +208,7 @@ from ppml.spark.splits import (
 __all__ = [
     "PpmlCommitMessage",
     "PpmlDataSource",
+    "PpmlParquetPartition",
     "PpmlPartition",
     "PpmlPushdownReader",
     "PpmlReader",
@@ -168,10 +216,15 @@ __all__ = [
     "register",
 ]
 
-FORMATS: Final = ("csv", "json", "text")
+FORMATS: Final = ("csv", "json", "text", "parquet")
 ENVELOPE_MODE: Final = "ppml"
 SAMPLE_BYTES: Final = 1 << 20
 """How much plaintext schema inference reads from the first non-empty file."""
+ROW_GROUP_ROWS: Final = 1 << 20
+"""Default ``rowGroupSize`` of Parquet writes: PyArrow's default maximum row group length."""
+ROW_GROUP_BUFFER_BYTES: Final = 128 << 20
+"""A Parquet write task writes its buffered rows as a row group once they take this much memory
+(Spark's ``parquet.block.size``)."""
 _TRUE_VALUES = ["true", "True", "TRUE"]
 _FALSE_VALUES = ["false", "False", "FALSE"]
 
@@ -270,12 +323,15 @@ class _ReadOptions:
             raise UsageError(f"option mode {legacy.MODE} needs option bigdlPrimaryKey (a file)")
         if not is_legacy and not kms:
             raise UsageError("option kms is required: the KMS URI, for example local:/path/to/keys")
+        fmt = _format(options)
+        if is_legacy and fmt == "parquet":
+            raise UsageError(f"mode {legacy.MODE} reads csv, json or text, not parquet")
         allow_weak = _flag(options, "unsafeAllowWeakLegacyKeys", False)
         if allow_weak and not is_legacy:
             raise UsageError(f"unsafeAllowWeakLegacyKeys applies only to mode {legacy.MODE}")
         return cls(
             path=_path(options),
-            format=_format(options),
+            format=fmt,
             kms=kms,
             header=_flag(options, "header", False),
             delimiter=_single_char(options, ("sep", "delimiter"), ",") or ",",
@@ -303,6 +359,8 @@ class _WriteOptions:
     delimiter: str
     segment_size: int
     save_mode: str | None
+    column_keys: dict[str, tuple[str, ...]] | None
+    row_group_size: int
 
     @classmethod
     def parse(cls, raw: Mapping[str, str], overwrite: bool) -> _WriteOptions:
@@ -322,16 +380,49 @@ class _WriteOptions:
                 )
             if overwrite:
                 raise UsageError(f"option saveMode={save_mode} needs .mode('append'), not overwrite")
+        fmt = _format(options)
+        column_keys = _column_keys(options.get("columnkeys"))
+        if column_keys is not None and fmt != "parquet":
+            raise UsageError("option columnKeys applies to format parquet only")
         return cls(
             path=_path(options),
-            format=_format(options),
+            format=fmt,
             kms=kms,
             key_id=key_id,
             header=_flag(options, "header", False),
             delimiter=_single_char(options, ("sep", "delimiter"), ",") or ",",
             segment_size=_positive_int(options, "segmentSize", DEFAULT_SEGMENT_SIZE),
             save_mode="errorifexists" if save_mode == "error" else save_mode,
+            column_keys=column_keys,
+            row_group_size=_positive_int(options, "rowGroupSize", ROW_GROUP_ROWS),
         )
+
+
+def _column_keys(value: str | None) -> dict[str, tuple[str, ...]] | None:
+    """``KEY_ID:col1,col2;KEY_ID2:col3`` as ``{key_id: (column, ...)}``; a key id may contain
+    ``:`` (the last one ends it)."""
+    if value is None:
+        return None
+    keys: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for entry in value.split(";"):
+        if not entry.strip():
+            continue
+        key_id, colon, names = entry.rpartition(":")
+        columns = [name.strip() for name in names.split(",")]
+        if not colon or not key_id.strip() or not all(columns):
+            raise UsageError(
+                "option columnKeys must look like KEY_ID:col1,col2;KEY_ID2:col3, "
+                f"got {entry.strip()!r}"
+            )
+        for column in columns:
+            if column in seen:
+                raise UsageError(f"option columnKeys names column {column!r} twice")
+            seen.add(column)
+        keys.setdefault(key_id.strip(), []).extend(columns)
+    if not keys:
+        raise UsageError("option columnKeys is empty")
+    return {key_id: tuple(columns) for key_id, columns in keys.items()}
 
 
 # -- types ------------------------------------------------------------------------------------
@@ -363,6 +454,65 @@ def _inferred_schema(table: pa.Table) -> StructType:
     return StructType([
         StructField(field.name, _spark_type(field.type), True) for field in table.schema
     ])
+
+
+def _parquet_spark_type(arrow_type: pa.DataType) -> DataType:
+    """The Spark type of a Parquet column that PyArrow reads as ``arrow_type``: Spark's own
+    mapping, with unsigned integers widened as Spark's Parquet reader widens them and
+    dictionaries read as their values."""
+    if pa.types.is_dictionary(arrow_type):
+        return _parquet_spark_type(arrow_type.value_type)
+    widened = {pa.uint8(): ShortType(), pa.uint16(): IntegerType(), pa.uint32(): LongType(),
+               pa.uint64(): DecimalType(20, 0)}
+    if arrow_type in widened:
+        return widened[arrow_type]
+    return from_arrow_type(arrow_type, prefer_timestamp_ntz=True)
+
+
+def _parquet_schema(arrow_schema: pa.Schema, path: Path | str) -> StructType:
+    fields = []
+    for field in arrow_schema:
+        try:
+            spark_type = _parquet_spark_type(field.type)
+        except (PySparkTypeError, TypeError):
+            raise InputError(
+                path, f"column {field.name!r} has type {field.type}, which Spark cannot read"
+            ) from None
+        fields.append(StructField(field.name, spark_type, True))
+    return StructType(fields)
+
+
+def _parquet_columns(schema: StructType, file_schema: pa.Schema, path: Path | str) -> list[str]:
+    """The file's column for each field of ``schema``: the one with its name, else the one whose
+    name differs only in case (Spark resolves names without case by default)."""
+    names = file_schema.names
+    columns = []
+    for name in schema.fieldNames():
+        matches = [name] * names.count(name) or [n for n in names if n.lower() == name.lower()]
+        if len(matches) != 1:
+            reason = f"has {len(matches)} columns named" if matches else "has no column"
+            raise InputError(path, f"{reason} {name!r} (the schema is {schema.simpleString()})")
+        columns.append(matches[0])
+    return columns
+
+
+def _conform_parquet(
+    table: pa.Table, columns: Sequence[str], target: pa.Schema, path: str
+) -> pa.Table:
+    arrays = []
+    for name, field in zip(columns, target, strict=True):
+        column = table.column(name)
+        if column.type != field.type:
+            try:
+                column = pc.cast(column, field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                # PyArrow's message may quote the offending plaintext: it is not passed on.
+                raise InputError(
+                    path, f"column {name!r}: its {column.type} values do not fit {field.type} "
+                    "(details withheld: they would quote plaintext)",
+                ) from None
+        arrays.append(column)
+    return pa.Table.from_arrays(arrays, schema=target)
 
 
 def _arrow_schema(schema: StructType) -> pa.Schema:
@@ -569,6 +719,14 @@ def _filter_expression(pushed: Sequence[tuple[str, str, Any]], target: pa.Schema
 # -- reading ----------------------------------------------------------------------------------
 
 
+class PpmlParquetPartition(InputPartition):
+    """One task's input: whole row groups of one or more Parquet files."""
+
+    def __init__(self, *, slices: tuple[RowGroupSlice, ...]) -> None:
+        super().__init__(slices)
+        self.slices = slices
+
+
 class PpmlPartition(InputPartition):
     """One task's input: envelope splits (packed from one or more files) or one legacy file."""
 
@@ -630,9 +788,31 @@ def _sample(options: _ReadOptions, files: Sequence[Path]) -> bytes:
     )
 
 
+_pme_keys_by_kms: dict[str, PmeKeys] = {}
+
+
+def _pme_keys(uri: str | None) -> PmeKeys:
+    """This process's PME keys for the KMS ``uri``: one per process, so the key-encryption keys
+    PyArrow caches serve every task the process runs (see :mod:`ppml.spark.parquet`)."""
+    assert uri is not None
+    keys = _pme_keys_by_kms.get(uri)
+    if keys is None:
+        keys = _pme_keys_by_kms.setdefault(uri, PmeKeys(kms_for(uri)))
+    return keys
+
+
 def _infer_schema(options: _ReadOptions) -> StructType:
     if options.format == "text":
         return StructType([StructField("value", StringType(), True)])
+    if options.format == "parquet":
+        files = list_input_files(options.path)
+        if not files:
+            raise UsageError(
+                f"cannot infer a schema for {options.path}: no input file; "
+                "pass one with .schema(...)"
+            )
+        with open_encrypted(files[0], keys=_pme_keys(options.kms)) as parquet_file:
+            return _parquet_schema(parquet_file.schema_arrow, files[0])
     data = _sample(options, list_input_files(options.path))
     try:
         if options.format == "csv":
@@ -668,12 +848,15 @@ class PpmlReader(DataSourceReader):
     def __init__(self, options: _ReadOptions, schema: StructType) -> None:
         self._options = options
         self._schema = schema
-        _Parser(options, schema)  # validates the schema for the format on the driver
-        self._pushed: list[tuple[str, str, Any]] = []
+        if options.format != "parquet":
+            _Parser(options, schema)  # validates the schema for the format on the driver
+        self._pushed: list[Predicate] = []
 
     def partitions(self) -> Sequence[InputPartition]:
         options = self._options
         files = list_input_files(options.path)
+        if options.format == "parquet":
+            return self._parquet_partitions(files)
         if options.legacy:
             return [PpmlPartition(legacy_file=str(path)) for path in files]
         splits = [s for path in files for s in plan_envelope_splits(path, options.max_split_bytes)]
@@ -687,10 +870,50 @@ class PpmlReader(DataSourceReader):
         ]
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        if isinstance(partition, PpmlParquetPartition):
+            return self._parquet_batches(partition)
         if not isinstance(partition, PpmlPartition):
             # Spark reads one placeholder partition when partitions() returned none.
             return iter(())
         return self._batches(partition)
+
+    def _parquet_partitions(self, files: Sequence[Path]) -> list[PpmlParquetPartition]:
+        # Every footer is opened here: a wrong KMS, a refused footer key, a plaintext or altered
+        # footer or a missing column fails the job before any task.
+        keys = _pme_keys(self._options.kms)
+        row_group_sizes = []
+        for path in files:
+            with open_encrypted(path, keys=keys) as parquet_file:
+                _parquet_columns(self._schema, parquet_file.schema_arrow, path)
+                metadata = parquet_file.metadata
+                row_group_sizes.append((str(path), [
+                    metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)
+                ]))
+        groups = plan_row_groups(
+            row_group_sizes, self._options.max_split_bytes, DEFAULT_OPEN_COST_BYTES
+        )
+        return [PpmlParquetPartition(slices=tuple(group)) for group in groups]
+
+    def _parquet_batches(self, partition: PpmlParquetPartition) -> Iterator[pa.RecordBatch]:
+        keys = _pme_keys(self._options.kms)
+        target = _arrow_schema(self._schema)
+        expression = _filter_expression(self._pushed, target)
+        for piece in partition.slices:
+            with open_encrypted(piece.path, keys=keys) as parquet_file:
+                if parquet_file.metadata.num_row_groups != piece.row_group_count:
+                    raise InputError(piece.path, "changed since the read was planned")
+                columns = _parquet_columns(self._schema, parquet_file.schema_arrow, piece.path)
+                file_column = dict(zip(self._schema.fieldNames(), columns, strict=True))
+                predicates = [(operation, file_column[name], value) 
+                              for operation, name, value in self._pushed]
+                for table in read_row_groups(parquet_file, piece.path, piece.row_groups,
+                                             columns=columns, predicates=predicates):
+                    table = _conform_parquet(table, columns, target, piece.path)
+                    if expression is not None:
+                        table = table.filter(expression)
+                    for batch in table.to_batches():
+                        if batch.num_rows:
+                            yield batch
 
     def _tables(self, partition: PpmlPartition, parser: _Parser) -> Iterator[pa.Table]:
         options = self._options
@@ -846,6 +1069,41 @@ def _encode_text(envelope: EnvelopeWriter, batches: Iterator[pa.RecordBatch]) ->
     return rows
 
 
+def _encode_parquet(raw: Any, batches: Iterable[pa.RecordBatch], schema: pa.Schema, keys: PmeKeys,
+                    options: _WriteOptions) -> int:
+    """Write ``batches`` as one PME file with every column encrypted, in row groups of
+    ``rowGroupSize`` rows (the last one, or one that reached ROW_GROUP_BUFFER_BYTES, fewer)."""
+    properties = keys.encryption_properties(
+        schema.names, footer_key=options.key_id, column_keys=options.column_keys
+    )
+    size = options.row_group_size
+    rows = 0
+    pending: list[pa.RecordBatch] = []
+    pending_rows = pending_bytes = 0
+    writer = pq.ParquetWriter(raw, schema, encryption_properties=properties)
+    try:
+        for batch in batches:
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            pending_bytes += batch.nbytes
+            rows += batch.num_rows
+            if pending_rows >= size:
+                table = pa.Table.from_batches(pending, schema)
+                whole = pending_rows - pending_rows % size
+                writer.write_table(table.slice(0, whole), row_group_size=size)
+                rest = table.slice(whole)
+                pending, pending_rows, pending_bytes = rest.to_batches(), rest.num_rows, rest.nbytes
+            elif pending_bytes >= ROW_GROUP_BUFFER_BYTES:
+                table = pa.Table.from_batches(pending, schema)
+                writer.write_table(table, row_group_size=pending_rows)
+                pending, pending_rows, pending_bytes = [], 0, 0
+        if pending_rows:
+            writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=size)
+    finally:
+        writer.close()
+    return rows
+
+
 def _job_dir(path: str, job_id: str) -> Path:
     return Path(path) / "_temporary" / job_id
 
@@ -881,6 +1139,8 @@ class PpmlWriter(DataSourceArrowWriter):
         context = TaskContext.get()
         partition = context.partitionId() if context is not None else 0
         attempt = context.taskAttemptId() if context is not None else 0
+        if options.format == "parquet":
+            return self._write_parquet(iterator, partition, attempt)
         name = f"part-{partition:05d}-{self.job_id}.{options.format}.ppml"
         job_dir = _job_dir(options.path, self.job_id)
         in_progress = job_dir / f".{name}.{attempt}.inprogress"
@@ -903,6 +1163,33 @@ class PpmlWriter(DataSourceArrowWriter):
                 else:
                     rows = _encode_text(envelope, iterator)
                 envelope.close()
+            except BaseException:
+                in_progress.unlink(missing_ok=True)
+                raise
+        os.replace(in_progress, job_dir / name)
+        return PpmlCommitMessage(file_name=name, rows=rows)
+
+    def _write_parquet(
+        self, iterator: Iterator[pa.RecordBatch], partition: int, attempt: int
+    ) -> PpmlCommitMessage:
+        options = self._options
+        schema = _arrow_schema(self._schema)
+        batches = (
+            batch if batch.schema.equals(schema) else batch.cast(schema)
+            for batch in iterator if batch.num_rows
+        )
+        first = next(batches, None)
+        if first is None and partition != 0:
+            return PpmlCommitMessage(file_name=None, rows=0)
+        name = f"part-{partition:05d}-{self.job_id}.parquet"
+        job_dir = _job_dir(options.path, self.job_id)
+        in_progress = job_dir / f".{name}.{attempt}.inprogress"
+        keys = _pme_keys(options.kms)
+        # "x": no directory (the job was aborted) or a clash means no file, not a stray one.
+        everything = itertools.chain([first] if first is not None else [], batches)
+        with open(in_progress, "xb") as raw:
+            try:
+                rows = _encode_parquet(raw, everything, schema, keys, options)
             except BaseException:
                 in_progress.unlink(missing_ok=True)
                 raise
@@ -982,6 +1269,11 @@ class PpmlDataSource(DataSource):
             for field in target:
                 if pa.types.is_nested(field.type):
                     raise UsageError(f"format csv cannot write nested column {field.name!r}")
+        if options.column_keys:
+            named = {c for columns in options.column_keys.values() for c in columns}
+            unknown = ", ".join(sorted(named - set(target.names)))
+            if unknown:
+                raise UsageError(f"option columnKeys names column(s) not in the data: {unknown}")
         output = Path(options.path)
         if output.exists() and not output.is_dir():
             raise InputError(output, "is a file; the output of a Spark write is a directory")
