@@ -82,7 +82,8 @@ def main() -> int:
     from ppml.spark.datasource import register
     from ppml.spark.session import security_conf
 
-    builder = SparkSession.builder.master("local[2]").appName("bench-simple-query").config("spark.ui.enabled", "false")
+    builder = (SparkSession.builder.master("local[2]").appName("bench-simple-query").config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false"))
     for name, value in security_conf().items():
         builder = builder.config(name, value)
     spark = builder.getOrCreate()
