@@ -83,16 +83,19 @@ class TdxConfigfsTsm:
 
     name = "tdx"
 
-    def __init__(self, root: Path = Path("/sys/kernel/config/tsm/report"), *, attempts: int = 3) -> None:
+    def __init__(self, root: Path = Path("/sys/kernel/config/tsm/report"), *, attempts: int = 3,
+                 entry_name: str | None = None) -> None:
         self.root = root
         self.attempts = attempts
+        #: A fixed report entry name (tests imitate configfs with a prepared entry); default: a fresh one.
+        self.entry_name = entry_name
 
     def get_evidence(self, report_data: bytes) -> Evidence:
         _check_report_data(report_data)
         if not self.root.is_dir():
             raise AttestationFailed(f"{self.root} not found: not a TDX guest with configfs-tsm")
-        entry = self.root / f"ppml-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        entry.mkdir()
+        entry = self.root / (self.entry_name or f"ppml-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        entry.mkdir(exist_ok=self.entry_name is not None)
         try:
             for _ in range(self.attempts):
                 before = int((entry / "generation").read_text())
