@@ -235,3 +235,10 @@ def test_verify_service_with_the_simulated_service_tee(world: World, tmp_path: P
     # a service that is not in a TEE says so
     plain = run("attest", "verify-service", world.server.uri("ehsm+https", credentials=world.server.admin_credentials))
     assert plain.returncode == 8 and "does not run in a TEE" in plain.stderr
+
+
+def test_malformed_policy_is_a_400_not_a_server_error(world: World) -> None:
+    result = run("attest", "register", "--mr-enclave", "not-hex", "--mr-signer", world.mr_signer, env=world.env)
+    assert result.returncode != 0
+    assert "mr_enclave must be 64 hex characters" in result.stderr
+    assert "unavailable" not in result.stderr

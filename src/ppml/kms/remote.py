@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
+from ppml.core._files import write_private
 from ppml.core.keys import DATA_KEY_SIZE, SECRET_ACCESS, DataKey, GeneratedDataKey, KeyInfo
 from ppml.errors import (
     AuthenticationFailed,
@@ -79,12 +80,7 @@ def write_credentials(path: Path, appid: str, apikey: str) -> None:
     """Write credentials with mode 0600 (created so; never widened)."""
     path = path.expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"appid": appid, "apikey": apikey}, f)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_private(path, (json.dumps({"appid": appid, "apikey": apikey}) + "\n").encode())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from ppml.errors import (
     PpmlError,
     ReplayedRequest,
     TokenRejected,
+    UsageError,
 )
 from ppml.core import signing
 from ppml.kms.service import Credentials, KeyDescription, KmsService, RequestContext
@@ -61,6 +62,7 @@ STATUS: Final[list[tuple[type[PpmlError], int]]] = [
     (KmsRequestRejected, 400),
     (KmsUnavailable, 503),
     (TokenRejected, 403),
+    (UsageError, 400),  # a request whose values fail validation (e.g. a policy's mr_enclave)
 ]
 
 

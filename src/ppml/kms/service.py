@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 
+from ppml.core._files import write_private
 from ppml.core.keys import DATA_KEY_SIZE, DataKey, GeneratedDataKey, KeyInfo
 from ppml.errors import (
     InvalidCiphertext,
@@ -221,11 +222,7 @@ class KmsService:
                 return None
             credentials = self._insert_app(conn, _ROLE_ADMIN)
             self._append_audit(conn, RequestContext(appid=credentials.appid), "Bootstrap", None, None, "ok")
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(credentials.to_json() + "\n")
-        os.replace(tmp, path)
+        write_private(path, (credentials.to_json() + "\n").encode())
         return credentials
 
     @property

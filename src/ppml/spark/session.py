@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from ppml.core._files import write_private
 from ppml.errors import KeyStoreUnreadable, UsageError
 
 __all__ = [
@@ -107,13 +108,11 @@ def security_conf(*, secret: str | None = None, network_crypto: bool = True, io_
 def write_properties_file(conf: Mapping[str, str], path: Path) -> Path:
     """Write Spark properties (which may hold the secret) to ``path`` with mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        for name, value in sorted(conf.items()):
-            escaped = value.replace("\\", "\\\\").replace("\n", "\\n")
-            f.write(f"{name}={escaped}\n")
-    os.replace(tmp, path)
+    lines = []
+    for name, value in sorted(conf.items()):
+        escaped = value.replace("\\", "\\\\").replace("\n", "\\n")
+        lines.append(f"{name}={escaped}\n")
+    write_private(path, "".join(lines).encode())
     return path
 
 
