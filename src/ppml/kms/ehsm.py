@@ -46,9 +46,9 @@ from ppml.errors import (
     ReplayedRequest,
 )
 from ppml.core import signing
-from ppml.kms.service import ENABLED, KmsService, RequestContext
+from ppml.kms.service import ENABLED, DataKeyRequest, KmsService, RequestContext
 
-__all__ = ["EHSM_ACTIONS", "add_ehsm_routes", "ehsm_error_response", "ehsm_result"]
+__all__ = ["DATA_KEY_ACTIONS", "EHSM_ACTIONS", "add_ehsm_routes", "ehsm_error_response", "ehsm_result"]
 
 _UUID = re.compile(r"^[a-z\d]{8}-[a-z\d]{4}-[a-z\d]{4}-[a-z\d]{4}-[a-z\d]{12}$")
 _B64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
@@ -172,32 +172,45 @@ def _create_key(service: KmsService, ctx: RequestContext, payload: dict[str, Any
     return {"keyid": key.key_id}, "success!"
 
 
-def _generate_data_key(service: KmsService, ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+# Data-key actions build a request for the server's group commit and render its result.
+DataKeyAction = Callable[[RequestContext, dict[str, Any]], DataKeyRequest]
+
+
+def _generate_data_key(ctx: RequestContext, payload: dict[str, Any], *, with_plaintext: bool = True) -> DataKeyRequest:
     keyid, keylen, aad = _keyid(payload), _keylen(payload), _b64_field(payload, "aad", required=False)
-    plaintext, wrapped = service.generate_data_key(ctx, keyid, length=keylen, aad=aad, with_plaintext=True)
-    assert plaintext is not None
-    return {"plaintext": _b64(plaintext), "ciphertext": _b64(wrapped)}, "success!"
+    return DataKeyRequest.generate(ctx, keyid, length=keylen, aad=aad, with_plaintext=with_plaintext)
 
 
-def _generate_data_key_without_plaintext(service: KmsService, ctx: RequestContext,
-                                         payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    keyid, keylen, aad = _keyid(payload), _keylen(payload), _b64_field(payload, "aad", required=False)
-    _, wrapped = service.generate_data_key(ctx, keyid, length=keylen, aad=aad, with_plaintext=False)
-    return {"ciphertext": _b64(wrapped)}, "success!"
+def _generate_data_key_without_plaintext(ctx: RequestContext, payload: dict[str, Any]) -> DataKeyRequest:
+    return _generate_data_key(ctx, payload, with_plaintext=False)
 
 
-def _encrypt(service: KmsService, ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def _encrypt(ctx: RequestContext, payload: dict[str, Any]) -> DataKeyRequest:
     keyid = _keyid(payload)
     plaintext = _b64_field(payload, "plaintext", required=True)
-    aad = _b64_field(payload, "aad", required=False)
-    return {"ciphertext": _b64(service.encrypt(ctx, keyid, plaintext, aad))}, "success!"
+    return DataKeyRequest.encrypt(ctx, keyid, plaintext, _b64_field(payload, "aad", required=False))
 
 
-def _decrypt(service: KmsService, ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def _decrypt(ctx: RequestContext, payload: dict[str, Any]) -> DataKeyRequest:
     keyid = _keyid(payload)
     ciphertext = _b64_field(payload, "ciphertext", required=True)
-    aad = _b64_field(payload, "aad", required=False)
-    return {"plaintext": _b64(service.decrypt(ctx, keyid, ciphertext, aad))}, "success!"
+    return DataKeyRequest.decrypt(ctx, keyid, ciphertext, _b64_field(payload, "aad", required=False))
+
+
+def _data_key_result(request: DataKeyRequest, result: bytes) -> dict[str, Any]:
+    if request.operation == "Decrypt":
+        return {"plaintext": _b64(result)}
+    if request.operation == "GenerateDataKey":
+        return {"plaintext": _b64(request.data), "ciphertext": _b64(result)}
+    return {"ciphertext": _b64(result)}
+
+
+DATA_KEY_ACTIONS: dict[str, DataKeyAction] = {
+    "GenerateDataKey": _generate_data_key,
+    "GenerateDataKeyWithoutPlaintext": _generate_data_key_without_plaintext,
+    "Encrypt": _encrypt,
+    "Decrypt": _decrypt,
+}
 
 
 def _list_key(service: KmsService, ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -235,10 +248,6 @@ def _delete_all_key(service: KmsService, ctx: RequestContext, payload: dict[str,
 
 EHSM_ACTIONS: dict[str, Action] = {
     "CreateKey": _create_key,
-    "GenerateDataKey": _generate_data_key,
-    "GenerateDataKeyWithoutPlaintext": _generate_data_key_without_plaintext,
-    "Encrypt": _encrypt,
-    "Decrypt": _decrypt,
     "ListKey": _list_key,
     "EnableKey": _enable_key,
     "DisableKey": _disable_key,
@@ -294,10 +303,16 @@ def add_ehsm_routes(app: FastAPI, service: KmsService, *, open_enrollment: bool,
             request.state.appid = ctx.appid
             if action == "Enroll":
                 return await app.state.call(enroll, ctx)
+            payload = body.get("payload")
+            data_key_action = DATA_KEY_ACTIONS.get(action)
+            if data_key_action is not None:
+                if payload is None:
+                    raise EhsmError(400, "Missing required parameters")
+                job = data_key_action(ctx, payload)
+                return ehsm_result(_data_key_result(job, await app.state.data_key(job)), "success!")
             handler = app.state.ehsm_actions.get(action)
             if handler is None:
                 return ehsm_result(None, "API Not Found", 404)
-            payload = body.get("payload")
             if payload is None:
                 if action not in _PAYLOAD_OPTIONAL:
                     raise EhsmError(400, "Missing required parameters")
@@ -306,6 +321,8 @@ def add_ehsm_routes(app: FastAPI, service: KmsService, *, open_enrollment: bool,
             return ehsm_result(result, message)
         except EhsmError as exc:
             return ehsm_result(None, exc.message, exc.code, exc.http_status)
+
+    app.state.ehsm_post = ehsm_post
 
 
 def _parse(raw: bytes) -> dict[str, Any]:

@@ -9,15 +9,17 @@ id — never bodies, headers or query values that could hold secrets.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import logging
+import re
 import time
 import uuid
 import dataclasses
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
 
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,12 +45,13 @@ from ppml.errors import (
     UsageError,
 )
 from ppml.core import signing
-from ppml.kms.service import Credentials, KeyDescription, KmsService, RequestContext
+from ppml.kms.ehsm import DATA_KEY_ACTIONS, ehsm_error_response
+from ppml.kms.service import Credentials, DataKeyRequest, KeyDescription, KmsService, RequestContext
 
-__all__ = ["ATTESTATION_HEADER", "AppHooks", "MAX_BODY", "create_app"]
+__all__ = ["ATTESTATION_HEADER", "AppHooks", "DataKeyBatcher", "MAX_BODY", "create_app"]
 
 MAX_BODY: Final = 1 << 20
-_EHSM_GET: Final = ("GetVersion", "Enroll")
+_KNOWN_EHSM: Final = {"GetVersion", "Enroll", *DATA_KEY_ACTIONS}
 ATTESTATION_HEADER: Final = "X-PPML-Attestation"
 access_log = logging.getLogger("ppml.kms.access")
 
@@ -158,11 +161,10 @@ class _Observe:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             if route == "/ehsm":
-                query = scope.get("query_string", b"").decode("latin-1")
-                action = next((q[7:] for q in query.split("&") if q.startswith("Action=")), "")
+                action = _ehsm_action(scope)
                 # Only known actions become label values: clients must not mint metric series.
                 known = getattr(getattr(scope.get("app"), "state", None), "ehsm_actions", {})
-                route = f"/ehsm?Action={action if action in known or action in _EHSM_GET else 'unknown'}"
+                route = f"/ehsm?Action={action if action in known or action in _KNOWN_EHSM else 'unknown'}"
             self.requests_total.labels(route, str(status)).inc()
             self.latency.labels(route).observe(elapsed)
             if access_log.isEnabledFor(logging.INFO):
@@ -171,6 +173,53 @@ class _Observe:
                     "status": status, "appid": state.get("appid"), "ms": round(elapsed * 1000, 2),
                     "request_id": state["request_id"],
                 }))
+
+
+class DataKeyBatcher:
+    """Group commit for data-key operations (generate, encrypt, decrypt).
+
+    Requests that arrive while a batch is in the database join the next batch, so under load one
+    transaction — one replay-stamp insert, one key lookup, one audit append, one commit — serves
+    many requests, while a lone request still runs at once. Each request keeps its own outcome,
+    replay check and audit record (see :meth:`KmsService.run_data_key_batch`). One batch is in
+    flight at a time; the event loop keeps serving TLS and HTTP meanwhile.
+    """
+
+    def __init__(self, service: KmsService, *, max_batch: int = 128) -> None:
+        self._service = service
+        self._max_batch = max_batch
+        self._pending: list[tuple[DataKeyRequest, asyncio.Future[bytes | BaseException]]] = []
+        self._busy = False
+
+    async def run(self, request: DataKeyRequest) -> bytes:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes | BaseException] = loop.create_future()
+        self._pending.append((request, future))
+        if not self._busy:
+            self._busy = True
+            loop.call_soon(self._start, loop)  # after the requests that are ready now have joined
+        result = await future
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+        done = loop.run_in_executor(None, self._service.run_data_key_batch, [request for request, _ in batch])
+        done.add_done_callback(lambda finished: self._finish(loop, batch, finished))
+
+    def _finish(self, loop: asyncio.AbstractEventLoop,
+                batch: list[tuple[DataKeyRequest, asyncio.Future[bytes | BaseException]]],
+                finished: asyncio.Future[list[bytes | PpmlError]]) -> None:
+        error = finished.exception()  # a bug, not a refusal: each waiting request fails with it
+        results: list[bytes | BaseException] = [error] * len(batch) if error else list(finished.result())
+        for (_, future), result in zip(batch, results):
+            if not future.done():  # a client that went away leaves a cancelled future
+                future.set_result(result)
+        if self._pending:
+            self._start(loop)
+        else:
+            self._busy = False
 
 
 # -- request and response models (they also document the API in OpenAPI) ----------------------
@@ -252,6 +301,96 @@ def b64encode(value: bytes) -> str:
     return base64.b64encode(value).decode()
 
 
+def malformed_request(errors: Sequence[Any]) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors[:5])
+    return JSONResponse({"error": "KmsRequestRejected", "message": f"malformed request: {problems}"},
+                        status_code=400)
+
+
+def ppml_error_response(path: str, exc: PpmlError) -> JSONResponse:
+    if path == "/ehsm":
+        return ehsm_error_response(exc)
+    body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+    if exc.hint:
+        body["hint"] = exc.hint
+    return JSONResponse(body, status_code=status_of(exc))
+
+
+class _MalformedBody(Exception):
+    def __init__(self, errors: Sequence[Any]) -> None:
+        super().__init__("malformed request")
+        self.errors = errors
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+async def _json_body(request: Request, model: type[ModelT], *, optional: bool = False) -> ModelT:
+    """The JSON body validated by ``model`` (an empty body is the defaults when ``optional``)."""
+    raw = await request.body()
+    if optional and not raw.strip():
+        return model()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _MalformedBody([{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]) from None
+
+
+def _request_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+    """OpenAPI for a body the handler reads itself."""
+    return {"requestBody": {"required": required,
+                            "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+_DATA_KEY_PATH = re.compile(r"/v1/keys/([^/]+)/(generate-data-key|decrypt|encrypt)")
+RawHandler = Callable[[Request, str], Awaitable[Response]]
+
+
+class _DataKeyRoutes:
+    """Plain-ASGI dispatch of the data-key routes (native and eHSM) to the same handlers that
+    FastAPI routes: a data-key request skips FastAPI's middleware stack, routing and dependency
+    solving, which cost more than the KMS work itself. Everything else goes to FastAPI."""
+
+    def __init__(self, app: ASGIApp, *, error: Callable[[Request, PpmlError], Response],
+                 native: dict[str, RawHandler], native_routes: dict[str, Any],
+                 ehsm: Callable[[Request], Awaitable[Response]], ehsm_route: Any) -> None:
+        self.app = app
+        self.error = error
+        self.native = native
+        self.native_routes = native_routes
+        self.ehsm = ehsm
+        self.ehsm_route = ehsm_route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            match = _DATA_KEY_PATH.fullmatch(path)
+            if match is not None:
+                scope["route"] = self.native_routes[match[2]]
+                await self._respond(scope, receive, send, self.native[match[2]], match[1])
+                return
+            if path == "/ehsm" and _ehsm_action(scope) in DATA_KEY_ACTIONS:
+                scope["route"] = self.ehsm_route
+                await self._respond(scope, receive, send, lambda request, _: self.ehsm(request), "")
+                return
+        await self.app(scope, receive, send)
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send, handler: RawHandler, key_id: str) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await handler(request, key_id)
+        except PpmlError as exc:
+            response = self.error(request, exc)
+        except _MalformedBody as exc:
+            response = malformed_request(exc.errors)
+        await response(scope, receive, send)
+
+
+def _ehsm_action(scope: Scope) -> str:
+    query = scope.get("query_string", b"").decode("latin-1")
+    return next((q[7:] for q in query.split("&") if q.startswith("Action=")), "")
+
+
 # -- the application ---------------------------------------------------------------------------
 
 
@@ -286,6 +425,8 @@ def create_app(
     app.state.open_enrollment = open_enrollment
     inline = service.storage.is_sqlite
 
+    batcher = DataKeyBatcher(service)
+
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """SQLite work is short and serialised: run it on the event loop instead of paying a
         thread hop; PostgreSQL round trips go to the thread pool."""
@@ -295,21 +436,15 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
-                             for e in exc.errors()[:5])
-        return JSONResponse({"error": "KmsRequestRejected", "message": f"malformed request: {problems}"},
-                            status_code=400)
+        return malformed_request(exc.errors())
+
+    @app.exception_handler(_MalformedBody)
+    async def malformed_body(request: Request, exc: _MalformedBody) -> JSONResponse:
+        return malformed_request(exc.errors)
 
     @app.exception_handler(PpmlError)
     async def ppml_error(request: Request, exc: PpmlError) -> JSONResponse:
-        if request.url.path == "/ehsm":
-            from ppml.kms.ehsm import ehsm_error_response
-
-            return ehsm_error_response(exc)
-        body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
-        if exc.hint:
-            body["hint"] = exc.hint
-        return JSONResponse(body, status_code=status_of(exc))
+        return ppml_error_response(request.url.path, exc)
 
     async def authenticated(request: Request) -> RequestContext:
         return await _authenticate_native(request, service, now)
@@ -388,45 +523,66 @@ def create_app(
         """Add a new key version for new wraps; older versions still unwrap."""
         return JSONResponse(_key_json(await call(service.rotate, ctx, key_id)))
 
-    @app.post("/v1/keys/{key_id}/generate-data-key", response_model=DataKeyResponse,
-              response_model_exclude_none=True, tags=["data keys"])
-    async def generate_data_key(key_id: str, request: Request,
-                                body: GenerateDataKeyRequest = Body(default_factory=lambda: GenerateDataKeyRequest()),
-                                ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
+    # The data-key routes are the hot path: their handlers take the raw request so that the plain
+    # ASGI dispatcher below (_DataKeyRoutes) can call them without FastAPI's routing and
+    # dependency machinery; FastAPI routes the same handlers everywhere else and documents them.
+    async def generate_data_key_raw(request: Request, key_id: str) -> Response:
+        ctx = await _authenticate_native(request, service, now)
+        body = await _json_body(request, GenerateDataKeyRequest, optional=True)
         token = request.headers.get(ATTESTATION_HEADER)
         if token:
             jwe, wrapped = await call(service.generate_data_key_for_tee, ctx, key_id, length=body.length,
                                       aad=b64decode(body.aad, "aad"), token=token)
             return JSONResponse({"ciphertext": b64encode(wrapped), "jwe": jwe})
-        plaintext, wrapped = await call(service.generate_data_key, ctx, key_id, length=body.length,
-                                        aad=b64decode(body.aad, "aad"), with_plaintext=body.include_plaintext)
-        result = {"ciphertext": b64encode(wrapped)}
-        if plaintext is not None:
-            result["plaintext"] = b64encode(plaintext)
+        job = DataKeyRequest.generate(ctx, key_id, length=body.length, aad=b64decode(body.aad, "aad"),
+                                      with_plaintext=body.include_plaintext)
+        result = {"ciphertext": b64encode(await batcher.run(job))}
+        if body.include_plaintext:
+            result["plaintext"] = b64encode(job.data)
         return JSONResponse(result)
 
-    @app.post("/v1/keys/{key_id}/decrypt", response_model=PlaintextResponse, tags=["data keys"])
-    async def decrypt(key_id: str, body: CiphertextRequest, request: Request,
-                      ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
-        """Unwrap a data key (or decrypt a small ciphertext); ``aad`` must match the one used to wrap.
-
-        With an ``X-PPML-Attestation`` token the key comes back as ``jwe``, encrypted to the TEE
-        public key in the token; keys with a release policy answer only that way."""
+    async def decrypt_raw(request: Request, key_id: str) -> Response:
+        ctx = await _authenticate_native(request, service, now)
+        body = await _json_body(request, CiphertextRequest)
         token = request.headers.get(ATTESTATION_HEADER)
         if token:
             jwe = await call(service.release_to_tee, ctx, key_id, b64decode(body.ciphertext, "ciphertext"),
                              b64decode(body.aad, "aad"), token=token)
             return JSONResponse({"jwe": jwe})
-        plaintext = await call(service.decrypt, ctx, key_id, b64decode(body.ciphertext, "ciphertext"),
-                               b64decode(body.aad, "aad"))
+        plaintext = await batcher.run(DataKeyRequest.decrypt(
+            ctx, key_id, b64decode(body.ciphertext, "ciphertext"), b64decode(body.aad, "aad")))
         return JSONResponse({"plaintext": b64encode(plaintext)})
 
-    @app.post("/v1/keys/{key_id}/encrypt", response_model=CiphertextResponse, tags=["data keys"])
-    async def encrypt(key_id: str, body: PlaintextRequest,
-                      ctx: RequestContext = Depends(authenticated)) -> JSONResponse:
-        ciphertext = await call(service.encrypt, ctx, key_id, b64decode(body.plaintext, "plaintext"),
-                                b64decode(body.aad, "aad"))
+    async def encrypt_raw(request: Request, key_id: str) -> Response:
+        ctx = await _authenticate_native(request, service, now)
+        body = await _json_body(request, PlaintextRequest)
+        ciphertext = await batcher.run(DataKeyRequest.encrypt(
+            ctx, key_id, b64decode(body.plaintext, "plaintext"), b64decode(body.aad, "aad")))
         return JSONResponse({"ciphertext": b64encode(ciphertext)})
+
+    @app.post("/v1/keys/{key_id}/generate-data-key", response_model=DataKeyResponse,
+              response_model_exclude_none=True, tags=["data keys"],
+              openapi_extra=_request_body(GenerateDataKeyRequest, required=False))
+    async def generate_data_key(key_id: str, request: Request) -> Response:
+        """A fresh data key, wrapped (and in plaintext unless ``include_plaintext`` is false).
+
+        With an ``X-PPML-Attestation`` token the plaintext comes back as ``jwe``, encrypted to the
+        TEE public key in the token."""
+        return await generate_data_key_raw(request, key_id)
+
+    @app.post("/v1/keys/{key_id}/decrypt", response_model=PlaintextResponse, tags=["data keys"],
+              openapi_extra=_request_body(CiphertextRequest))
+    async def decrypt(key_id: str, request: Request) -> Response:
+        """Unwrap a data key (or decrypt a small ciphertext); ``aad`` must match the one used to wrap.
+
+        With an ``X-PPML-Attestation`` token the key comes back as ``jwe``, encrypted to the TEE
+        public key in the token; keys with a release policy answer only that way."""
+        return await decrypt_raw(request, key_id)
+
+    @app.post("/v1/keys/{key_id}/encrypt", response_model=CiphertextResponse, tags=["data keys"],
+              openapi_extra=_request_body(PlaintextRequest))
+    async def encrypt(key_id: str, request: Request) -> Response:
+        return await encrypt_raw(request, key_id)
 
     @app.post("/v1/keys/{key_id}/rewrap", response_model=CiphertextResponse, tags=["data keys"])
     async def rewrap(key_id: str, body: CiphertextRequest,
@@ -439,10 +595,18 @@ def create_app(
     from ppml.kms.ehsm import add_ehsm_routes
 
     app.state.call = call
+    app.state.data_key = batcher.run
     add_ehsm_routes(app, service, open_enrollment=open_enrollment, now=now)
     if extend is not None:
         extend(app, AppHooks(authenticated=authenticated, call=call, apikey_of=service.apikey))
-    return _BodyLimit(_Observe(app, requests_total, latency), MAX_BODY)  # type: ignore[return-value]
+    routes = {getattr(r, "path", ""): r for r in app.routes}
+    fast = _DataKeyRoutes(
+        app, error=lambda request, exc: ppml_error_response(request.url.path, exc),
+        native={"generate-data-key": generate_data_key_raw, "decrypt": decrypt_raw, "encrypt": encrypt_raw},
+        native_routes={name: routes[f"/v1/keys/{{key_id}}/{name}"] for name in ("generate-data-key", "decrypt", "encrypt")},
+        ehsm=app.state.ehsm_post, ehsm_route=routes["/ehsm"],
+    )
+    return _BodyLimit(_Observe(fast, requests_total, latency), MAX_BODY)  # type: ignore[return-value]
 
 
 async def _authenticate_native(request: Request, service: KmsService, now: Callable[[], float]) -> RequestContext:

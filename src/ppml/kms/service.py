@@ -31,7 +31,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -39,7 +39,8 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
-from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ppml.core._files import write_private
 from ppml.core.keys import DATA_KEY_SIZE, DataKey, GeneratedDataKey, KeyInfo
@@ -62,6 +63,7 @@ from ppml.store import Storage
 __all__ = [
     "AuditReport",
     "Credentials",
+    "DataKeyRequest",
     "EmbeddedKms",
     "KEYSPECS",
     "KeyDescription",
@@ -81,9 +83,8 @@ _NONCE: Final = 12
 _ROLE_ADMIN, _ROLE_APP = "admin", "app"
 
 # Statements built once: building SQLAlchemy constructs per call cost more than the SQL itself.
-_SELECT_KEY = select(db.keys).where(
-    db.keys.c.key_id == bindparam("key_id"), db.keys.c.owner == bindparam("owner")
-)
+_SELECT_KEY = select(db.keys).where(db.keys.c.key_id == bindparam("key_id"))
+_SELECT_KEYS = select(db.keys).where(db.keys.c.key_id.in_(bindparam("key_ids", expanding=True)))
 _SELECT_MATERIAL = select(db.key_versions.c.material_sealed).where(
     db.key_versions.c.key_id == bindparam("key_id"), db.key_versions.c.version == bindparam("version")
 )
@@ -93,7 +94,6 @@ _UPDATE_HEAD = (
     update(db.audit_head).where(db.audit_head.c.id == 1)
     .values(seq=bindparam("new_seq"), mac=bindparam("new_mac"))
 )
-_INSERT_REPLAY = insert(db.replay)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -118,6 +118,48 @@ class RequestContext:
     replay_expires: int = 0
     #: Attestation claims presented with the request (recorded in the audit log).
     claims: dict[str, Any] | None = None
+
+
+DATA_KEY_OPERATIONS: Final = ("GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "Encrypt", "Decrypt")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DataKeyRequest:
+    """One data-key operation for :meth:`KmsService.run_data_key_batch`, checked on creation.
+
+    ``data`` is what the operation works on: the fresh key or plaintext to wrap, or the
+    ciphertext to unwrap (``Decrypt``).
+    """
+
+    ctx: RequestContext
+    operation: str
+    key_id: str
+    data: bytes = dataclasses.field(repr=False)
+    aad: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.operation not in DATA_KEY_OPERATIONS:
+            raise ValueError(f"not a data-key operation: {self.operation}")
+        if len(self.aad) > MAX_AAD:
+            raise KmsRequestRejected(f"aad longer than {MAX_AAD} bytes")
+
+    @classmethod
+    def generate(cls, ctx: RequestContext, key_id: str, *, length: int = DATA_KEY_SIZE, aad: bytes = b"",
+                 with_plaintext: bool = True) -> DataKeyRequest:
+        if not 1 <= length <= MAX_DATA_KEY_LEN:
+            raise KmsRequestRejected(f"keylen must be 1..{MAX_DATA_KEY_LEN}")
+        operation = "GenerateDataKey" if with_plaintext else "GenerateDataKeyWithoutPlaintext"
+        return cls(ctx, operation, key_id, os.urandom(length), aad)
+
+    @classmethod
+    def encrypt(cls, ctx: RequestContext, key_id: str, plaintext: bytes, aad: bytes = b"") -> DataKeyRequest:
+        if not 1 <= len(plaintext) <= MAX_PLAINTEXT:
+            raise KmsRequestRejected(f"plaintext must have 1..{MAX_PLAINTEXT} bytes")
+        return cls(ctx, "Encrypt", key_id, plaintext, aad)
+
+    @classmethod
+    def decrypt(cls, ctx: RequestContext, key_id: str, ciphertext: bytes, aad: bytes = b"") -> DataKeyRequest:
+        return cls(ctx, "Decrypt", key_id, ciphertext, aad)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,6 +212,10 @@ class KmsService:
         self._apikeys: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._replay_inserts = 0
+        dialect_insert = sqlite_insert if storage.is_sqlite else pg_insert
+        self._insert_stamps = (
+            dialect_insert(db.replay).on_conflict_do_nothing().returning(db.replay.c.appid, db.replay.c.stamp)
+        )
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -407,34 +453,68 @@ class KmsService:
         aad: bytes = b"", with_plaintext: bool = True,
     ) -> tuple[bytes | None, bytes]:
         """A fresh random data key: (plaintext or None, wrapped)."""
-        if not 1 <= length <= MAX_DATA_KEY_LEN:
-            raise KmsRequestRejected(f"keylen must be 1..{MAX_DATA_KEY_LEN}")
-        plaintext = os.urandom(length)
-        wrapped = self._seal(ctx, "GenerateDataKey" if with_plaintext else "GenerateDataKeyWithoutPlaintext",
-                             key_id, plaintext, aad)
-        return (plaintext if with_plaintext else None), wrapped
+        request = DataKeyRequest.generate(ctx, key_id, length=length, aad=aad, with_plaintext=with_plaintext)
+        wrapped = self._one(request)
+        return (request.data if with_plaintext else None), wrapped
 
     def encrypt(self, ctx: RequestContext, key_id: str, plaintext: bytes, aad: bytes = b"") -> bytes:
-        if not 1 <= len(plaintext) <= MAX_PLAINTEXT:
-            raise KmsRequestRejected(f"plaintext must have 1..{MAX_PLAINTEXT} bytes")
-        return self._seal(ctx, "Encrypt", key_id, plaintext, aad)
+        return self._one(DataKeyRequest.encrypt(ctx, key_id, plaintext, aad))
 
     def decrypt(self, ctx: RequestContext, key_id: str, ciphertext: bytes, aad: bytes = b"") -> bytes:
         """Unwrap a data key (or decrypt a small ciphertext) made under ``key_id``.
 
         Raises PermissionDenied for a key with a release policy: use :meth:`release_to_tee`.
         """
-        self._check_aad(aad)
+        return self._one(DataKeyRequest.decrypt(ctx, key_id, ciphertext, aad))
 
-        def op(conn: Connection) -> bytes:
-            plaintext, key = self._open(conn, ctx, key_id, ciphertext, aad)
+    def _one(self, request: DataKeyRequest) -> bytes:
+        (result,) = self.run_data_key_batch([request])
+        if isinstance(result, PpmlError):
+            raise result
+        return result
+
+    def run_data_key_batch(self, requests: Sequence[DataKeyRequest]) -> list[bytes | PpmlError]:
+        """Run data-key operations (generate, encrypt, decrypt) in ONE transaction: group commit.
+
+        Each request keeps its own outcome — its result (wrapped key or ciphertext; plaintext for
+        Decrypt) or its error — and its own replay check and audit record, exactly as if it ran
+        alone; a batch only shares the commit and the statements. A storage fault fails every
+        request in the batch and leaves no state.
+        """
+        results: list[bytes | PpmlError | None] = [None] * len(requests)
+        try:
+            with self.storage.transaction(durable=False) as conn:
+                fresh = self._consume_replay_stamps(conn, [r.ctx for r in requests])
+                keys = self._load_keys(conn, {r.key_id for r, ok in zip(requests, fresh) if ok})
+                audits: list[tuple[RequestContext, str, str | None, int | None, str]] = []
+                for index, (request, ok) in enumerate(zip(requests, fresh)):
+                    if not ok:
+                        results[index] = ReplayedRequest("this request was already used (replayed timestamp)")
+                        continue
+                    try:
+                        value, version = self._data_key_op(conn, keys, request)
+                    except PpmlError as exc:
+                        results[index] = exc
+                        audits.append((request.ctx, request.operation, request.key_id, None, type(exc).__name__))
+                    else:
+                        results[index] = value
+                        audits.append((request.ctx, request.operation, request.key_id, version, "ok"))
+                self._append_audits(conn, audits)
+        except PpmlError as exc:  # the storage is down: nothing of the batch happened
+            return [exc] * len(requests)
+        return [r for r in results if r is not None]
+
+    def _data_key_op(self, conn: Connection, keys: dict[str, Any], request: DataKeyRequest) -> tuple[bytes, int]:
+        key = self._usable(conn, request.ctx.appid, request.key_id, prefetched=keys)
+        if request.operation == "Decrypt":
+            plaintext, version = self._open_with(conn, key, request.data, request.aad)
             if key.release_policy is not None:
                 raise PermissionDenied(
-                    f"key {key_id!r} releases data keys only to attested TEEs: present an attestation token"
+                    f"key {request.key_id!r} releases data keys only to attested TEEs: present an attestation token"
                 )
-            return plaintext
-
-        return self._run(ctx, "Decrypt", key_id, op, version_of=lambda _: _version_of(ciphertext), durable=False)
+            return plaintext, version
+        wrapped = self._wrap(conn, key, request.data, request.aad)
+        return wrapped, key.current_version
 
     def release_to_tee(self, ctx: RequestContext, key_id: str, ciphertext: bytes, aad: bytes = b"", *,
                        token: str) -> str:
@@ -497,14 +577,6 @@ class KmsService:
 
         return self._run(ctx, "ReEncrypt", key_id, op, durable=False)
 
-    def _seal(self, ctx: RequestContext, operation: str, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
-        self._check_aad(aad)
-
-        def op(conn: Connection) -> bytes:
-            return self._wrap(conn, self._usable(conn, ctx.appid, key_id), plaintext, aad)
-
-        return self._run(ctx, operation, key_id, op, version_of=_version_of, durable=False)
-
     def _wrap(self, conn: Connection, key: KeyDescription, plaintext: bytes, aad: bytes) -> bytes:
         version = key.current_version
         aead = self._material(conn, key, version)
@@ -516,6 +588,9 @@ class KmsService:
     def _open(self, conn: Connection, ctx: RequestContext, key_id: str, ciphertext: bytes,
               aad: bytes) -> tuple[bytes, KeyDescription]:
         key = self._usable(conn, ctx.appid, key_id)
+        return self._open_with(conn, key, ciphertext, aad)[0], key
+
+    def _open_with(self, conn: Connection, key: KeyDescription, ciphertext: bytes, aad: bytes) -> tuple[bytes, int]:
         if len(ciphertext) < _WRAP_PREFIX.size + _NONCE + 16 or len(ciphertext) > MAX_PLAINTEXT + 64:
             raise InvalidCiphertext()
         wrap_version, version = _WRAP_PREFIX.unpack_from(ciphertext)
@@ -526,11 +601,11 @@ class KmsService:
         try:
             plaintext = aead.decrypt(
                 ciphertext[start : start + _NONCE], ciphertext[start + _NONCE :],
-                _wrap_aad(key_id, key.owner, version, aad),
+                _wrap_aad(key.key_id, key.owner, version, aad),
             )
         except InvalidTag:
             raise InvalidCiphertext() from None
-        return plaintext, key
+        return plaintext, version
 
     @staticmethod
     def _check_aad(aad: bytes) -> None:
@@ -539,24 +614,38 @@ class KmsService:
 
     # -- lookups -------------------------------------------------------------------------------
 
-    def _describe(self, conn: Connection, appid: str, key_id: str) -> KeyDescription:
+    def _describe(self, conn: Connection, appid: str, key_id: str, *,
+                  prefetched: dict[str, Any] | None = None) -> KeyDescription:
         if not key_id or len(key_id) > 64:
             raise KeyNotFound(key_id[:64])
-        row = conn.execute(_SELECT_KEY, {"key_id": key_id, "owner": appid}).first()
-        if row is None:
+        if prefetched is not None:
+            row = prefetched.get(key_id)
+        else:
+            row = conn.execute(_SELECT_KEY, {"key_id": key_id}).first()
+        if row is None or row.owner != appid:
             # Unknown and foreign key ids look the same.
             raise KeyNotFound(key_id)
         described = _description(row)
         if described.state == PENDING_DELETION and described.deletion_time and described.deletion_time <= self._datetime():
             self._delete_key(conn, key_id)
+            if prefetched is not None:
+                prefetched.pop(key_id, None)
             raise KeyNotFound(key_id)
         return described
 
-    def _usable(self, conn: Connection, appid: str, key_id: str) -> KeyDescription:
-        described = self._describe(conn, appid, key_id)
+    def _usable(self, conn: Connection, appid: str, key_id: str, *,
+                prefetched: dict[str, Any] | None = None) -> KeyDescription:
+        described = self._describe(conn, appid, key_id, prefetched=prefetched)
         if described.state != ENABLED:
             raise KeyDisabled(key_id, "disabled" if described.state == DISABLED else "pending deletion")
         return described
+
+    def _load_keys(self, conn: Connection, key_ids: set[str]) -> dict[str, Any]:
+        """The rows of ``key_ids`` (well-formed ones) in one statement, by key id."""
+        wanted = [k for k in key_ids if k and len(k) <= 64]
+        if not wanted:
+            return {}
+        return {row.key_id: row for row in conn.execute(_SELECT_KEYS, {"key_ids": wanted})}
 
     def _material(self, conn: Connection, key: KeyDescription, version: int) -> AESGCM:
         cache_key = (key.key_id, version)
@@ -636,36 +725,66 @@ class KmsService:
         self._audit_failure(ctx, operation, None, outcome)
 
     def _consume_replay_stamp(self, conn: Connection, ctx: RequestContext) -> None:
-        if ctx.replay_stamp is None:
-            return
-        # First statement of the transaction, so a conflict needs no savepoint: the whole
-        # transaction is rolled back and nothing else has happened yet.
-        # Stamps are hashed to a fixed width: they embed client-chosen nonces of any length.
-        stamp = hashlib.sha256(ctx.replay_stamp.encode()).hexdigest()
-        try:
-            conn.execute(_INSERT_REPLAY, {"appid": ctx.appid[:64], "stamp": stamp, "expires": ctx.replay_expires})
-        except sa_exc.IntegrityError:
-            raise ReplayedRequest("this request was already used (replayed timestamp)") from None
-        self._replay_inserts += 1
-        if self._replay_inserts % 1000 == 0:
+        if not self._consume_replay_stamps(conn, [ctx])[0]:
+            raise ReplayedRequest("this request was already used (replayed timestamp)")
+
+    def _consume_replay_stamps(self, conn: Connection, contexts: Sequence[RequestContext]) -> list[bool]:
+        """Record each request's stamp; False for a stamp seen before (in the database or earlier
+        in ``contexts``). One statement whatever the number: ``INSERT … ON CONFLICT DO NOTHING``
+        returns the rows it inserted, and on PostgreSQL a concurrent insert of the same stamp by
+        another replica waits for that transaction, then counts as seen."""
+        fresh = [True] * len(contexts)
+        rows: dict[tuple[str, str], int] = {}
+        params = []
+        for index, ctx in enumerate(contexts):
+            if ctx.replay_stamp is None:
+                continue
+            # Stamps are hashed to a fixed width: they embed client-chosen nonces of any length.
+            row = (ctx.appid[:64], hashlib.sha256(ctx.replay_stamp.encode()).hexdigest())
+            if row in rows:
+                fresh[index] = False
+                continue
+            rows[row] = index
+            params.append({"appid": row[0], "stamp": row[1], "expires": ctx.replay_expires})
+        if not params:
+            return fresh
+        inserted = {(r[0], r[1]) for r in conn.execute(self._insert_stamps, params)}
+        for row, index in rows.items():
+            fresh[index] = row in inserted
+        self._replay_inserts += len(params)
+        if self._replay_inserts >= 1000:
+            self._replay_inserts = 0
             conn.execute(delete(db.replay).where(db.replay.c.expires < int(self._now())))
+        return fresh
 
     def _append_audit(self, conn: Connection, ctx: RequestContext, operation: str, key_id: str | None,
                       key_version: int | None, outcome: str) -> None:
+        self._append_audits(conn, [(ctx, operation, key_id, key_version, outcome)])
+
+    def _append_audits(self, conn: Connection,
+                       entries: Sequence[tuple[RequestContext, str, str | None, int | None, str]]) -> None:
+        """Append records to the chain: the head row is read (locked on PostgreSQL) and updated
+        once, the records inserted in one statement."""
+        if not entries:
+            return
         head = conn.execute(_SELECT_HEAD).one()
-        seq = int(head.seq) + 1
+        seq, prev = int(head.seq), bytes(head.mac)
         when = self._datetime()
-        claims = json.dumps(ctx.claims, sort_keys=True) if ctx.claims else None
-        # Values are cut to their column widths: ids arrive from clients and may be any length.
-        record = dict(
-            seq=seq, time=when, appid=(ctx.appid or "")[:64] or None, operation=operation[:48],
-            key_id=key_id[:64] if key_id else None, key_version=key_version, outcome=outcome[:48],
-            request_id=(ctx.request_id or "")[:64] or None, claims=claims,
-        )
-        prev = bytes(head.mac)
-        mac = self._root.audit_mac(prev + _audit_bytes(record))
-        conn.execute(_INSERT_AUDIT, {**record, "prev_mac": prev, "mac": mac})
-        conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_mac": mac})
+        records = []
+        for ctx, operation, key_id, key_version, outcome in entries:
+            seq += 1
+            claims = json.dumps(ctx.claims, sort_keys=True) if ctx.claims else None
+            # Values are cut to their column widths: ids arrive from clients and may be any length.
+            record = dict(
+                seq=seq, time=when, appid=(ctx.appid or "")[:64] or None, operation=operation[:48],
+                key_id=key_id[:64] if key_id else None, key_version=key_version, outcome=outcome[:48],
+                request_id=(ctx.request_id or "")[:64] or None, claims=claims,
+            )
+            mac = self._root.audit_mac(prev + _audit_bytes(record))
+            records.append({**record, "prev_mac": prev, "mac": mac})
+            prev = mac
+        conn.execute(_INSERT_AUDIT, records)
+        conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_mac": prev})
 
     def verify_audit(self) -> AuditReport:
         """Walk the chain: any altered, deleted, inserted or reordered record breaks it."""
