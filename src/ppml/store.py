@@ -12,6 +12,8 @@ Database faults become ``KmsUnavailable`` (HTTP 503) at this boundary.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -39,6 +41,10 @@ class Storage:
         self._writer_lock: threading.Lock | contextlib.nullcontext[None] = (
             threading.Lock() if self.is_sqlite else contextlib.nullcontext()
         )
+        # SQLite file: writers in other processes (ppml serve --workers N) queue on a file lock.
+        database = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+        self._lock_path = Path(database + ".writer-lock") if database and database != ":memory:" else None
+        self._lock_file: tuple[int, int] | None = None  # (pid, fd): a lock file is per process
         try:
             if self.is_sqlite:
                 self.engine: Engine = create_engine(
@@ -107,7 +113,7 @@ class Storage:
         try:
             # SQLite serialises writers anyway; queueing threads on a lock here wakes them at
             # once, where SQLite's busy handler would sleep and retry (p99 of tens of ms).
-            with self._writer_lock, self.engine.connect() as conn:
+            with self._writer_lock, self._process_lock(), self.engine.connect() as conn:
                 if self.is_sqlite:
                     raw = conn.connection.dbapi_connection
                     assert raw is not None
@@ -122,8 +128,29 @@ class Storage:
         except sa_exc.DataError as exc:
             raise KmsRequestRejected(f"a value does not fit the database: {_describe(exc)}") from None
 
+    @contextmanager
+    def _process_lock(self) -> Iterator[None]:
+        """Serialise SQLite writers across processes: a blocked ``flock`` wakes as soon as the
+        lock is free, where SQLite's busy handler sleeps and retries (milliseconds each)."""
+        if self._lock_path is None:
+            yield
+            return
+        if self._lock_file is None or self._lock_file[0] != os.getpid():
+            # Opened per process: flock locks belong to the open file, which a fork would share.
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._lock_file = (os.getpid(), fd)
+        fd = self._lock_file[1]
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._lock_file is not None and self._lock_file[0] == os.getpid():
+            os.close(self._lock_file[1])
+        self._lock_file = None
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

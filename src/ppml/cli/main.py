@@ -213,6 +213,10 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        from ppml.cli.workers import prepare_metrics
+
+        prepare_metrics(Path(args.data_dir))
     from ppml.cli.serve import ServeOptions, serve
 
     return serve(ServeOptions(
@@ -227,7 +231,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         self_enclave_sig=Path(args.self_enclave_sig) if args.self_enclave_sig else None,
         self_platform_key=Path(args.self_platform_key) if args.self_platform_key else None,
         dcap_collateral=tuple((Path(a), Path(b)) for a, b in args.dcap_collateral),
-        dcap_crls=tuple(Path(p) for p in args.dcap_crl),
+        dcap_crls=tuple(Path(p) for p in args.dcap_crl), workers=args.workers,
     ))
 
 
@@ -411,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root-key-passphrase-file", metavar="FILE",
                    help="derive the root key from this passphrase (scrypt) instead of DATA_DIR/root.key")
     p.add_argument("--no-access-log", action="store_true", help="do not log one JSON line per request")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes sharing the port and the database (default 1; one per core "
+                   "serves the most requests)")
     p.add_argument("--trust-simulated-platform", action="append", default=[], metavar="PEM",
                    help="accept SIMULATED TEE evidence from this platform public key (demos/tests; only "
                    "policies with allow_simulated match it)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -48,8 +50,12 @@ class ServeOptions:
     dcap_collateral: tuple[tuple[Path, Path], ...] = ()
     #: Intel SGX Root CA / PCK CA CRLs (DER or PEM) to check revocation with.
     dcap_crls: tuple[Path, ...] = ()
+    #: Worker processes (1: serve in this process).
+    workers: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.workers <= 64:
+            raise UsageError("--workers must be 1..64")
         if self.tls_dev and (self.tls_cert or self.tls_key):
             raise UsageError("use either --tls-dev or --tls-cert/--tls-key")
         if not self.tls_dev and not (self.tls_cert and self.tls_key):
@@ -115,11 +121,8 @@ def _has(module: str) -> bool:
 
 
 def serve(options: ServeOptions) -> int:
-    import uvicorn
-
-    from ppml.kms.server import create_app
-    from ppml.kms.tls import ensure_dev_tls
-
+    """Run the service until SIGINT/SIGTERM: in this process, or in ``options.workers`` forked
+    worker processes sharing one listening socket and the database (like replicas)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     service, admin = KmsService.open(data_dir=options.data_dir, db_url=options.db_url,
                                      passphrase_file=options.passphrase_file)
@@ -130,12 +133,37 @@ def serve(options: ServeOptions) -> int:
         warnings.warn("--open-enrollment: anyone who can reach this port can enroll an application",
                       UnsafeWarning, stacklevel=1)
     if options.tls_dev:
+        from ppml.kms.tls import ensure_dev_tls
+
         tls = ensure_dev_tls(options.data_dir / "tls", options.host)
         cert, key = tls.server_cert, tls.server_key
         log.info("ppml kms: development TLS; clients verify against the CA certificate %s", tls.ca_cert)
     else:
         assert options.tls_cert and options.tls_key
         cert, key = options.tls_cert, options.tls_key
+    if options.workers == 1:
+        return _run(service, options, cert, key)
+    # The first open above created or migrated the schema, the root key check and the admin
+    # credential; each worker opens its own engine after the fork (connections and threads
+    # must not cross it).
+    open_attestation(service, options)
+    service.close()
+    from ppml.cli.workers import run_workers
+
+    return run_workers(options.host, options.port, options.workers, lambda sock: _run_worker(options, cert, key, sock))
+
+
+def _run_worker(options: ServeOptions, cert: Path, key: Path, sock: socket.socket) -> int:
+    service, _ = KmsService.open(data_dir=options.data_dir, db_url=options.db_url,
+                                 passphrase_file=options.passphrase_file)
+    return _run(service, options, cert, key, sock)
+
+
+def _run(service: KmsService, options: ServeOptions, cert: Path, key: Path, sock: socket.socket | None = None) -> int:
+    import uvicorn
+
+    from ppml.kms.server import create_app
+
     attestation = open_attestation(service, options)
     service.release_gate = attestation.token_verifier()
 
@@ -144,8 +172,9 @@ def serve(options: ServeOptions) -> int:
                                apikey_of=hooks.apikey_of, self_evidence=_self_evidence(options))
 
     app = create_app(service, open_enrollment=options.open_enrollment, extend=extend)
-    log.info("ppml kms: storage %s; listening on https://%s:%d", service.storage.display_url,
-             options.host, options.port)
+    if sock is None or os.environ.get("PPML_WORKER_INDEX") == "0":
+        log.info("ppml kms: storage %s; listening on https://%s:%d%s", service.storage.display_url,
+                 options.host, options.port, f" ({options.workers} workers)" if sock is not None else "")
     config = uvicorn.Config(
         app, host=options.host, port=options.port, ssl_certfile=str(cert), ssl_keyfile=str(key),
         access_log=False, log_level="warning", server_header=False, lifespan="off",
@@ -154,7 +183,7 @@ def serve(options: ServeOptions) -> int:
     )
     logging.getLogger("ppml.kms.access").setLevel(logging.INFO if options.access_log else logging.WARNING)
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
     finally:
         service.close()
     return 0
