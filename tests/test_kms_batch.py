@@ -1,0 +1,154 @@
+"""Group commit: data-key operations that share one transaction keep their own outcomes.
+
+``KmsService.run_data_key_batch`` is what the server's batcher calls with whatever requests arrived
+together, so every mix is tested here directly, on SQLite and on PostgreSQL: a replay (of a stamp
+already in the database, or twice in the same batch), an unknown or foreign key, a disabled key,
+wrong associated data, a garbled ciphertext and a release-policy key beside successful requests;
+each failure audited with its outcome and its stamp spent; a storage fault failing the whole
+batch with nothing written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy import exc as sa_exc
+
+from ppml.errors import (
+    InvalidCiphertext,
+    KeyDisabled,
+    KeyNotFound,
+    KmsUnavailable,
+    PermissionDenied,
+    ReplayedRequest,
+)
+from ppml.kms import storage as db
+from ppml.kms.service import DataKeyRequest, KmsService, RequestContext
+from server_fixtures import new_database, pg_cluster  # noqa: F401  (pytest finds fixtures by name)
+from servers import PostgresCluster
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KmsService]:
+    url = None
+    if request.param == "postgres":
+        cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+        url = new_database(cluster, "batch")
+    kms, _ = KmsService.open(data_dir=tmp_path / "kms", db_url=url)
+    yield kms
+    kms.close()
+
+
+def ctx(appid: str, stamp: str | None = None) -> RequestContext:
+    return RequestContext(appid=appid, request_id=uuid.uuid4().hex,
+                          replay_stamp=f"n:{stamp or os.urandom(16).hex()}", replay_expires=int(time.time()) + 1200)
+
+
+def audit_outcomes(kms: KmsService, request_ids: list[str]) -> dict[str, tuple[str, str]]:
+    records = kms.audit_records(limit=1000)
+    return {r["request_id"]: (r["operation"], r["outcome"]) for r in records if r["request_id"] in request_ids}
+
+
+def test_each_request_in_a_batch_keeps_its_own_outcome(service: KmsService) -> None:
+    alice, bob = service.enroll().appid, service.enroll().appid
+    key = service.create_key(RequestContext(appid=alice)).key_id
+    disabled = service.create_key(RequestContext(appid=alice)).key_id
+    service.set_enabled(RequestContext(appid=alice), disabled, False)
+    gated = service.create_key(RequestContext(appid=alice), release_policy={"policy_ids": ["p"]}).key_id
+    bobs = service.create_key(RequestContext(appid=bob)).key_id
+    _, wrapped = service.generate_data_key(ctx(alice), key, aad=b"right", with_plaintext=False)
+    _, gated_wrapped = service.generate_data_key(ctx(alice), gated, with_plaintext=False)
+    spent = ctx(alice)
+    service.generate_data_key(spent, key)  # its stamp is now in the database
+
+    twice = os.urandom(16).hex()
+    requests = [
+        DataKeyRequest.generate(ctx(alice), key, with_plaintext=False),       # ok
+        DataKeyRequest.generate(dataclasses.replace(spent, request_id="replayed"), key),  # replay (database)
+        DataKeyRequest.generate(ctx(alice, twice), key),                      # ok
+        DataKeyRequest.generate(ctx(alice, twice), key),                      # replay (same batch)
+        DataKeyRequest.generate(ctx(alice), bobs),                            # another tenant's key
+        DataKeyRequest.generate(ctx(alice), str(uuid.uuid4())),               # unknown key
+        DataKeyRequest.encrypt(ctx(alice), disabled, b"secret"),              # disabled
+        DataKeyRequest.decrypt(ctx(alice), key, wrapped, b"wrong"),           # wrong aad
+        DataKeyRequest.decrypt(ctx(alice), key, wrapped[:-1] + bytes([wrapped[-1] ^ 1]), b"right"),  # garbled
+        DataKeyRequest.decrypt(ctx(alice), gated, gated_wrapped),             # needs attestation
+        DataKeyRequest.decrypt(ctx(alice), key, wrapped, b"right"),           # ok
+        DataKeyRequest.encrypt(ctx(bob), bobs, b"bob's"),                     # ok, other app
+    ]
+    results = service.run_data_key_batch(requests)
+    kinds = [type(r) if isinstance(r, Exception) else bytes for r in results]
+    assert kinds == [bytes, ReplayedRequest, bytes, ReplayedRequest, KeyNotFound, KeyNotFound, KeyDisabled,
+                     InvalidCiphertext, InvalidCiphertext, PermissionDenied, bytes, bytes]
+    # The results are the requests' own: the decrypt returns the key wrapped earlier, the
+    # wrapped keys unwrap to what each request generated.
+    unwrapped = results[10]
+    assert isinstance(unwrapped, bytes) and len(unwrapped) == 32
+    for index in (0, 2):
+        result = results[index]
+        assert isinstance(result, bytes)
+        assert service.decrypt(ctx(alice), key, result) == requests[index].data
+    assert service.decrypt(ctx(bob), bobs, results[11]) == b"bob's"  # type: ignore[arg-type]
+
+    # Every request but the replays has an audit record with its outcome; replays spent nothing.
+    outcomes = audit_outcomes(service, [r.ctx.request_id for r in requests])
+    expected = {
+        0: ("GenerateDataKeyWithoutPlaintext", "ok"), 2: ("GenerateDataKey", "ok"),
+        4: ("GenerateDataKey", "KeyNotFound"), 5: ("GenerateDataKey", "KeyNotFound"),
+        6: ("Encrypt", "KeyDisabled"), 7: ("Decrypt", "InvalidCiphertext"), 8: ("Decrypt", "InvalidCiphertext"),
+        9: ("Decrypt", "PermissionDenied"), 10: ("Decrypt", "ok"), 11: ("Encrypt", "ok"),
+    }
+    assert outcomes == {requests[i].ctx.request_id: v for i, v in expected.items()}
+    assert service.verify_audit().ok
+
+    # A failed request's stamp is spent too: sent again, it is a replay.
+    again = service.run_data_key_batch([requests[4], requests[7]])
+    assert [type(r) for r in again] == [ReplayedRequest, ReplayedRequest]
+
+
+def test_an_empty_and_a_large_batch(service: KmsService) -> None:
+    appid = service.enroll().appid
+    key = service.create_key(RequestContext(appid=appid)).key_id
+    assert service.run_data_key_batch([]) == []
+    requests = [DataKeyRequest.generate(ctx(appid), key, aad=str(i).encode()) for i in range(300)]
+    results = service.run_data_key_batch(requests)
+    assert all(isinstance(r, bytes) for r in results)
+    for request, wrapped in list(zip(requests, results))[::37]:
+        assert service.decrypt(ctx(appid), key, wrapped, request.aad) == request.data  # type: ignore[arg-type]
+    report = service.verify_audit()
+    assert report.ok and report.records >= 300
+
+
+def test_a_storage_fault_fails_the_whole_batch_and_writes_nothing(service: KmsService) -> None:
+    appid = service.enroll().appid
+    key = service.create_key(RequestContext(appid=appid)).key_id
+    with service.storage.transaction() as conn:
+        before = conn.execute(select(func.count()).select_from(db.audit)).scalar_one()
+    requests = [DataKeyRequest.generate(ctx(appid), key) for _ in range(3)]
+
+    # The connection drops at the batch's last statement, the audit append.
+    def drop(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO audit"):
+            raise sa_exc.OperationalError(statement, parameters, ConnectionError("server closed the connection"))
+
+    engines = {service.storage.engine, service.storage._relaxed_engine}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", drop)
+    try:
+        results = service.run_data_key_batch(requests)
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", drop)
+    assert all(isinstance(r, KmsUnavailable) for r in results), results
+    with service.storage.transaction() as conn:
+        assert conn.execute(select(func.count()).select_from(db.audit)).scalar_one() == before
+    # Nothing was written, stamps included: the same requests go through once storage is back.
+    assert all(isinstance(r, bytes) for r in service.run_data_key_batch(requests))
+    assert service.verify_audit().ok
