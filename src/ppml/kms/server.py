@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import time
-import uuid
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
@@ -145,7 +144,7 @@ class _Observe:
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")[:64]
         state = scope.setdefault("state", {})
-        state["request_id"] = request_id or uuid.uuid4().hex
+        state["request_id"] = request_id or os.urandom(16).hex()
         state["appid"] = None
         status = 500
         started = time.perf_counter()
@@ -649,9 +648,9 @@ async def _authenticate_native(request: Request, service: KmsService, now: Calla
     apikey = service.apikey(appid)
     body = await request.body()
     # The path as it was on the wire (percent-encoded), which is what the client signed.
-    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
     expected = "" if apikey is None else signing.native_signature(
-        apikey, method=request.method, path=raw_path.decode("latin-1"), query=request.url.query,
+        apikey, method=request.method, path=raw_path.decode("latin-1"), query=request.scope.get("query_string", b"").decode("latin-1"),
         timestamp=timestamp, nonce=nonce, body=body,
     )
     ctx = RequestContext(appid=appid, request_id=request.state.request_id)
