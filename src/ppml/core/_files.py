@@ -61,14 +61,33 @@ def read_exactly(raw: BinaryIO, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` atomically with ``data``, created with ``mode`` (default 0600).
+def write_private(path: Path, data: bytes, *, mode: int = 0o600, durable: bool = False) -> None:
+    """Replace ``path`` atomically with ``data``, created with ``mode`` (default 0600);
+    ``durable`` waits for the data on disk before the rename.
 
     A stale temporary file is removed first: reusing one would keep whatever mode it had.
     """
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    _write_new(tmp, data, mode, durable)
     os.replace(tmp, path)
+
+
+def create_private(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Create ``path`` (which must not exist: FileExistsError) with ``data``, mode 0600 whatever
+    the umask, not following a symlink planted at ``path``; durable by default (keys)."""
+    _write_new(path, data, 0o600, durable)
+
+
+def _write_new(path: Path, data: bytes, mode: int, durable: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have cleared bits of mode
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise

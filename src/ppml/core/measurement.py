@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from ppml.core._files import create_private
 from ppml.errors import (
     AttestationFailed,
     InputNotFound,
@@ -127,20 +127,11 @@ def write_enclave_key(key: rsa.RSAPrivateKey, path: Path | str) -> None:
         encryption_algorithm=serialization.NoEncryption(),
     )
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        create_private(path, pem)
     except FileExistsError:
         error = OutputExists(path)
         error.hint = "choose another path: ppml never replaces an enclave signing key"
         raise error from None
-    try:
-        os.fchmod(fd, 0o600)  # whatever the umask says
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
 
 
 def load_enclave_key(path: Path | str) -> rsa.RSAPrivateKey:

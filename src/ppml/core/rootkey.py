@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ppml.core._files import create_private
 from ppml.errors import InvalidCiphertext, KeyStoreUnreadable, UsageError
 
 __all__ = ["RootKey", "canonical", "load_or_create_key_file", "from_passphrase_file"]
@@ -97,11 +98,7 @@ def load_or_create_key_file(path: Path) -> tuple[RootKey, bool]:
     except FileNotFoundError:
         material = os.urandom(_ROOT_SIZE)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(base64.b64encode(material).decode() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        create_private(path, (base64.b64encode(material).decode() + "\n").encode())
         return RootKey(material), True
     except OSError as exc:
         raise KeyStoreUnreadable(path, exc.strerror or "cannot open") from None

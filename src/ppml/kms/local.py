@@ -33,6 +33,7 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ppml.core._files import write_private
 from ppml.core.keys import DATA_KEY_SIZE, SECRET_ACCESS, DataKey, GeneratedDataKey, KeyInfo
 from ppml.errors import InvalidCiphertext, KeyDisabled, KeyNotFound, KeyStoreUnreadable
 
@@ -84,14 +85,7 @@ class LocalKeyStore:
             "enabled": True,
             "material": base64.b64encode(AESGCM.generate_key(bit_length=256)).decode(),
         }
-        path = self._path(key_id)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_private(self._path(key_id), json.dumps(record).encode(), durable=True)
         return info
 
     def list_keys(self) -> list[KeyInfo]:

@@ -26,6 +26,7 @@ from typing import Final, Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ppml.core._files import create_private
 from ppml.core.evidence import REPORT_DATA_SIZE, TEE_SGX, TEE_SIMULATED, TEE_TDX, Evidence
 from ppml.core.simulated import SimulatedReport, sign_report
 from ppml.errors import AttestationFailed, UnsafeWarning, UsageError
@@ -129,10 +130,8 @@ def load_or_create_platform_key(path: Path) -> ec.EllipticCurvePrivateKey:
         return key
     key = ec.generate_private_key(ec.SECP256R1())
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
+    create_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
     pub = path.with_name("platform-public.pem")
     pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
