@@ -294,6 +294,35 @@ def test_read_range_rejects_negative_arguments(key_store: LocalKeyStore, sealed_
         assert reader.read_range(len(sealed_files.plaintext), 10) == b""
 
 
+def test_read_segment_into_decrypts_in_place_and_checks_the_room(
+    key_store: LocalKeyStore, sealed_files: SealedFiles
+) -> None:
+    plaintext = sealed_files.plaintext
+    with EnvelopeReader(sealed_files.clean, kms=key_store) as reader:
+        for index in range(reader.segment_count):
+            start, end = reader.segment_plaintext_range(index)
+            out = bytearray(b"\xee" * (OTHER + 3))
+            assert reader.read_segment_into(index, memoryview(out)[3:]) == end - start
+            assert out[3 : 3 + end - start] == plaintext[start:end]
+            assert out[:3] == b"\xee" * 3 and out[3 + end - start :].count(0xEE) == OTHER - end + start
+            with pytest.raises(ValueError):
+                reader.read_segment_into(index, memoryview(bytearray(end - start - 1)))
+
+
+@pytest.mark.parametrize("bad_segment", [0, 2, 4])
+def test_read_segment_into_leaves_no_unverified_plaintext(
+    key_store: LocalKeyStore, sealed_files: SealedFiles, bad_segment: int
+) -> None:
+    # AES-GCM decryption writes the plaintext before it checks the tag: a segment that fails
+    # must not leave its (attacker-influenced) plaintext in the caller's buffer.
+    with EnvelopeReader(sealed_files.corrupted[bad_segment], kms=key_store) as reader:
+        start, end = reader.segment_plaintext_range(bad_segment)
+        out = bytearray(b"\xee" * OTHER)
+        with pytest.raises(InvalidCiphertext):
+            reader.read_segment_into(bad_segment, memoryview(out))
+        assert out[: end - start] == bytes(end - start)
+
+
 # -- tampering ------------------------------------------------------------------------------
 
 

@@ -481,3 +481,92 @@ def test_bigdl_legacy_files_read_one_task_per_file(spark: Any, env: Env) -> None
     expected = spark.read.csv([str(env.root / f"bigdl{i}.csv") for i in range(2)],
                               header=True, inferSchema=True)
     assert rows(df) == rows(expected)
+
+
+# -- planning and parsing, without Spark ---------------------------------------------------------
+
+
+def test_splits_follow_the_session_parallelism(tmp_path: Path) -> None:
+    from pyspark import cloudpickle
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from ppml.spark.datasource import PpmlDataSource, register
+
+    store = LocalKeyStore(tmp_path / "keys")
+    key_id = store.create_primary_key().key_id
+    plain = tmp_path / "lines.txt"
+    plain.write_bytes(b"".join(b"line %09d\n" % i for i in range(700_000)))  # 10.5 MB
+    (tmp_path / "data").mkdir()
+    encrypt_file(plain, tmp_path / "data" / "lines.txt.ppml", kms=store, key_id=key_id,
+                 segment_size=64 << 10)
+    options = {"path": str(tmp_path / "data"), "kms": store.uri, "format": "text"}
+    schema = StructType([StructField("value", StringType())])
+
+    def partitions(source: type[PpmlDataSource], **extra: str) -> int:
+        return len(source({**options, **extra}).reader(schema).partitions())
+
+    # Spark's rule: (10.5 MB + 4 MiB open cost) / 3 cores is about 4.9 MB per task.
+    assert partitions(PpmlDataSource) == 1  # no parallelism known: 128 MiB per task
+    assert partitions(PpmlDataSource, minPartitions="3") == 3
+    # maxPartitionBytes still caps a task: 10.5 MB in tasks of 2 MiB.
+    assert partitions(PpmlDataSource, minPartitions="3", maxPartitionBytes=str(2 << 20)) == 5
+
+    class FakeSession:
+        class sparkContext:  # noqa: N801 - SparkSession's attribute
+            defaultParallelism = 3
+
+        class dataSource:  # noqa: N801
+            registered: list[type[PpmlDataSource]] = []
+
+            @classmethod
+            def register(cls, source: type[PpmlDataSource]) -> None:
+                cls.registered.append(source)
+
+    register(FakeSession)
+    (session_source,) = FakeSession.dataSource.registered
+    assert session_source.name() == "ppml" and session_source.session_min_partitions == 3
+    # Spark's workers get the class by value, with the session's parallelism.
+    shipped = cloudpickle.loads(cloudpickle.dumps(session_source))
+    assert partitions(shipped) == 3
+    assert partitions(shipped, minPartitions="1") == 1
+
+
+@pytest.mark.parametrize("data", [
+    b"ann,31,Developer\nbob,,Engineer\n,40,\n",  # ASCII, no quotes: the fast configuration
+    b'ann,31,"Dev, Senior"\n"b""ob",2,x\n"",3,\n',  # quotes: parsed with quoting
+    "zoë,31,Développeur\nbob,2,Engineer\n".encode(),  # UTF-8: validated
+    'zoë,31,"Dév, ""Sr"""\n'.encode(),
+])
+def test_csv_fast_paths_parse_as_the_full_configuration(data: bytes) -> None:
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    from pyspark.sql.types import IntegerType, StringType, StructField, StructType
+
+    from ppml.spark.datasource import _Parser, _ReadOptions
+
+    schema = StructType([StructField("name", StringType()), StructField("age", IntegerType()),
+                         StructField("job", StringType())])
+    parser = _Parser(_ReadOptions.parse({"path": "/x", "kms": "local:/x"}), schema)
+    expected = pa_csv.read_csv(
+        pa.BufferReader(data),
+        read_options=pa_csv.ReadOptions(column_names=["name", "age", "job"]),
+        parse_options=pa_csv.ParseOptions(quote_char='"', double_quote=True),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={"name": pa.string(), "age": pa.int32(), "job": pa.string()},
+            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False),
+    )
+    table = parser.parse(bytearray(data), "x")
+    assert table is not None and table.to_pylist() == expected.to_pylist()
+
+
+def test_csv_with_invalid_utf8_fails_without_quoting_it() -> None:
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from ppml.errors import InputError
+    from ppml.spark.datasource import _Parser, _ReadOptions
+
+    schema = StructType([StructField("name", StringType())])
+    parser = _Parser(_ReadOptions.parse({"path": "/x", "kms": "local:/x"}), schema)
+    with pytest.raises(InputError) as caught:
+        parser.parse(bytearray(b"fine\nsecret\xff\xfe\n"), "x")
+    assert "secret" not in str(caught.value)

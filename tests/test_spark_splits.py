@@ -9,7 +9,6 @@ recomputed here from the format's definition (not imported), and on real envelop
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,9 @@ from ppml.kms.local import LocalKeyStore
 from ppml.spark.splits import (
     FileSplit,
     envelope_plaintext_size,
+    iter_owned_blocks,
     list_input_files,
+    max_split_bytes,
     pack_splits,
     plan_envelope_splits,
     plan_ranges,
@@ -54,12 +55,16 @@ class MemorySegments:
     def _start(self, index: int) -> int:
         return 0 if index == 0 else self.first + (index - 1) * self.other
 
-    def iter_segments(self, first: int = 0, stop: int | None = None) -> Iterator[memoryview]:
-        stop = self.segment_count if stop is None else stop
-        for index in range(first, stop):
-            self.reads.append(index)
-            end = self._start(index) + (self.first if index == 0 else self.other)
-            yield memoryview(self.data)[self._start(index) : end]
+    def segment_plaintext_range(self, index: int) -> tuple[int, int]:
+        end = self._start(index) + (self.first if index == 0 else self.other)
+        return self._start(index), min(end, len(self.data))
+
+    def read_segment_into(self, index: int, out: memoryview) -> int:
+        assert 0 <= index < self.segment_count
+        self.reads.append(index)
+        start, end = self.segment_plaintext_range(index)
+        out[: end - start] = self.data[start:end]
+        return end - start
 
 
 def lines_of(data: bytes) -> list[bytes]:
@@ -166,6 +171,61 @@ def test_a_split_that_starts_inside_the_file_must_skip() -> None:
         read_owned_lines(MemorySegments(data, 100), splits[1], skip_first_line=False)
 
 
+def owned_blocks(source: MemorySegments | EnvelopeReader, split: FileSplit, header: bool,
+                 block_bytes: int) -> list[bytes]:
+    skip = split.start > 0 or header
+    return [bytes(block) for block in
+            iter_owned_blocks(source, split, skip_first_line=skip, block_bytes=block_bytes)]
+
+
+@settings(max_examples=500)
+@given(data=texts, segment_size=st.integers(57, 160), max_split_bytes=st.integers(1, 500),
+       block_bytes=st.integers(1, 400), header=st.booleans())
+def test_blocks_are_whole_lines_and_join_to_each_splits_lines(
+    data: bytes, segment_size: int, max_split_bytes: int, block_bytes: int, header: bool
+) -> None:
+    source = MemorySegments(data, segment_size)
+    splits = memory_splits(data, segment_size, max_split_bytes)
+    per_split = [owned_blocks(source, split, header, block_bytes) for split in splits]
+    check_lines_once(data, [b"".join(blocks) for blocks in per_split], header)
+    for blocks in per_split:
+        assert all(blocks)
+        assert all(block.endswith(b"\n") for block in blocks[:-1])
+
+
+def test_blocks_are_cut_near_block_bytes_and_are_buffers_of_their_own() -> None:
+    data = b"".join(b"%05d\n" % i for i in range(2000))  # 12000 bytes, lines of 6
+    source = MemorySegments(data, 4096)
+    (split,) = memory_splits(data, 4096, 1 << 20)
+    blocks = list(iter_owned_blocks(source, split, skip_first_line=False, block_bytes=5000))
+    assert b"".join(blocks) == data
+    # A block is cut at the last newline once 5000 bytes are gathered, whole segments at a time.
+    assert [len(block) for block in blocks] == [8118, 3882]
+    assert all(isinstance(block, bytearray) for block in blocks)
+    blocks[0][:6] = b"XXXXX\n"  # the caller may keep and even change a block
+    assert blocks[1][:6] == b"01353\n"
+    assert source.reads == [0, 1, 2]
+
+
+def test_max_split_bytes_follows_sparks_rule() -> None:
+    mib = 1 << 20
+    # 152 MB on 2 cores: two tasks of 78 MB, not one of 128 MiB and one of 24.
+    assert max_split_bytes([152_000_000], max_partition_bytes=128 * mib, min_partitions=2) == (
+        152_000_000 + 4 * mib) // 2
+    # Two files count their open cost each.
+    assert max_split_bytes([100 * mib, 50 * mib], max_partition_bytes=128 * mib,
+                           min_partitions=4) == (158 * mib) // 4
+    # Large input: capped at maxPartitionBytes; small input: never below the open cost.
+    assert max_split_bytes([2 << 30], max_partition_bytes=128 * mib, min_partitions=2) == 128 * mib
+    assert max_split_bytes([1000], max_partition_bytes=128 * mib, min_partitions=8) == 4 * mib
+    assert max_split_bytes([1000], max_partition_bytes=64 << 10, min_partitions=8) == 64 << 10
+    # Without a parallelism: maxPartitionBytes alone.
+    assert max_split_bytes([152_000_000], max_partition_bytes=128 * mib,
+                           min_partitions=None) == 128 * mib
+    with pytest.raises(ValueError):
+        max_split_bytes([1], max_partition_bytes=1, min_partitions=0)
+
+
 def test_pack_splits_keeps_order_and_bounds_partitions() -> None:
     splits = [
         FileSplit(path=f"f{i}", start=0, end=size, first_segment=0, stop_segment=1, file_size=size)
@@ -247,6 +307,41 @@ def test_planning_names_a_truncated_or_foreign_file(
     plain.write_bytes(b"a,b\n")
     with pytest.raises(NotAnEnvelope, match="plain.csv"):
         plan_envelope_splits(plain, 1 << 20)
+
+
+@settings(max_examples=30)
+@given(data=st.lists(texts, min_size=1, max_size=40).map(b"".join),
+       max_split_bytes=st.integers(1, 20_000), block_bytes=st.integers(1, 9000))
+def test_envelope_blocks_read_every_line_once(
+    data: bytes, max_split_bytes: int, block_bytes: int, work: Path,
+    store: tuple[LocalKeyStore, str],
+) -> None:
+    sealed = encrypt(data, work, store, "blocks")
+    splits = plan_envelope_splits(sealed, max_split_bytes)
+    with EnvelopeReader(sealed, kms=store[0]) as reader:
+        chunks = [b"".join(owned_blocks(reader, split, False, block_bytes)) for split in splits]
+    check_lines_once(data, chunks, header=False)
+
+
+def test_a_tampered_segment_stops_the_blocks_before_any_of_its_bytes(
+    work: Path, store: tuple[LocalKeyStore, str]
+) -> None:
+    data = b"".join(b"%07d\n" % i for i in range(5000))  # 40000 bytes: segments 0..9
+    sealed = encrypt(data, work, store, "tampered")
+    body = STREAM_HEADER + len(data) + 10 * TAG
+    position = os.path.getsize(sealed) - body + 5 * 4096 + 100  # inside segment 5
+    raw = bytearray(sealed.read_bytes())
+    raw[position] ^= 1
+    sealed.write_bytes(bytes(raw))
+    (split,) = plan_envelope_splits(sealed, 1 << 20)
+    handed_out = []
+    with EnvelopeReader(sealed, kms=store[0]) as reader:
+        with pytest.raises(InvalidCiphertext, match="tampered.ppml"):
+            for block in iter_owned_blocks(reader, split, skip_first_line=False, block_bytes=4096):
+                handed_out.append(bytes(block))
+    # Only verified bytes came out: whole lines of segments 0..4.
+    assert handed_out and data.startswith(b"".join(handed_out))
+    assert len(b"".join(handed_out)) <= 4040 + 4 * 4080
 
 
 def test_a_file_cut_at_a_segment_boundary_fails_when_read(

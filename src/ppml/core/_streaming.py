@@ -163,7 +163,9 @@ class SegmentDecrypter:
         )
 
     def open_into(self, index: int, sealed: memoryview, out: memoryview) -> memoryview:
-        """Decrypt segment ``index`` from ``sealed`` into ``out``; returns the plaintext view."""
+        """Decrypt segment ``index`` from ``sealed`` into ``out``; returns the plaintext view.
+        On failure the plaintext part of ``out`` is zeroed: decryption writes before the tag is
+        checked, and unverified plaintext must not be left where a caller might read it."""
         if not 0 <= index < self.segment_count:
             raise InvalidCiphertext()
         length = len(sealed) - TAG_SIZE
@@ -175,5 +177,6 @@ class SegmentDecrypter:
                 _nonce(self._prefix, index, index == self.segment_count - 1), sealed, None, plain
             )
         except InvalidTag:
+            plain[:] = bytes(length)
             raise InvalidCiphertext() from None
         return plain

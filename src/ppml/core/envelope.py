@@ -310,13 +310,27 @@ class EnvelopeReader:
 
     def _segment(self, index: int) -> memoryview:
         """Decrypt segment ``index``; the view is valid until the next call."""
+        return self._plain[: self.read_segment_into(index, self._plain)]
+
+    def read_segment_into(self, index: int, out: memoryview) -> int:
+        """Decrypt and verify segment ``index`` into the start of ``out``; returns its plaintext
+        length (see :meth:`segment_plaintext_range`). Decrypting in place saves the copy out of
+        :meth:`iter_segments`' buffer. If the segment fails to verify, the bytes it wrote to
+        ``out`` are zeroed before InvalidCiphertext is raised.
+
+        Raises:
+            InvalidCiphertext: the segment is missing, short, or does not authenticate.
+            ValueError: ``out`` is too small for the segment's plaintext.
+        """
         start, length = self._decrypter.layout.segment_span(index, self._decrypter.ciphertext_size)
-        sealed = self._sealed[:length]
+        if len(out) < length - _streaming.TAG_SIZE:
+            raise ValueError("the output buffer is smaller than the segment's plaintext")
+        sealed = self._sealed[: max(length, 0)]
         got = os.preadv(self._file.fileno(), [sealed], self._body_offset + start)
         if got != length:
             raise InvalidCiphertext(self.path)
         try:
-            return self._decrypter.open_into(index, sealed, self._plain)
+            return len(self._decrypter.open_into(index, sealed, out))
         except InvalidCiphertext:
             raise InvalidCiphertext(self.path) from None
 

@@ -40,7 +40,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from ppml.errors import UsageError
-from ppml.spark.session import read_secret_file, security_conf, write_properties_file
+from ppml.spark.session import (
+    performance_conf,
+    read_secret_file,
+    security_conf,
+    write_properties_file,
+)
 
 __all__ = ["MISMATCH_SIGNATURES", "SubmitOptions", "build_submission", "spark_submit_path", "submit"]
 
@@ -178,8 +183,8 @@ def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str],
     """The spark-submit argv (no secrets in it) and the environment to run it with."""
     kubernetes = options.master.startswith("k8s://")
     secret = read_secret_file(options.secret_file) if options.secret_file and not kubernetes else None
-    conf = security_conf(secret=secret, network_crypto=options.network_crypto,
-                         io_encryption=options.io_encryption)
+    conf = {**performance_conf(), **security_conf(
+        secret=secret, network_crypto=options.network_crypto, io_encryption=options.io_encryption)}
     if kubernetes:
         from ppml.deploy.k8s import check_spark_conf
 
