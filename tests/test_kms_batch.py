@@ -135,7 +135,7 @@ def test_a_storage_fault_fails_the_whole_batch_and_writes_nothing(service: KmsSe
 
     # The connection drops at the batch's last statement, the audit append.
     def drop(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if statement.startswith("INSERT INTO audit"):
+        if "INSERT INTO audit" in statement:
             raise sa_exc.OperationalError(statement, parameters, ConnectionError("server closed the connection"))
 
     engines = {service.storage.engine, service.storage._relaxed_engine}

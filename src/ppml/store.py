@@ -58,9 +58,12 @@ class Storage:
                     url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
                 self.engine = create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
                 # Data-key transactions: sessions that do not wait for the commit on disk (the
-                # setting per session saves a round trip per transaction over SET LOCAL).
+                # setting per session saves a round trip per transaction over SET LOCAL), and no
+                # ping before each transaction (another round trip): after a database restart the
+                # first transaction on a stale connection fails (503) and SQLAlchemy recycles the
+                # whole pool, so one batch pays instead of every one.
                 self._relaxed_engine = create_engine(
-                    url, pool_size=4, max_overflow=8, pool_pre_ping=True,
+                    url, pool_size=4, max_overflow=8, pool_pre_ping=False,
                     connect_args={"options": "-c synchronous_commit=off"},
                 )
             else:

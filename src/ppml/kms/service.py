@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -783,8 +784,15 @@ class KmsService:
             mac = self._root.audit_mac(prev + _audit_bytes(record))
             records.append({**record, "prev_mac": prev, "mac": mac})
             prev = mac
-        conn.execute(_INSERT_AUDIT, records)
-        conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_mac": prev})
+        if self.storage.is_sqlite:
+            conn.execute(_INSERT_AUDIT, records)
+            conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_mac": prev})
+            return
+        # PostgreSQL: the records and the new head in ONE statement (a data-modifying CTE), where
+        # executemany would send a statement per record and the head update another round trip.
+        conn.exec_driver_sql(_pg_append_sql(len(records)), tuple(
+            [value for record in records for value in (record[c] for c in _AUDIT_COLUMNS)] + [seq, prev]
+        ))
 
     def verify_audit(self) -> AuditReport:
         """Walk the chain: any altered, deleted, inserted or reordered record breaks it."""
@@ -824,6 +832,21 @@ class KmsService:
     def for_app(self, credentials: Credentials | str, *, uri: str = "embedded:") -> EmbeddedKms:
         appid = credentials.appid if isinstance(credentials, Credentials) else credentials
         return EmbeddedKms(self, appid, uri=uri)
+
+
+_AUDIT_COLUMNS: Final = ("seq", "time", "appid", "operation", "key_id", "key_version", "outcome",
+                          "request_id", "claims", "prev_mac", "mac")
+
+
+@functools.lru_cache(maxsize=256)
+def _pg_append_sql(rows: int) -> str:
+    """``rows`` audit records and the head update in one PostgreSQL statement (psycopg's %s)."""
+    row = "(" + ", ".join(["%s"] * len(_AUDIT_COLUMNS)) + ")"
+    return (
+        f"WITH appended AS (INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}) VALUES "
+        + ", ".join([row] * rows)
+        + ") UPDATE audit_head SET seq = %s, mac = %s WHERE id = 1"
+    )
 
 
 def _wrap_aad(key_id: str, owner: str, version: int, aad: bytes) -> bytes:
