@@ -1,6 +1,6 @@
 """KMS throughput and latency over TLS: GenerateDataKeyWithoutPlaintext + Decrypt.
 
-    .venv/bin/python bench/kms.py [--clients 8] [--seconds 10] [--backends sqlite,postgres]
+    .venv/bin/python bench/kms.py [--clients 16] [--workers 2] [--seconds 10] [--backends sqlite,postgres]
                                   [--surface native|ehsm]
 
 For each backend it starts a real ``ppml serve --tls-dev`` (SQLite in a temp dir; PostgreSQL in a
@@ -226,7 +226,7 @@ def bench_backend(name: str, clients: int, seconds: float, surface: str, work: P
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--surface", choices=["native", "ehsm"], default="native")
