@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from ppml.core._files import write_private
+from ppml.core._files import create_private, write_private
 from ppml.errors import KeyStoreUnreadable, UsageError
 
 __all__ = [
@@ -57,9 +57,7 @@ def write_secret_file(path: Path) -> str:
     """Create a random 256-bit secret (hex) in ``path`` with mode 0600; returns it."""
     value = secrets.token_hex(32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
+    create_private(path, (value + "\n").encode())
     return value
 
 
