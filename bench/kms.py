@@ -1,6 +1,6 @@
 """KMS throughput and latency over TLS: GenerateDataKeyWithoutPlaintext + Decrypt.
 
-    .venv/bin/python bench/kms.py [--clients 16] [--workers 2] [--seconds 10] [--repeat 3]
+    .venv/bin/python bench/kms.py [--clients 16] [--workers N] [--seconds 10] [--repeat 3]
                                   [--backends sqlite,postgres] [--surface native|ehsm]
 
 For each backend it starts a real ``ppml serve --tls-dev`` (SQLite in a temp dir; PostgreSQL in a
@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from ppml.kms import signing  # noqa: E402
 
 TARGET_OPS, TARGET_P99_MS = 2000, 20.0
+DEFAULT_WORKERS = {"sqlite": 1, "postgres": 2}
 
 
 class _Wire:
@@ -237,13 +238,17 @@ def main() -> int:
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--surface", choices=["native", "ehsm"], default="native")
     parser.add_argument("--access-log", action="store_true", help="keep the server's access log on")
-    parser.add_argument("--workers", type=int, default=2, help="ppml serve --workers (default 2: one per core)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="ppml serve --workers (default: 1 for SQLite, whose single writer gains nothing from "
+                             "a second process; 2 for PostgreSQL, whose round trips a second worker overlaps)")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(prefix="ppml-bench-kms-") as tmp:
         for backend in args.backends.split(","):
-            bench_backend(backend.strip(), args.clients, args.seconds, args.surface, Path(tmp), args.access_log,
-                          args.workers, args.repeat)
+            name = backend.strip()
+            workers = args.workers or DEFAULT_WORKERS.get(name, 1)
+            bench_backend(name, args.clients, args.seconds, args.surface, Path(tmp), args.access_log, workers,
+                          args.repeat)
     return 0
 
 
