@@ -5,7 +5,8 @@ migrations; this module owns the engine, transactions and the ``meta`` table::
     meta    name PK, value     schema_version:<component>, root-key salt and check, ...
 
 Migrations run forward on start, one transaction per version. Write transactions are serialised
-(``BEGIN IMMEDIATE`` plus a process lock on SQLite; row locks where needed on PostgreSQL).
+(``BEGIN IMMEDIATE`` plus a thread lock and, across ``ppml serve --workers`` processes, a file lock
+on SQLite; row locks where needed on PostgreSQL).
 Database faults become ``KmsUnavailable`` (HTTP 503) at this boundary.
 """
 

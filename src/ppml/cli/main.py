@@ -416,8 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="derive the root key from this passphrase (scrypt) instead of DATA_DIR/root.key")
     p.add_argument("--no-access-log", action="store_true", help="do not log one JSON line per request")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes sharing the port and the database (default 1; one per core "
-                   "serves the most requests)")
+                   help="worker processes sharing the port and the database (default 1; with PostgreSQL "
+                   "one per core serves the most requests, SQLite's single writer gains little)")
     p.add_argument("--trust-simulated-platform", action="append", default=[], metavar="PEM",
                    help="accept SIMULATED TEE evidence from this platform public key (demos/tests; only "
                    "policies with allow_simulated match it)")
