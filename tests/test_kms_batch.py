@@ -152,3 +152,21 @@ def test_a_storage_fault_fails_the_whole_batch_and_writes_nothing(service: KmsSe
     # Nothing was written, stamps included: the same requests go through once storage is back.
     assert all(isinstance(r, bytes) for r in service.run_data_key_batch(requests))
     assert service.verify_audit().ok
+
+
+def test_requests_without_replay_stamps(service: KmsService) -> None:
+    # In-process callers (EmbeddedKms) sign nothing, so their requests carry no stamp: the batch
+    # must still lock the audit head and load the keys (on PostgreSQL, a statement without the
+    # stamp insert).
+    appid = service.enroll().appid
+    key = service.create_key(RequestContext(appid=appid)).key_id
+    unstamped = [RequestContext(appid=appid, request_id=uuid.uuid4().hex) for _ in range(3)]
+    requests = [DataKeyRequest.generate(c, key) for c in unstamped] + [DataKeyRequest.generate(ctx(appid), key)]
+    results = service.run_data_key_batch(requests)
+    assert all(isinstance(r, bytes) for r in results)
+    # The same unstamped request twice is not a replay (nothing to check it by): both succeed.
+    again = service.run_data_key_batch([DataKeyRequest.generate(unstamped[0], key)] * 2)
+    assert all(isinstance(r, bytes) for r in again)
+    assert service.decrypt(RequestContext(appid=appid), key, results[0]) == requests[0].data  # type: ignore[arg-type]
+    report = service.verify_audit()
+    assert report.ok
