@@ -170,3 +170,11 @@ def test_requests_without_replay_stamps(service: KmsService) -> None:
     assert service.decrypt(RequestContext(appid=appid), key, results[0]) == requests[0].data  # type: ignore[arg-type]
     report = service.verify_audit()
     assert report.ok
+
+
+def test_a_batch_with_no_well_formed_key_id(service: KmsService) -> None:
+    appid = service.enroll().appid
+    results = service.run_data_key_batch([DataKeyRequest.generate(ctx(appid), "k" * 65),
+                                          DataKeyRequest.generate(ctx(appid), "")])
+    assert [type(r) for r in results] == [KeyNotFound, KeyNotFound]
+    assert service.verify_audit().ok
