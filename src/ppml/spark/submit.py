@@ -307,8 +307,9 @@ def _run_watched(argv: Sequence[str], env: dict[str, str], timeout: float) -> in
                 if giving_up_at is None and _GIVING_UP.search(line):
                     giving_up_at = time.monotonic()
         if not registered and diagnosis is None:
-            # Spark logs the refusal and the cause on different threads: give the cause a moment.
-            if giving_up_at is not None and time.monotonic() - giving_up_at > 2.0:
+            # Spark logs the refusal and the cause on different threads: give the cause a moment
+            # (2 s was measured too short on a loaded 2-core machine: the cause came later).
+            if giving_up_at is not None and time.monotonic() - giving_up_at > _CAUSE_GRACE_S:
                 diagnosis = _diagnose(seen) or _TIMEOUT_MESSAGE
             elif time.monotonic() - started > timeout:
                 diagnosis = _diagnose(seen) or _TIMEOUT_MESSAGE
@@ -320,6 +321,7 @@ def _run_watched(argv: Sequence[str], env: dict[str, str], timeout: float) -> in
     return process.wait()
 
 
+_CAUSE_GRACE_S: Final = 8.0
 _TIMEOUT_MESSAGE = ("no registration with the master in time: the cluster's spark.authenticate secret, "
                     "spark.network.crypto or spark.ssl settings most likely differ from this submission's "
                     "(or the master is unreachable)")
