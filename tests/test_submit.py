@@ -125,6 +125,44 @@ def test_render_only_prints_the_command(tmp_path: Path, capsys: pytest.CaptureFi
     assert (tmp_path / "out" / "driver-pod-template.json").exists()
 
 
+def test_cluster_status_counts_only_this_masters_json(tmp_path: Path) -> None:
+    """What answers on the UI port before the master's JSON page is attached (an HTML page, another
+    master) is "not ready yet", not a crash and not a false start."""
+    import http.server
+    import threading
+
+    spark_cluster = StandaloneCluster(tmp_path, secret_file=tmp_path / "unused")
+    answers = [b"<!DOCTYPE html><html><body>Spark Master</body></html>",
+               json.dumps({"url": "spark://127.0.0.1:1", "workers": []}).encode(),
+               json.dumps({"url": spark_cluster.master_url, "status": "ALIVE", "workers": []}).encode()]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            body = answers.pop(0)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    spark_cluster.ui_port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ValueError):  # the HTML page
+            spark_cluster.state()
+        with pytest.raises(ValueError, match="not this master's"):
+            spark_cluster.state()
+        answers[:0] = [b"<html></html>", json.dumps({"url": "spark://127.0.0.1:1"}).encode()]
+        spark_cluster._wait(lambda state: state["status"] == "ALIVE", 10, "the master did not start")
+        assert answers == []
+    finally:
+        server.shutdown()
+
+
 # -- a real standalone cluster -------------------------------------------------------------------
 
 

@@ -89,8 +89,17 @@ class StandaloneCluster:
         log.close()
 
     def state(self) -> dict[str, object]:
+        """The master's JSON status; ValueError while what answers on the UI port is not yet it.
+
+        While Jetty is still attaching the master's pages, ``/json/`` can fall through to the HTML
+        root page (seen once in CI), and a port picked free beforehand can in principle be taken by
+        another process, so the answer counts only if it is JSON naming this master's URL.
+        """
         with urllib.request.urlopen(f"http://{self.host}:{self.ui_port}/json/", timeout=5) as response:
-            return dict(json.load(response))
+            state = json.load(response)
+        if not isinstance(state, dict) or state.get("url") != self.master_url:
+            raise ValueError(f"the status page on port {self.ui_port} is not this master's")
+        return dict(state)
 
     def _wait(self, ready: object, timeout: float, message: str) -> None:
         deadline = time.monotonic() + timeout
@@ -100,7 +109,7 @@ class StandaloneCluster:
             try:
                 if ready(self.state()):  # type: ignore[operator]
                     return
-            except OSError:
+            except (OSError, ValueError):
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"{message} within {timeout:.0f} s; see {self.work_dir}/*.log")
