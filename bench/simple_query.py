@@ -13,6 +13,13 @@ readers), it times each pipeline (best of --repeat):
 * Parquet: ``spark.read.parquet`` on the plaintext vs the PME-encrypted file read through PyArrow
   (``ppml.spark.parquet.read_encrypted_table``: column pruning and row-group statistics), each
   computing the same two counts. Target: PME <= 2x.
+
+The CSV pipelines are also timed phase by phase (row count, developer count, encrypted write), next
+to a floor measured in the same session: counting as many rows from a Python data source that does
+no work at all (it yields empty Arrow batches). Spark 4.3 converts every row a Python source yields
+into a JVM row and gives such sources no column pruning, so ``count()`` over ppml data can never be
+faster than that floor, while ``spark.read.csv(...).count()`` prunes every column and only counts
+lines.
 """
 
 from __future__ import annotations
@@ -30,13 +37,65 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = "name STRING, age INT, job STRING"
 
 
-def best(repeat: int, action: Callable[[], tuple[int, int]]) -> tuple[float, tuple[int, int]]:
-    times, result = [], (0, 0)
-    for _ in range(repeat):
+PHASES = ("row count", "developer count", "write")
+
+
+class Phases:
+    """Wall time per named phase of the current round (a pipeline calls :meth:`time` per phase)."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = {}
+
+    def time(self, name: str, action: Callable[[], object]) -> object:
         started = time.perf_counter()
         result = action()
-        times.append(time.perf_counter() - started)
-    return min(times), result
+        self.current[name] = time.perf_counter() - started
+        return result
+
+
+def best(repeat: int, action: Callable[[], tuple[int, int]],
+         phases: Phases | None = None) -> tuple[float, tuple[int, int], dict[str, float]]:
+    """The fastest of ``repeat`` rounds: its total, result and (when timed) its phases."""
+    rounds = []
+    for _ in range(repeat):
+        if phases is not None:
+            phases.current = {}
+        started = time.perf_counter()
+        result = action()
+        rounds.append((time.perf_counter() - started, result, dict(phases.current) if phases else {}))
+    return min(rounds, key=lambda r: r[0])
+
+
+def register_floor_source(spark: object, rows: int) -> None:
+    """``format("ppml-bench-floor")``: ``rows`` rows of nothing, in two partitions of 10,000-row
+    empty Arrow batches, the least work a Python data source can do."""
+    import pyarrow as pa
+    from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
+    from pyspark.sql.types import StructType
+
+    class FloorReader(DataSourceReader):
+        def partitions(self) -> list[InputPartition]:
+            return [InputPartition(rows // 2), InputPartition(rows - rows // 2)]
+
+        def read(self, partition: InputPartition):  # type: ignore[no-untyped-def]
+            left = partition.value
+            while left:
+                size = min(left, 10_000)
+                yield pa.RecordBatch.from_struct_array(pa.StructArray.from_buffers(pa.struct([]), size, [None]))
+                left -= size
+
+    class FloorSource(DataSource):
+        @classmethod
+        def name(cls) -> str:
+            return "ppml-bench-floor"
+
+        def schema(self) -> StructType:
+            return StructType()
+
+        def reader(self, schema: object) -> FloorReader:
+            return FloorReader()
+
+    spark.dataSource.register(FloorSource)  # type: ignore[attr-defined]
 
 
 def main() -> int:
@@ -90,15 +149,18 @@ def main() -> int:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     register(spark)
+    register_floor_source(spark, args.rows)
     developers = (F.col("job") == "Developer") & (F.col("age") >= 20) & (F.col("age") <= 40)
     work = Path(tempfile.mkdtemp(prefix="ppml-bench-sq-"))
+    phases = Phases()
     try:
         def plain_csv() -> tuple[int, int]:
             df = spark.read.schema(SCHEMA).option("header", "true").csv(str(plain))
-            rows, dev = df.count(), df.filter(developers)
-            count = dev.count()
-            dev.write.mode("overwrite").csv(str(work / "plain-out"))
-            return rows, count
+            rows = phases.time("row count", df.count)
+            dev = df.filter(developers)
+            count = phases.time("developer count", dev.count)
+            phases.time("write", lambda: dev.write.mode("overwrite").csv(str(work / "plain-out")))
+            return rows, count  # type: ignore[return-value]
 
         def ppml_read(pushdown: bool) -> object:
             return (spark.read.format("ppml").schema(SCHEMA).option("format", "csv").option("header", "true")
@@ -106,11 +168,15 @@ def main() -> int:
 
         def ppml_csv() -> tuple[int, int]:
             # one DataFrame per query: the filtered one pushes its filter into the source
-            rows, dev = ppml_read(False).count(), ppml_read(True).filter(developers)  # type: ignore[attr-defined]
-            count = dev.count()
-            (dev.write.format("ppml").mode("overwrite").option("format", "csv").option("kms", kms_uri)
-             .option("key", key_id).save(str(work / "ppml-out")))
-            return rows, count
+            rows = phases.time("row count", ppml_read(False).count)  # type: ignore[attr-defined]
+            dev = ppml_read(True).filter(developers)  # type: ignore[attr-defined]
+            count = phases.time("developer count", dev.count)
+            phases.time("write", lambda: (dev.write.format("ppml").mode("overwrite").option("format", "csv")
+                                          .option("kms", kms_uri).option("key", key_id).save(str(work / "ppml-out"))))
+            return rows, count  # type: ignore[return-value]
+
+        def floor_count() -> tuple[int, int]:
+            return spark.read.format("ppml-bench-floor").load().count(), expected
 
         def plain_parquet_scan() -> tuple[int, int]:
             df = spark.read.parquet(str(plain_parquet))
@@ -123,19 +189,29 @@ def main() -> int:
             return rows, table.num_rows
 
         results = {}
-        for name, action in (("plain CSV, spark.read.csv", plain_csv), ("ppml CSV, encrypted", ppml_csv),
-                             ("plain Parquet, spark.read.parquet", plain_parquet_scan),
-                             ("PME Parquet via PyArrow", pme_parquet_scan)):
+        for name, action, timed in (("plain CSV, spark.read.csv", plain_csv, True),
+                                    ("ppml CSV, encrypted", ppml_csv, True),
+                                    ("plain Parquet, spark.read.parquet", plain_parquet_scan, False),
+                                    ("PME Parquet via PyArrow", pme_parquet_scan, False)):
             action()  # warm-up (JIT, caches, page cache)
-            results[name] = best(args.repeat, action)
+            results[name] = best(args.repeat, action, phases if timed else None)
+        floor_count()
+        floor_seconds = best(args.repeat, floor_count)[0]
         print(f"\nSimpleQuery, {args.rows:,} rows ({plain.stat().st_size / 2**20:.0f} MiB CSV), local[2], "
               f"best of {args.repeat}")
         print(f"{'pipeline':<36}{'seconds':>9}{'rows':>12}{'developers':>12}")
-        for name, (seconds, (rows, count)) in results.items():
+        for name, (seconds, (rows, count), _) in results.items():
             print(f"{name:<36}{seconds:>9.2f}{rows:>12,}{count:>12,}")
             if (rows, count) != (args.rows, expected):
                 print(f"  WRONG RESULT: expected {args.rows:,} rows and {expected:,} developers")
                 return 1
+        plain_phases, ppml_phases = results["plain CSV, spark.read.csv"][2], results["ppml CSV, encrypted"][2]
+        print(f"\nCSV phases (of the best rounds){'plain':>14}{'ppml':>9}{'ratio':>8}")
+        for phase in PHASES:
+            print(f"  {phase:<30}{plain_phases[phase]:>12.2f}{ppml_phases[phase]:>9.2f}"
+                  f"{ppml_phases[phase] / plain_phases[phase]:>8.2f}")
+        print(f"  floor: count() of {args.rows:,} rows from a Python source doing no work: {floor_seconds:.2f} s "
+              f"({floor_seconds / plain_phases['row count']:.2f}x plain's row count)")
         csv_ratio = results["ppml CSV, encrypted"][0] / results["plain CSV, spark.read.csv"][0]
         pq_ratio = results["PME Parquet via PyArrow"][0] / results["plain Parquet, spark.read.parquet"][0]
         print(f"ratio ppml CSV / plain Spark CSV: {csv_ratio:.2f}  (target <= 0.40: "
