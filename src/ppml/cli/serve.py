@@ -166,6 +166,7 @@ def _run(service: KmsService, options: ServeOptions, cert: Path, key: Path, sock
 
     attestation = open_attestation(service, options)
     service.release_gate = attestation.token_verifier()
+    service.storage.checkpoint_in_background()
 
     def extend(app: FastAPI, hooks: AppHooks) -> None:
         add_attestation_routes(app, attestation, authenticated=hooks.authenticated, call=hooks.call,
