@@ -170,6 +170,62 @@ def test_text_round_trip_and_write(spark: Any, env: Env) -> None:
     assert Counter(r.value for r in ppml_reader(spark, env, "text").load(str(out)).collect()) == Counter(lines)
 
 
+# -- counting inside the source ------------------------------------------------------------------
+
+
+def test_row_count_mode_counts_what_a_read_returns(spark: Any, env: Env) -> None:
+    from ppml.spark.datasource import count_rows
+
+    counted = ppml_reader(spark, env, header="true", rowCount="true").load(str(env.people_dir))
+    assert counted.schema.simpleString() == "struct<rows:bigint>"
+    per_partition = [row.rows for row in counted.collect()]
+    assert len(per_partition) > 1 and sum(per_partition) == ROWS  # one row per split
+    options = {"kms": env.kms, "format": "csv", "maxPartitionBytes": str(SPLIT)}
+    assert count_rows(spark, str(env.people_dir), header="true", **options) == ROWS
+    assert count_rows(spark, str(env.people_dir), **options) == ROWS + 1  # the header is a record
+    # Text: the lines a read returns (a file with empty lines and one CRLF, written by the text test).
+    text_in = env.root / "count-text"
+    lines = ["a", "", "b\r", "", "c"]
+    (env.root / "count.txt").write_text("\n".join(lines) + "\n")
+    env.encrypt(env.root / "count.txt", text_in / "count.txt.ppml")
+    text_options = {"kms": env.kms, "format": "text"}
+    assert count_rows(spark, str(text_in), **text_options) == ppml_reader(spark, env, "text").load(str(text_in)).count()
+    # No files: zero, not null.
+    (env.root / "count-empty").mkdir()
+    assert count_rows(spark, str(env.root / "count-empty"), header="true", **options) == 0
+
+
+def test_row_count_mode_still_authenticates_and_checks_rows(spark: Any, env: Env) -> None:
+    from ppml.spark.datasource import count_rows
+
+    def flip(data: bytearray) -> None:
+        data[len(data) // 2] ^= 0x01
+
+    tampered = _copy_people(env, "count-tampered", flip)
+    options = {"kms": env.kms, "format": "csv", "header": "true"}
+    with pytest.raises(Exception) as failure:
+        count_rows(spark, str(tampered), **options)
+    assert "part-bad.csv.ppml" in str(failure.value) and "cannot decrypt" in str(failure.value)
+    # A row with an extra field after the schema sample fails in the task as a read would,
+    # naming the file without quoting the data.
+    ragged = env.root / "ragged.csv"
+    with open(ragged, "wb") as f:
+        write_people(f, 60_000, seed=11)  # > 1 MiB: past what schema inference samples
+        f.write(b"bob,33,s3cr3t,extra\n")
+    env.encrypt(ragged, env.root / "count-ragged" / "ragged.csv.ppml")
+    for count in (lambda: count_rows(spark, str(env.root / "count-ragged"), **options),
+                  lambda: ppml_reader(spark, env, header="true").load(str(env.root / "count-ragged")).count()):
+        with pytest.raises(Exception) as failure:
+            count()
+        assert "ragged.csv.ppml" in str(failure.value) and "s3cr3t" not in str(failure.value)
+    # With a schema or with pushdown the mode is refused, not half applied.
+    with pytest.raises(Exception, match="rowCount"):
+        ppml_reader(spark, env, header="true", rowCount="true").schema("rows BIGINT").load(str(env.people_dir)).collect()
+    with pytest.raises(Exception, match="rowCount"):
+        ppml_reader(spark, env, header="true", rowCount="true", filterPushdown="true").load(
+            str(env.people_dir)).collect()
+
+
 # -- filter pushdown -----------------------------------------------------------------------------
 
 

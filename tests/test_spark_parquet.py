@@ -185,6 +185,12 @@ def test_row_groups_become_partitions(spark: Any, env: Env) -> None:
     # Spark's 4 MiB open cost, then about two and a half row groups: two per partition.
     assert partitions((4 << 20) + 5 * max(sizes) // 2) == len(sizes) // 2
     assert partitions(128 << 20) == 1
+    # rowCount: the footers' row counts, one row per partition.
+    from ppml.spark.datasource import count_rows
+
+    counted = reader(spark, env.kms, maxPartitionBytes="1", rowCount="true").load(str(env.people_dir)).collect()
+    assert [row.rows for row in counted] == [ROW_GROUP] * len(sizes)
+    assert count_rows(spark, str(env.people_dir), format="parquet", kms=env.kms) == ROWS
 
 
 def test_plan_row_groups_packs_in_order_and_never_splits_a_row_group() -> None:

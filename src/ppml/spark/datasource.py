@@ -18,7 +18,11 @@ none: quotes are escaped by doubling them); ``nullValue`` (csv, default empty st
 ``defaultParallelism`` as :func:`register` saw it); ``filterPushdown`` (default false; see
 below); ``mode`` (``ppml``, the default, or ``AES/CBC/PKCS5Padding`` for BigDL legacy
 files, with ``bigdlPrimaryKey`` naming the primary key file, readable on every executor, and
-``unsafeAllowWeakLegacyKeys`` to read files whose keys give no real protection).
+``unsafeAllowWeakLegacyKeys`` to read files whose keys give no real protection); ``rowCount``
+(default false: with it the DataFrame has one column ``rows`` and one row per partition, the
+number of records in it, counted inside the source; :func:`count_rows` sums them. Spark 4.3
+gives Python sources no column pruning or aggregate pushdown, so ``count()`` would move every
+record through the JVM).
 
 How a read runs. The driver lists the input (names starting with ``.`` or ``_`` are skipped),
 reads each file's envelope header and size, and plans plaintext ranges on segment boundaries
@@ -223,7 +227,9 @@ __all__ = [
     "PpmlPartition",
     "PpmlPushdownReader",
     "PpmlReader",
+    "PpmlRowCountReader",
     "PpmlWriter",
+    "count_rows",
     "register",
 ]
 
@@ -262,6 +268,17 @@ def register(spark: Any, *, min_partitions: int | None = None) -> None:
          "session_min_partitions": min_partitions},
     )
     spark.dataSource.register(source)
+
+
+def count_rows(spark: Any, path: str, **options: str) -> int:
+    """The number of records ``spark.read.format("ppml")`` with these options reads from
+    ``path``, counted inside the source (``option("rowCount", "true")``, see
+    :class:`PpmlRowCountReader`) instead of by ``count()`` on every row in the JVM."""
+    reader = spark.read.format("ppml").option("rowCount", "true")
+    for name, value in options.items():
+        reader = reader.option(name, value)
+    total = reader.load(path).agg({"rows": "sum"}).first()[0]
+    return int(total or 0)
 
 
 def _default_parallelism(spark: Any) -> int | None:
@@ -368,6 +385,7 @@ class _ReadOptions:
     legacy: bool
     bigdl_primary_key: str | None
     allow_weak_legacy_keys: bool
+    row_count: bool
 
     @classmethod
     def parse(cls, raw: Mapping[str, str], min_partitions: int | None = None) -> _ReadOptions:
@@ -403,6 +421,7 @@ class _ReadOptions:
             legacy=is_legacy,
             bigdl_primary_key=primary_key,
             allow_weak_legacy_keys=allow_weak,
+            row_count=_flag(options, "rowCount", False),
         )
 
 
@@ -663,6 +682,11 @@ class _Parser:
             for check_utf8 in (False, True)
         }
         self._csv_read = pa_csv.ReadOptions(column_names=self._names, use_threads=True)
+        # Counting: one column converted, as text, without UTF-8 validation.
+        self._csv_count_read = self._csv_read
+        self._csv_count_convert = pa_csv.ConvertOptions(
+            include_columns=self._names[:1], column_types={self._names[0]: pa.string()}, check_utf8=False,
+        ) if self._names else None
 
     def parse(self, data: bytearray, source: str) -> pa.Table | None:
         if not len(data):
@@ -683,6 +707,31 @@ class _Parser:
                 f"{self._schema.simpleString()}: a value does not fit its column type, or a row "
                 "has the wrong number of fields (details withheld: they would quote plaintext)",
             ) from None
+
+    def count(self, data: bytearray, source: str) -> int:
+        """The number of records ``parse`` would return, without converting their values: csv
+        tokenizes every field (a row with the wrong number of fields still fails) and converts
+        none, like Spark's csv reader counting with every column pruned."""
+        if not len(data):
+            return 0
+        if self._options.format != "csv":
+            table = self.parse(data, source)
+            return 0 if table is None else table.num_rows
+        quoting = any(data.find(special) >= 0 for special in self._csv_special)
+        try:
+            table = pa_csv.read_csv(
+                pa.BufferReader(pa.py_buffer(data)),
+                read_options=self._csv_count_read,
+                parse_options=self._csv_parse[quoting],
+                convert_options=self._csv_count_convert,
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            raise InputError(
+                source,
+                f"cannot parse the decrypted csv data with {len(self._names)} fields per row "
+                "(details withheld: they would quote plaintext)",
+            ) from None
+        return table.num_rows
 
     def _csv(self, data: bytearray) -> pa.Table:
         quoting = any(data.find(special) >= 0 for special in self._csv_special)
@@ -863,10 +912,23 @@ def _sample(options: _ReadOptions, files: Sequence[Path]) -> bytes:
         if not whole:
             data = data[: data.rfind(b"\n") + 1] or data
         return data
-    raise UsageError(
+    raise _NoInput(
         f"cannot infer a schema for {options.path}: no non-empty input file; "
         "pass one with .schema(...)"
     )
+
+
+class _NoInput(UsageError):
+    """Schema inference found nothing to read."""
+
+
+def _row_count_data_schema(options: _ReadOptions) -> StructType:
+    """The schema a read without ``.schema(...)`` would use; for an input with no records, any
+    (there is nothing to parse: the count is 0)."""
+    try:
+        return _infer_schema(options)
+    except _NoInput:
+        return StructType([StructField("value", StringType(), True)])
 
 
 _pme_keys_by_kms: dict[str, PmeKeys] = {}
@@ -888,7 +950,7 @@ def _infer_schema(options: _ReadOptions) -> StructType:
     if options.format == "parquet":
         files = list_input_files(options.path)
         if not files:
-            raise UsageError(
+            raise _NoInput(
                 f"cannot infer a schema for {options.path}: no input file; "
                 "pass one with .schema(...)"
             )
@@ -1005,15 +1067,22 @@ class PpmlReader(DataSourceReader):
                             yield batch
 
     def _tables(self, partition: PpmlPartition, parser: _Parser) -> Iterator[pa.Table]:
+        for block, source in self._plaintexts(partition):
+            table = parser.parse(block, source)
+            del block  # freed as soon as nothing needs it: one block at a time
+            if table is not None:
+                yield table
+
+    def _plaintexts(self, partition: PpmlPartition) -> Iterator[tuple[bytearray, str]]:
+        """The partition's owned plaintext, in blocks of whole records (header skipped), with
+        the file each came from."""
         options = self._options
         skip_header = options.format == "csv" and options.header
         if partition.legacy_file is not None:
             plaintext = _read_legacy(options, partition.legacy_file)
             if skip_header:
                 del plaintext[: plaintext.find(b"\n") + 1 or len(plaintext)]
-            table = parser.parse(plaintext, partition.legacy_file)
-            if table is not None:
-                yield table
+            yield plaintext, partition.legacy_file
             return
         assert options.kms is not None
         kms = kms_for(options.kms)
@@ -1030,10 +1099,8 @@ class PpmlReader(DataSourceReader):
                     reader, split, skip_first_line=split.start > 0 or skip_header
                 )
                 for block in blocks:
-                    table = parser.parse(block, split.path)
-                    del block  # freed as soon as nothing needs it: one block at a time
-                    if table is not None:
-                        yield table
+                    yield block, split.path
+                    del block  # the consumer is done with it: freed before the next decrypt
         finally:
             if reader is not None:
                 reader.close()
@@ -1061,6 +1128,49 @@ class PpmlPushdownReader(PpmlReader):
                 yield spark_filter
             else:
                 self._pushed.append(pushed)
+
+
+ROW_COUNT_SCHEMA: Final = StructType([StructField("rows", LongType(), nullable=False)])
+
+
+class PpmlRowCountReader(PpmlReader):
+    """``option("rowCount", "true")``: one row per partition, ``rows`` = the records in it.
+
+    Spark 4.3 hands a Python data source neither the columns a query needs nor its aggregates,
+    so ``count()`` turns every record into a JVM row (measured: over a second per 8 M rows even
+    for a source that yields empty batches). This mode counts inside the source instead, as
+    Spark's own csv reader does when every column is pruned: csv rows are tokenized but not
+    converted, json and text are parsed, Parquet counts come from the decrypted footers.
+    """
+
+    def __init__(self, options: _ReadOptions, schema: StructType, data_schema: StructType) -> None:
+        super().__init__(options, data_schema)
+        self._output = schema
+
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        _freeze_loaded_objects()
+        if isinstance(partition, PpmlParquetPartition):
+            rows = self._parquet_rows(partition)
+        elif isinstance(partition, PpmlPartition):
+            parser = _Parser(self._options, self._schema)
+            rows = 0
+            for block, source in self._plaintexts(partition):
+                rows += parser.count(block, source)
+                del block
+        else:  # Spark's placeholder partition for an input without files
+            rows = 0
+        yield pa.RecordBatch.from_arrays([pa.array([rows], pa.int64())], schema=_arrow_schema(self._output))
+
+    def _parquet_rows(self, partition: PpmlParquetPartition) -> int:
+        keys = _pme_keys(self._options.kms)
+        rows = 0
+        for piece in partition.slices:
+            with open_encrypted(piece.path, keys=keys) as parquet_file:
+                metadata = parquet_file.metadata
+                if metadata.num_row_groups != piece.row_group_count:
+                    raise InputError(piece.path, "changed since the read was planned")
+                rows += sum(metadata.row_group(i).num_rows for i in piece.row_groups)
+        return rows
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -1349,10 +1459,20 @@ class PpmlDataSource(DataSource):
         _freeze_loaded_objects()  # Spark's planner workers make one and call it once or twice
 
     def schema(self) -> StructType:
-        return _infer_schema(_ReadOptions.parse(self.options))
+        options = _ReadOptions.parse(self.options)
+        if options.row_count:
+            return ROW_COUNT_SCHEMA
+        return _infer_schema(options)
 
     def reader(self, schema: StructType) -> DataSourceReader:
         options = _ReadOptions.parse(self.options, self.session_min_partitions)
+        if options.row_count:
+            if schema != ROW_COUNT_SCHEMA:
+                raise UsageError("option rowCount reads one column, rows BIGINT NOT NULL: "
+                                 "do not pass .schema(...) with it")
+            if options.filter_pushdown:
+                raise UsageError("option rowCount counts every record: it does not take filterPushdown")
+            return PpmlRowCountReader(options, schema, _row_count_data_schema(options))
         if options.filter_pushdown:
             return PpmlPushdownReader(options, schema)
         return PpmlReader(options, schema)
