@@ -537,6 +537,10 @@ def test_bigdl_legacy_files_read_one_task_per_file(spark: Any, env: Env) -> None
     expected = spark.read.csv([str(env.root / f"bigdl{i}.csv") for i in range(2)],
                               header=True, inferSchema=True)
     assert rows(df) == rows(expected)
+    from ppml.spark.datasource import count_rows
+
+    assert count_rows(spark, str(directory), mode="AES/CBC/PKCS5Padding", bigdlPrimaryKey=str(key_file),
+                      header="true") == 1000
 
 
 # -- planning and parsing, without Spark ---------------------------------------------------------
