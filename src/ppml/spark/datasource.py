@@ -138,6 +138,7 @@ still running when the job aborts may leave a file under ``_temporary``, which r
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import decimal
@@ -683,7 +684,6 @@ class _Parser:
         }
         self._csv_read = pa_csv.ReadOptions(column_names=self._names, use_threads=True)
         # Counting: one column converted, as text, without UTF-8 validation.
-        self._csv_count_read = self._csv_read
         self._csv_count_convert = pa_csv.ConvertOptions(
             include_columns=self._names[:1], column_types={self._names[0]: pa.string()}, check_utf8=False,
         ) if self._names else None
@@ -691,7 +691,7 @@ class _Parser:
     def parse(self, data: bytearray, source: str) -> pa.Table | None:
         if not len(data):
             return None
-        try:
+        with self._withheld_errors(source):
             if self._options.format == "csv":
                 table = self._csv(data)
             elif self._options.format == "json":
@@ -699,6 +699,23 @@ class _Parser:
             else:
                 table = self._text(memoryview(data))
             return _conform(table, self._target)
+
+    def count(self, data: bytearray, source: str) -> int:
+        """The number of records ``parse`` would return, without converting their values: csv
+        tokenizes every field (a row with the wrong number of fields still fails) and converts
+        none, like Spark's csv reader counting with every column pruned."""
+        if self._options.format != "csv" or self._csv_count_convert is None:
+            table = self.parse(data, source)
+            return 0 if table is None else table.num_rows
+        if not len(data):
+            return 0
+        with self._withheld_errors(source):
+            return self._csv(data, self._csv_count_convert).num_rows
+
+    @contextlib.contextmanager
+    def _withheld_errors(self, source: str) -> Iterator[None]:
+        try:
+            yield
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             # PyArrow's message may quote the offending plaintext: it is not passed on.
             raise InputError(
@@ -708,38 +725,13 @@ class _Parser:
                 "has the wrong number of fields (details withheld: they would quote plaintext)",
             ) from None
 
-    def count(self, data: bytearray, source: str) -> int:
-        """The number of records ``parse`` would return, without converting their values: csv
-        tokenizes every field (a row with the wrong number of fields still fails) and converts
-        none, like Spark's csv reader counting with every column pruned."""
-        if not len(data):
-            return 0
-        if self._options.format != "csv":
-            table = self.parse(data, source)
-            return 0 if table is None else table.num_rows
-        quoting = any(data.find(special) >= 0 for special in self._csv_special)
-        try:
-            table = pa_csv.read_csv(
-                pa.BufferReader(pa.py_buffer(data)),
-                read_options=self._csv_count_read,
-                parse_options=self._csv_parse[quoting],
-                convert_options=self._csv_count_convert,
-            )
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            raise InputError(
-                source,
-                f"cannot parse the decrypted csv data with {len(self._names)} fields per row "
-                "(details withheld: they would quote plaintext)",
-            ) from None
-        return table.num_rows
-
-    def _csv(self, data: bytearray) -> pa.Table:
+    def _csv(self, data: bytearray, convert: pa_csv.ConvertOptions | None = None) -> pa.Table:
         quoting = any(data.find(special) >= 0 for special in self._csv_special)
         return pa_csv.read_csv(
             pa.BufferReader(pa.py_buffer(data)),
             read_options=self._csv_read,
             parse_options=self._csv_parse[quoting],
-            convert_options=self._csv_convert[not data.isascii()],
+            convert_options=convert or self._csv_convert[not data.isascii()],
         )
 
     def _json(self, view: memoryview) -> pa.Table:
