@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
-from ppml.attestation.policy import Policy
+from ppml.core.policy import Measurements
 from ppml.attestation.service import NONCE_TTL, AttestationService
 from ppml.attestation.simulated import SimulatedVerifier
 from ppml.attestation.tokens import TokenSigner, TokenVerifier
@@ -86,7 +86,7 @@ def _attest(attestation: AttestationService, platform: ec.EllipticCurvePrivateKe
 def _policy(attestation: AttestationService, owner: str, **fields: Any) -> str:
     base: dict[str, Any] = {"mr_enclave": MR_ENCLAVE.hex(), "mr_signer": MR_SIGNER.hex(), "allow_simulated": True}
     base.update(fields)
-    return attestation.register_policy(owner, Policy(**base))
+    return attestation.register_policy(owner, Measurements(**base))
 
 
 # -- the protocol ------------------------------------------------------------------------------
@@ -137,9 +137,9 @@ def test_debug_enclave_accepted_only_with_allow_debug(services: Any, platform: A
 def test_tcb_status_policy() -> None:
     claims = Claims(tee="sgx", report_data="00" * 64, debug=False, tcb_status="OutOfDate",
                     mr_enclave=MR_ENCLAVE.hex(), mr_signer=MR_SIGNER.hex())
-    strict = Policy(mr_enclave=MR_ENCLAVE.hex())
+    strict = Measurements(mr_enclave=MR_ENCLAVE.hex())
     assert any("TCB status OutOfDate" in r for r in strict.mismatches(claims))
-    lenient = Policy(mr_enclave=MR_ENCLAVE.hex(), accepted_tcb_statuses=("UpToDate", "OutOfDate"))
+    lenient = Measurements(mr_enclave=MR_ENCLAVE.hex(), accepted_tcb_statuses=("UpToDate", "OutOfDate"))
     assert lenient.mismatches(claims) == []
 
 
@@ -261,7 +261,7 @@ def test_signing_key_survives_restart(tmp_path: Path, clock: Clock, platform: An
 
 def _gated_key(kms: KmsService, appid: str, policy_id: str) -> tuple[str, bytes, bytes]:
     ctx = RequestContext(appid=appid)
-    key = kms.create_key(ctx, release_policy={"policy_ids": [policy_id]})
+    key = kms.create_key(ctx, release_policy={"policy_ids": [policy_id], "allow_simulated": True})
     plaintext, wrapped = kms.generate_data_key(ctx, key.key_id)
     assert plaintext is not None
     return key.key_id, plaintext, wrapped
@@ -362,7 +362,8 @@ def test_claim_constraints_in_the_release_policy(services: Any, platform: Any) -
     kms, attestation, appid = services
     policy_id = _policy(attestation, appid)
     ctx = RequestContext(appid=appid)
-    key = kms.create_key(ctx, release_policy={"policy_ids": [policy_id], "claims": {"isv_svn": 5}})
+    key = kms.create_key(ctx, release_policy={"policy_ids": [policy_id], "claims": {"min_isv_svn": 5},
+                                              "allow_simulated": True})
     _, wrapped = kms.generate_data_key(ctx, key.key_id)
     token, _ = _attest(attestation, platform, [policy_id], isv_svn=4)
     with pytest.raises(TokenRejected, match="isv_svn"):

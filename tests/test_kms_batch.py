@@ -1,11 +1,12 @@
 """Group commit: data-key operations that share one transaction keep their own outcomes.
 
 ``KmsService.run_data_key_batch`` is what the server's batcher calls with whatever requests arrived
-together, so every mix is tested here directly, on SQLite and on PostgreSQL: a replay (of a stamp
-already in the database, or twice in the same batch), an unknown or foreign key, a disabled key,
-wrong associated data, a garbled ciphertext and a release-policy key beside successful requests;
-each failure audited with its outcome and its stamp spent; a storage fault failing the whole
-batch with nothing written.
+together, so every mix is tested here directly, on SQLite and on PostgreSQL: an unknown or foreign
+key, a disabled key, wrong associated data, a garbled ciphertext and a release-policy key beside
+successful requests, each failure audited with its outcome; a storage fault failing the whole
+batch with nothing written. Replay stamps are spent in batches too, when requests are
+authenticated (``KmsService.spend_replay_stamps``): a stamp already in the database or repeated
+within a batch is a replay, and a storage fault spends none.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from ppml.errors import (
     KeyNotFound,
     KmsUnavailable,
     PermissionDenied,
-    ReplayedRequest,
 )
 from ppml.kms import storage as db
 from ppml.kms.service import DataKeyRequest, KmsService, RequestContext
@@ -65,15 +65,9 @@ def test_each_request_in_a_batch_keeps_its_own_outcome(service: KmsService) -> N
     bobs = service.create_key(RequestContext(appid=bob)).key_id
     _, wrapped = service.generate_data_key(ctx(alice), key, aad=b"right", with_plaintext=False)
     _, gated_wrapped = service.generate_data_key(ctx(alice), gated, with_plaintext=False)
-    spent = ctx(alice)
-    service.generate_data_key(spent, key)  # its stamp is now in the database
-
-    twice = os.urandom(16).hex()
     requests = [
         DataKeyRequest.generate(ctx(alice), key, with_plaintext=False),       # ok
-        DataKeyRequest.generate(dataclasses.replace(spent, request_id="replayed"), key),  # replay (database)
-        DataKeyRequest.generate(ctx(alice, twice), key),                      # ok
-        DataKeyRequest.generate(ctx(alice, twice), key),                      # replay (same batch)
+        DataKeyRequest.generate(ctx(alice), key),                             # ok
         DataKeyRequest.generate(ctx(alice), bobs),                            # another tenant's key
         DataKeyRequest.generate(ctx(alice), str(uuid.uuid4())),               # unknown key
         DataKeyRequest.encrypt(ctx(alice), disabled, b"secret"),              # disabled
@@ -85,32 +79,67 @@ def test_each_request_in_a_batch_keeps_its_own_outcome(service: KmsService) -> N
     ]
     results = service.run_data_key_batch(requests)
     kinds = [type(r) if isinstance(r, Exception) else bytes for r in results]
-    assert kinds == [bytes, ReplayedRequest, bytes, ReplayedRequest, KeyNotFound, KeyNotFound, KeyDisabled,
+    assert kinds == [bytes, bytes, KeyNotFound, KeyNotFound, KeyDisabled,
                      InvalidCiphertext, InvalidCiphertext, PermissionDenied, bytes, bytes]
     # The results are the requests' own: the decrypt returns the key wrapped earlier, the
     # wrapped keys unwrap to what each request generated.
-    unwrapped = results[10]
+    unwrapped = results[8]
     assert isinstance(unwrapped, bytes) and len(unwrapped) == 32
-    for index in (0, 2):
+    for index in (0, 1):
         result = results[index]
         assert isinstance(result, bytes)
         assert service.decrypt(ctx(alice), key, result) == requests[index].data
-    assert service.decrypt(ctx(bob), bobs, results[11]) == b"bob's"  # type: ignore[arg-type]
+    assert service.decrypt(ctx(bob), bobs, results[9]) == b"bob's"  # type: ignore[arg-type]
 
-    # Every request but the replays has an audit record with its outcome; replays spent nothing.
+    # Every request has an audit record with its outcome.
     outcomes = audit_outcomes(service, [r.ctx.request_id for r in requests])
     expected = {
-        0: ("GenerateDataKeyWithoutPlaintext", "ok"), 2: ("GenerateDataKey", "ok"),
-        4: ("GenerateDataKey", "KeyNotFound"), 5: ("GenerateDataKey", "KeyNotFound"),
-        6: ("Encrypt", "KeyDisabled"), 7: ("Decrypt", "InvalidCiphertext"), 8: ("Decrypt", "InvalidCiphertext"),
-        9: ("Decrypt", "PermissionDenied"), 10: ("Decrypt", "ok"), 11: ("Encrypt", "ok"),
+        0: ("GenerateDataKeyWithoutPlaintext", "ok"), 1: ("GenerateDataKey", "ok"),
+        2: ("GenerateDataKey", "KeyNotFound"), 3: ("GenerateDataKey", "KeyNotFound"),
+        4: ("Encrypt", "KeyDisabled"), 5: ("Decrypt", "InvalidCiphertext"), 6: ("Decrypt", "InvalidCiphertext"),
+        7: ("Decrypt", "PermissionDenied"), 8: ("Decrypt", "ok"), 9: ("Encrypt", "ok"),
     }
     assert outcomes == {requests[i].ctx.request_id: v for i, v in expected.items()}
     assert service.verify_audit().ok
 
-    # A failed request's stamp is spent too: sent again, it is a replay.
-    again = service.run_data_key_batch([requests[4], requests[7]])
-    assert [type(r) for r in again] == [ReplayedRequest, ReplayedRequest]
+
+def test_replay_stamps_are_spent_once_in_a_batch(service: KmsService) -> None:
+    alice, bob = service.enroll().appid, service.enroll().appid
+    spent = ctx(alice)
+    assert service.spend_replay_stamps([spent]) == [True]  # its stamp is now in the database
+    twice = os.urandom(16).hex()
+    contexts = [
+        ctx(alice),                                               # fresh
+        dataclasses.replace(spent, request_id="replayed"),        # replay (database)
+        ctx(alice, twice),                                        # fresh
+        ctx(alice, twice),                                        # replay (same batch)
+        ctx(bob, twice),                                          # fresh: stamps are per app
+        RequestContext(appid=alice, request_id="in-process"),     # no stamp: nothing to check
+    ]
+    assert service.spend_replay_stamps(contexts) == [True, False, True, False, True, True]
+    # Spent stamps stay spent, whatever happened to their requests afterwards.
+    assert service.spend_replay_stamps(contexts[:5]) == [False] * 5
+    assert service.spend_replay_stamps([]) == []
+
+
+def test_a_storage_fault_spends_no_stamp(service: KmsService) -> None:
+    appid = service.enroll().appid
+    contexts = [ctx(appid) for _ in range(3)]
+
+    def drop(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "INSERT INTO replay" in statement:
+            raise sa_exc.OperationalError(statement, parameters, ConnectionError("server closed the connection"))
+
+    engines = {service.storage.engine, service.storage._relaxed_engine}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", drop)
+    try:
+        with pytest.raises(KmsUnavailable):
+            service.spend_replay_stamps(contexts)
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", drop)
+    assert service.spend_replay_stamps(contexts) == [True] * 3
 
 
 def test_an_empty_and_a_large_batch(service: KmsService) -> None:
@@ -149,27 +178,9 @@ def test_a_storage_fault_fails_the_whole_batch_and_writes_nothing(service: KmsSe
     assert all(isinstance(r, KmsUnavailable) for r in results), results
     with service.storage.transaction() as conn:
         assert conn.execute(select(func.count()).select_from(db.audit)).scalar_one() == before
-    # Nothing was written, stamps included: the same requests go through once storage is back.
+    # Nothing was written: the same requests go through once storage is back.
     assert all(isinstance(r, bytes) for r in service.run_data_key_batch(requests))
     assert service.verify_audit().ok
-
-
-def test_requests_without_replay_stamps(service: KmsService) -> None:
-    # In-process callers (EmbeddedKms) sign nothing, so their requests carry no stamp: the batch
-    # must still lock the audit head and load the keys (on PostgreSQL, a statement without the
-    # stamp insert).
-    appid = service.enroll().appid
-    key = service.create_key(RequestContext(appid=appid)).key_id
-    unstamped = [RequestContext(appid=appid, request_id=uuid.uuid4().hex) for _ in range(3)]
-    requests = [DataKeyRequest.generate(c, key) for c in unstamped] + [DataKeyRequest.generate(ctx(appid), key)]
-    results = service.run_data_key_batch(requests)
-    assert all(isinstance(r, bytes) for r in results)
-    # The same unstamped request twice is not a replay (nothing to check it by): both succeed.
-    again = service.run_data_key_batch([DataKeyRequest.generate(unstamped[0], key)] * 2)
-    assert all(isinstance(r, bytes) for r in again)
-    assert service.decrypt(RequestContext(appid=appid), key, results[0]) == requests[0].data  # type: ignore[arg-type]
-    report = service.verify_audit()
-    assert report.ok
 
 
 def test_a_batch_with_no_well_formed_key_id(service: KmsService) -> None:

@@ -61,7 +61,8 @@ class Deployment:
         self.mr_enclave, self.mr_signer = words[2], words[5]
         self.policy = self.register("--allow-simulated")
         owner = RemoteKms.from_uri(self.kms)
-        self.input_key = owner.request("POST", "/v1/keys", {"release_policy": {"policy_ids": [self.policy]}})["key_id"]
+        self.input_key = owner.request("POST", "/v1/keys", {"release_policy": {"policy_ids": [self.policy],
+                                                                      "allow_simulated": True}})["key_id"]
         self.output_key = owner.request("POST", "/v1/keys", {})["key_id"]
         owner.close()
         self.plain = base / "people.csv"

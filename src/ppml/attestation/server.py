@@ -26,13 +26,16 @@ from fastapi import Body, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from ppml.attestation.policy import Policy
 from ppml.attestation.service import AttestationService
 from ppml.core.evidence import Claims, Evidence, report_data_for
+from ppml.core.policy import Measurements, parse_policy
 from ppml.core.signing import ehsm_sign_object
 from ppml.errors import AttestationFailed, KmsRequestRejected, PolicyNotFound
 
-__all__ = ["QV_RESULT", "add_attestation_routes", "qv_result_code"]
+__all__ = ["QV_RESULT", "EhsmHandler", "add_attestation_routes", "qv_result_code"]
+
+#: An eHSM action's handler: (request context, payload) -> (result, message).
+EhsmHandler = Callable[[Any, dict[str, Any]], tuple[dict[str, Any], str]]
 
 #: sgx_ql_qv_result_t values (Intel DCAP sgx_qve_header.h) for the TCB statuses we report.
 QV_RESULT: Final = {
@@ -72,21 +75,6 @@ class VerifyRequest(BaseModel):
     policy_id: str | None = None
 
 
-class PolicyModel(BaseModel):
-    mr_enclave: str | None = None
-    mr_signer: str | None = None
-    isv_prod_id: int | None = None
-    min_isv_svn: int | None = None
-    mr_td: str | None = None
-    rtmr0: str | None = None
-    rtmr1: str | None = None
-    rtmr2: str | None = None
-    rtmr3: str | None = None
-    allow_debug: bool = False
-    accepted_tcb_statuses: list[str] = Field(default_factory=lambda: ["UpToDate"])
-    allow_simulated: bool = False
-
-
 def _evidence(model: EvidenceModel) -> Evidence:
     try:
         data = base64.b64decode(model.data, validate=True)
@@ -102,11 +90,13 @@ def add_attestation_routes(
     authenticated: Callable[[Request], Awaitable[Any]],
     call: Callable[..., Awaitable[Any]],
     apikey_of: Callable[[str], bytes | None],
+    add_ehsm_action: Callable[[str, EhsmHandler, frozenset[str]], None],
     self_evidence: Callable[[bytes], Evidence] | None = None,
 ) -> None:
     """Mount the attestation API. ``authenticated`` is the KMS's request authenticator (returns a
     context with ``appid``); ``apikey_of`` gives an app's apikey (to sign VerifyQuote results as
-    eHSM does); ``self_evidence`` produces the service's own evidence for GenerateQuote."""
+    eHSM does); ``add_ehsm_action(name, handler, payload_fields)`` registers an eHSM action;
+    ``self_evidence`` produces the service's own evidence for GenerateQuote."""
 
     @app.exception_handler(AttestationFailed)
     async def attestation_failed(request: Request, exc: AttestationFailed) -> JSONResponse:
@@ -136,8 +126,10 @@ def add_attestation_routes(
                              "policy_ids": list(result.policy_ids)})
 
     @app.post("/v1/attestation/policies", tags=["attestation"], status_code=201)
-    async def register(body: PolicyModel, ctx: Any = Depends(authenticated)) -> JSONResponse:
-        policy = Policy.from_dict(body.model_dump(exclude_none=True))
+    async def register(body: dict[str, Any] = Body(..., description="a claims policy (ppml.core.policy)"),
+                       ctx: Any = Depends(authenticated)) -> JSONResponse:
+        """Register a claims policy: measurements with safe defaults, or ``all_of``/``any_of``."""
+        policy = parse_policy(body)
         policy_id = await call(service.register_policy, ctx.appid, policy)
         return JSONResponse({"policy_id": policy_id, "policy": policy.to_dict()}, status_code=201)
 
@@ -158,20 +150,22 @@ def add_attestation_routes(
 
     # -- eHSM actions --------------------------------------------------------------------------
 
-    def upload_quote_policy(_: Any, ctx: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    def upload_quote_policy(ctx: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
         mr_enclave, mr_signer = payload.get("mr_enclave"), payload.get("mr_signer")
         if not isinstance(mr_enclave, str) or not isinstance(mr_signer, str):
             raise KmsRequestRejected("The mr_enclave and mr_signer must be of string type.")
-        policy_id = service.register_policy(ctx.appid, Policy(mr_enclave=mr_enclave, mr_signer=mr_signer))
+        policy_id = service.register_policy(ctx.appid, Measurements(mr_enclave=mr_enclave, mr_signer=mr_signer))
         return {"policyId": policy_id}, "Upload quote policy success."
 
-    def get_quote_policy(_: Any, ctx: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    def get_quote_policy(ctx: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
         policy_id = str(payload.get("policyId", ""))
         policy = service.get_policy(policy_id, owner=ctx.appid)
-        return ({"policyId": policy_id, "mr_enclave": policy.mr_enclave or "", "mr_signer": policy.mr_signer or ""},
+        leaf = policy if isinstance(policy, Measurements) else None  # eHSM knows only these two fields
+        return ({"policyId": policy_id, "mr_enclave": (leaf and leaf.mr_enclave) or "",
+                 "mr_signer": (leaf and leaf.mr_signer) or ""},
                 "Query quote policy success.")
 
-    def verify_quote(_: Any, ctx: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    def verify_quote(ctx: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
         quote, nonce = payload.get("quote"), payload.get("nonce")
         if not isinstance(quote, str) or not isinstance(nonce, str) or not quote or not nonce:
             raise KmsRequestRejected("The quote and nonce cannot be empty.")
@@ -202,7 +196,7 @@ def add_attestation_routes(
         result["sign"] = ehsm_sign_object(apikey, {k: v for k, v in result.items() if k != "sgx_ql_qv_result"})
         return result, "success!"
 
-    def generate_quote(_: Any, ctx: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    def generate_quote(ctx: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
         challenge = payload.get("challenge")
         if not isinstance(challenge, str) or not challenge:
             raise KmsRequestRejected("The challenge cannot be empty.")
@@ -211,15 +205,7 @@ def add_attestation_routes(
         evidence = self_evidence(report_data_for(challenge.encode(), {}))
         return {"challenge": challenge, "quote": base64.b64encode(evidence.data).decode(), "tee": evidence.tee}, "success!"
 
-    app.state.ehsm_actions.update({
-        "UploadQuotePolicy": upload_quote_policy,
-        "GetQuotePolicy": get_quote_policy,
-        "VerifyQuote": verify_quote,
-        "GenerateQuote": generate_quote,
-    })
-
-
-def challenge_report_data(challenge: str) -> str:
-    """The report data a GenerateQuote reply must carry for ``challenge`` (hex)."""
-    return report_data_for(challenge.encode(), {}).hex()
-
+    add_ehsm_action("UploadQuotePolicy", upload_quote_policy, frozenset({"mr_enclave", "mr_signer"}))
+    add_ehsm_action("GetQuotePolicy", get_quote_policy, frozenset({"policyId"}))
+    add_ehsm_action("VerifyQuote", verify_quote, frozenset({"quote", "nonce", "policyId"}))
+    add_ehsm_action("GenerateQuote", generate_quote, frozenset({"challenge"}))

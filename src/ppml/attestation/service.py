@@ -43,11 +43,11 @@ from sqlalchemy import (
     select,
 )
 
-from ppml.attestation.policy import Policy
+from ppml.core.policy import ClaimsPolicy, parse_policy
 from ppml.attestation.tokens import DEFAULT_TOKEN_TTL, AttestationToken, TokenSigner, TokenVerifier
 from ppml.core.evidence import Claims, Evidence, EvidenceVerifier, report_data_for
 from ppml.core.rootkey import RootKey
-from ppml.errors import AttestationFailed, NonceRejected, PolicyNotFound, QuoteFormatError
+from ppml.errors import AttestationFailed, NonceRejected, PolicyNotFound, QuoteFormatError, UsageError
 from ppml.store import Storage
 
 __all__ = ["AttestationResult", "AttestationService", "NONCE_TTL"]
@@ -118,7 +118,10 @@ class AttestationService:
 
     # -- policies ------------------------------------------------------------------------------
 
-    def register_policy(self, owner: str, policy: Policy) -> str:
+    def register_policy(self, owner: str, policy: ClaimsPolicy) -> str:
+        """Store ``policy`` for ``owner``; returns its id."""
+        if policy.uses_policy_ids():
+            raise UsageError("policy_ids belong in a key's release policy, not in an attestation policy")
         policy_id = str(uuid.uuid4())
         with self.storage.transaction() as conn:
             conn.execute(insert(policies).values(
@@ -127,13 +130,13 @@ class AttestationService:
             ))
         return policy_id
 
-    def get_policy(self, policy_id: str, *, owner: str | None = None) -> Policy:
+    def get_policy(self, policy_id: str, *, owner: str | None = None) -> ClaimsPolicy:
         """A policy by id; with ``owner``, only that app's (another's looks unknown)."""
         with self.storage.transaction(durable=False) as conn:
             row = conn.execute(select(policies).where(policies.c.policy_id == policy_id)).first()
         if row is None or (owner is not None and row.owner != owner):
             raise PolicyNotFound(policy_id)
-        return Policy.from_dict(json.loads(row.body))
+        return parse_policy(json.loads(row.body))
 
     # -- nonces --------------------------------------------------------------------------------
 

@@ -187,7 +187,7 @@ def run_demo(*, workdir: Path, rows: int, seed: int | None = None) -> int:
         def create_keys() -> tuple[str, str]:
             owner = RemoteKms.from_uri(kms_uri)
             gated = owner.request("POST", "/v1/keys", {"description": "people (releases to the policy only)",
-                                                       "release_policy": {"policy_ids": [policy_id]}})["key_id"]
+                                                       "release_policy": {"policy_ids": [policy_id], "allow_simulated": True}})["key_id"]
             results = owner.request("POST", "/v1/keys", {"description": "SimpleQuery results"})["key_id"]
             owner.close()
             return gated, results

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from ppml.attestation.server import add_attestation_routes
+from ppml.attestation.server import EhsmHandler, add_attestation_routes
 from ppml.attestation.service import AttestationService
 from ppml.attestation.simulated import SimulatedVerifier
 from ppml.core.evidence import EvidenceVerifier
 from ppml.errors import UnsafeWarning, UsageError
+from ppml.kms.ehsm import EhsmAction
 from ppml.kms.server import AppHooks
 from ppml.kms.service import KmsService
 
@@ -169,8 +170,12 @@ def _run(service: KmsService, options: ServeOptions, cert: Path, key: Path, sock
     service.storage.checkpoint_in_background()
 
     def extend(app: FastAPI, hooks: AppHooks) -> None:
+        def add_ehsm_action(name: str, handler: EhsmHandler, fields: frozenset[str]) -> None:
+            hooks.ehsm_actions[name] = EhsmAction(handler, fields)
+
         add_attestation_routes(app, attestation, authenticated=hooks.authenticated, call=hooks.call,
-                               apikey_of=hooks.apikey_of, self_evidence=_self_evidence(options))
+                               apikey_of=hooks.apikey_of, add_ehsm_action=add_ehsm_action,
+                               self_evidence=_self_evidence(options))
 
     app = create_app(service, open_enrollment=options.open_enrollment, extend=extend)
     if sock is None or os.environ.get("PPML_WORKER_INDEX") == "0":

@@ -16,6 +16,15 @@ Where ppml deliberately differs from eHSM:
   ``appid error``, which tells a caller the key exists).
 * A timestamp is consumed only by a request whose signature verified, so nobody can burn
   another app's timestamps; and the replay record lives in the database, shared by replicas.
+  It is spent by every authenticated request, whatever its action and whatever its outcome.
+* eHSM's signature does not cover ``Action``. Each action's payload must hold only that
+  action's fields (anything else is 400), so a captured body cannot be replayed as another
+  action; a nonce ``<Action>.<random>`` (ppml's client sends one) binds the request to its action.
+* ``Action`` given twice is refused (400); ``/ehsm/`` is served exactly like ``/ehsm`` (eHSM's
+  Python SDK posts to ``/ehsm/``); bodies nested deeper than ``MAX_JSON_DEPTH`` are refused.
+* With an ``X-PPML-Attestation`` token (ppml's client inside a TEE), ``GenerateDataKey*`` and
+  ``Decrypt`` go through the same attested release as the native API: the data key comes back
+  only as ``jwe``, encrypted to the TEE's key, and the key's release policy is enforced.
 * Ciphertexts are ppml's wrap format (opaque to clients, as eHSM's are).
 """
 
@@ -23,10 +32,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import re
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import parse_qsl
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
@@ -46,25 +56,19 @@ from ppml.errors import (
     ReplayedRequest,
 )
 from ppml.core import signing
+from ppml.kms.auth import Authenticator, EhsmError
 from ppml.kms.service import ENABLED, DataKeyRequest, KmsService, RequestContext
 
-__all__ = ["DATA_KEY_ACTIONS", "EHSM_ACTIONS", "add_ehsm_routes", "ehsm_error_response", "ehsm_result"]
+__all__ = [
+    "ATTESTATION_HEADER", "DATA_KEY_ACTIONS", "EHSM_ACTIONS", "MAX_JSON_DEPTH", "EhsmAction", "EhsmError",
+    "add_ehsm_routes", "ehsm_error_response", "ehsm_result", "json_too_deep", "parse_action",
+]
 
 _UUID = re.compile(r"^[a-z\d]{8}-[a-z\d]{4}-[a-z\d]{4}-[a-z\d]{4}-[a-z\d]{12}$")
 _B64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 MAX_B64: Final = 8192
 _DECRYPT_FAILED = "Decryption failed, Please confirm that your parameters are correct."
 _SERVER_ERROR = "Server internal error, please contact the administrator."
-
-
-class EhsmError(Exception):
-    """A refusal with eHSM's body code and message."""
-
-    def __init__(self, code: int, message: str, *, http_status: int = 200) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.http_status = http_status
 
 
 def ehsm_result(result: dict[str, Any] | None = None, message: str = "success!", code: int = 200,
@@ -158,18 +162,67 @@ def _ms(value: Any) -> int:
     return int(value.timestamp() * 1000) if value is not None else 0
 
 
+#: Nesting deeper than this in a request body is refused before it is parsed (no eHSM payload
+#: nests at all; the limit keeps parsing and ``params_sort_str`` bounded).
+MAX_JSON_DEPTH: Final = 16
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+ATTESTATION_HEADER: Final = "X-PPML-Attestation"
+
+
+def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``raw`` (JSON or not) opens more than ``limit`` nested arrays/objects."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b'""', raw)):
+        depth += 1 if bracket in (b"[", b"{") else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def parse_action(query_string: bytes) -> str:
+    """The request's one ``Action`` (decoded once; dispatch, access log and metrics all use it).
+
+    Raises:
+        EhsmError: ``Action`` given more than once.
+    """
+    values = [value for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+              if name == "Action"]
+    if len(values) > 1:
+        raise EhsmError(400, "Parameter invalid, Action given more than once")
+    return values[0] if values else ""
+
+
 # -- actions -----------------------------------------------------------------------------------
 
-Action = Callable[[KmsService, RequestContext, dict[str, Any]], tuple[dict[str, Any], str]]
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EhsmAction:
+    """An eHSM action: its handler and the payload fields it takes (any other field is refused,
+    so a body signed for one action cannot be read as another)."""
+
+    run: Callable[[RequestContext, dict[str, Any]], tuple[dict[str, Any], str]]
+    fields: frozenset[str]
+    payload_required: bool = True
+
+    def check_payload(self, action: str, payload: Any) -> dict[str, Any]:
+        return _check_payload(action, payload, self.fields, required=self.payload_required)
 
 
-def _create_key(service: KmsService, ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    keyspec = _const(payload, "keyspec", ("EH_AES_GCM_128", "EH_AES_GCM_192", "EH_AES_GCM_256"))
-    origin = _const(payload, "origin", ("EH_INTERNAL_KEY",))
-    _const(payload, "keyusage", ("EH_KEYUSAGE_ENCRYPT_DECRYPT",), required=False,
-           default="EH_KEYUSAGE_ENCRYPT_DECRYPT")
-    key = service.create_key(ctx, keyspec=keyspec, origin=origin)
-    return {"keyid": key.key_id}, "success!"
+def _check_payload(action: str, payload: Any, fields: frozenset[str], *, required: bool = True) -> dict[str, Any]:
+    """``payload`` (``{}`` when absent and not required), refused if it holds a field that is not
+    one of ``action``'s."""
+    if payload is None:
+        if required:
+            raise EhsmError(400, "Missing required parameters")
+        return {}
+    assert isinstance(payload, dict)  # checked when the request was authenticated
+    foreign = set(payload) - fields
+    if foreign:
+        raise EhsmError(400, f"Parameter invalid, {action} takes no field(s) {', '.join(sorted(foreign))}.")
+    return payload
 
 
 # Data-key actions build a request for the server's group commit and render its result.
@@ -211,58 +264,75 @@ DATA_KEY_ACTIONS: dict[str, DataKeyAction] = {
     "Encrypt": _encrypt,
     "Decrypt": _decrypt,
 }
-
-
-def _list_key(service: KmsService, ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    keys = service.list_keys(ctx)
-    return {"list": [
-        {"keyid": k.key_id, "creationDate": _ms(k.created), "expireTime": 0, "alias": k.description,
-         "keyspec": k.keyspec, "keyState": 1 if k.state == ENABLED else 0}
-        for k in keys
-    ]}, "successful"
-
-
-def _enable_key(service: KmsService, ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    service.set_enabled(ctx, _keyid(payload), True)
-    return {}, "successful"
-
-
-def _disable_key(service: KmsService, ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    service.set_enabled(ctx, _keyid(payload), False)
-    return {}, "successful"
-
-
-def _delete_key(service: KmsService, ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    try:
-        service.schedule_deletion(ctx, _keyid(payload), days=0)
-    except KeyNotFound:
-        pass  # eHSM answers "successful" for a key that is not there
-    return {}, "successful"
-
-
-def _delete_all_key(service: KmsService, ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    for key in service.list_keys(ctx):
-        service.schedule_deletion(ctx, key.key_id, days=0)
-    return {}, "successful"
-
-
-EHSM_ACTIONS: dict[str, Action] = {
-    "CreateKey": _create_key,
-    "ListKey": _list_key,
-    "EnableKey": _enable_key,
-    "DisableKey": _disable_key,
-    "DeleteKey": _delete_key,
-    "DeleteAllKey": _delete_all_key,
-    "DeleteALLKey": _delete_all_key,
+_DATA_KEY_FIELDS: Final = {
+    "GenerateDataKey": frozenset({"keyid", "keylen", "aad"}),
+    "GenerateDataKeyWithoutPlaintext": frozenset({"keyid", "keylen", "aad"}),
+    "Encrypt": frozenset({"keyid", "plaintext", "aad"}),
+    "Decrypt": frozenset({"keyid", "ciphertext", "aad"}),
 }
-#: Actions whose payload may be left out.
-_PAYLOAD_OPTIONAL = {"ListKey", "DeleteAllKey", "DeleteALLKey", "Enroll"}
 
 
-def add_ehsm_routes(app: FastAPI, service: KmsService, *, open_enrollment: bool,
-                    now: Callable[[], float] = time.time) -> None:
-    """Mount ``/ehsm`` on ``app``. Other modules may add actions to ``app.state.ehsm_actions``."""
-    app.state.ehsm_actions = dict(EHSM_ACTIONS)
+def kms_actions(service: KmsService) -> dict[str, EhsmAction]:
+    """The KMS's own eHSM actions (besides the data-key ones, which are group-committed)."""
+
+    def create_key(ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        keyspec = _const(payload, "keyspec", ("EH_AES_GCM_128", "EH_AES_GCM_192", "EH_AES_GCM_256"))
+        origin = _const(payload, "origin", ("EH_INTERNAL_KEY",))
+        _const(payload, "keyusage", ("EH_KEYUSAGE_ENCRYPT_DECRYPT",), required=False,
+               default="EH_KEYUSAGE_ENCRYPT_DECRYPT")
+        key = service.create_key(ctx, keyspec=keyspec, origin=origin)
+        return {"keyid": key.key_id}, "success!"
+
+    def list_key(ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        return {"list": [
+            {"keyid": k.key_id, "creationDate": _ms(k.created), "expireTime": 0, "alias": k.description,
+             "keyspec": k.keyspec, "keyState": 1 if k.state == ENABLED else 0}
+            for k in service.list_keys(ctx)
+        ]}, "successful"
+
+    def enable_key(ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        service.set_enabled(ctx, _keyid(payload), True)
+        return {}, "successful"
+
+    def disable_key(ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        service.set_enabled(ctx, _keyid(payload), False)
+        return {}, "successful"
+
+    def delete_key(ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        try:
+            service.schedule_deletion(ctx, _keyid(payload), days=0)
+        except KeyNotFound:
+            pass  # eHSM answers "successful" for a key that is not there
+        return {}, "successful"
+
+    def delete_all_key(ctx: RequestContext, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        service.delete_all_keys(ctx)
+        return {}, "successful"
+
+    keyid = frozenset({"keyid"})
+    none: frozenset[str] = frozenset()
+    return {
+        "CreateKey": EhsmAction(create_key, frozenset({"keyspec", "origin", "keyusage"})),
+        "ListKey": EhsmAction(list_key, none, payload_required=False),
+        "EnableKey": EhsmAction(enable_key, keyid),
+        "DisableKey": EhsmAction(disable_key, keyid),
+        "DeleteKey": EhsmAction(delete_key, keyid),
+        "DeleteAllKey": EhsmAction(delete_all_key, none, payload_required=False),
+        "DeleteALLKey": EhsmAction(delete_all_key, none, payload_required=False),
+    }
+
+
+#: Every action name this server knows (metrics label them; others share one label).
+EHSM_ACTIONS: Final = frozenset({"GetVersion", "Enroll", *DATA_KEY_ACTIONS, "CreateKey", "ListKey", "EnableKey",
+                                 "DisableKey", "DeleteKey", "DeleteAllKey", "DeleteALLKey", "UploadQuotePolicy",
+                                 "GetQuotePolicy", "VerifyQuote", "GenerateQuote"})
+
+
+def add_ehsm_routes(app: FastAPI, service: KmsService, *, auth: Authenticator, open_enrollment: bool,
+                    call: Callable[..., Awaitable[Any]], data_key: Callable[[DataKeyRequest], Awaitable[bytes]],
+                    actions: Mapping[str, EhsmAction]) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """Mount ``/ehsm`` on ``app`` with ``actions`` (the KMS's and any co-hosted service's);
+    returns the POST handler (the server's fast path calls it for data-key actions)."""
 
     def enroll(ctx: RequestContext | None) -> JSONResponse:
         if ctx is None and not open_enrollment:
@@ -274,92 +344,65 @@ def add_ehsm_routes(app: FastAPI, service: KmsService, *, open_enrollment: bool,
     @app.get("/ehsm", tags=["eHSM"], include_in_schema=True)
     async def ehsm_get(request: Request) -> JSONResponse:
         """``GetVersion`` and ``Enroll`` (eHSM clients use GET for these two)."""
-        action = request.query_params.get("Action", "")
+        action = request.scope["state"]["ehsm_action"]
         try:
             if action == "GetVersion":
                 return ehsm_result({"version": __version__, "git_sha": "ppml"})
             if action == "Enroll":
-                ctx = None
-                if signing.HEADER_APP.lower() in request.headers:
-                    from ppml.kms.server import _authenticate_native
-
-                    ctx = await _authenticate_native(request, service, now)
+                ctx = await auth.native(request) if signing.HEADER_APP.lower() in request.headers else None
                 return enroll(ctx)
             return ehsm_result(None, "API Not Found", 404)
         except EhsmError as exc:
             return ehsm_result(None, exc.message, exc.code, exc.http_status)
 
+    async def attested(ctx: RequestContext, action: str, payload: dict[str, Any], token: str) -> dict[str, Any]:
+        job = DATA_KEY_ACTIONS[action](ctx, payload)
+        if job.operation == "Decrypt":
+            jwe = await call(service.release_to_tee, ctx, job.key_id, job.data, job.aad, token=token)
+            return {"jwe": jwe}
+        jwe, wrapped = await call(service.generate_data_key_for_tee, ctx, job.key_id, length=len(job.data),
+                                  aad=job.aad, token=token)
+        return {"ciphertext": _b64(wrapped), "jwe": jwe}
+
     @app.post("/ehsm", tags=["eHSM"])
     async def ehsm_post(request: Request) -> JSONResponse:
         """Every eHSM action; see docs/ehsm-api.md for payloads and results."""
-        action = request.query_params.get("Action", "")
+        action = request.scope["state"]["ehsm_action"]
         try:
             if action == "GetVersion":
                 return ehsm_result({"version": __version__, "git_sha": "ppml"})
             body = _parse(await request.body())
             if action == "Enroll" and body.get("appid") in (None, "") and open_enrollment:
                 return enroll(None)
-            ctx = _authenticate(service, body, action, now, request)
+            ctx = await auth.ehsm(request, body, action)
             request.state.appid = ctx.appid
-            if action == "Enroll":
-                return await app.state.call(enroll, ctx)
             payload = body.get("payload")
-            data_key_action = DATA_KEY_ACTIONS.get(action)
-            if data_key_action is not None:
-                if payload is None:
-                    raise EhsmError(400, "Missing required parameters")
-                job = data_key_action(ctx, payload)
-                return ehsm_result(_data_key_result(job, await app.state.data_key(job)), "success!")
-            handler = app.state.ehsm_actions.get(action)
+            if action == "Enroll":
+                _check_payload(action, payload, frozenset(), required=False)
+                return await call(enroll, ctx)
+            if action in DATA_KEY_ACTIONS:
+                payload = _check_payload(action, payload, _DATA_KEY_FIELDS[action])
+                token = request.headers.get(ATTESTATION_HEADER)
+                if token and action != "Encrypt":
+                    return ehsm_result(await attested(ctx, action, payload, token), "success!")
+                job = DATA_KEY_ACTIONS[action](ctx, payload)
+                return ehsm_result(_data_key_result(job, await data_key(job)), "success!")
+            handler = actions.get(action)
             if handler is None:
                 return ehsm_result(None, "API Not Found", 404)
-            if payload is None:
-                if action not in _PAYLOAD_OPTIONAL:
-                    raise EhsmError(400, "Missing required parameters")
-                payload = {}
-            result, message = await app.state.call(handler, service, ctx, payload)
+            result, message = await call(handler.run, ctx, handler.check_payload(action, payload))
             return ehsm_result(result, message)
         except EhsmError as exc:
             return ehsm_result(None, exc.message, exc.code, exc.http_status)
 
-    app.state.ehsm_post = ehsm_post
+    return ehsm_post
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise EhsmError(400, "Invalid JSON") from None
     if not isinstance(body, dict):
         raise EhsmError(400, "Invalid JSON")
     return body
-
-
-def _authenticate(service: KmsService, body: dict[str, Any], action: str, now: Callable[[], float],
-                  request: Request) -> RequestContext:
-    appid, timestamp, given = body.get("appid"), body.get("timestamp"), body.get("sign")
-    nonce, payload = body.get("nonce"), body.get("payload")
-    if appid in (None, "") or timestamp in (None, "") or given in (None, ""):
-        raise EhsmError(400, "Missing required parameters")
-    if not isinstance(appid, str) or not isinstance(timestamp, str) or not isinstance(given, str) \
-            or (payload is not None and not isinstance(payload, dict)) \
-            or (nonce is not None and not isinstance(nonce, str)):
-        raise EhsmError(400, "param type error")
-    if nonce is not None and len(nonce) > 64:
-        raise EhsmError(400, "Nonce length error")
-    if len(timestamp) != 13 or not timestamp.isdigit():
-        raise EhsmError(400, "Timestamp length error")
-    request_id = getattr(request.state, "request_id", "")
-    ctx = RequestContext(appid=appid[:64], request_id=request_id)
-    apikey = service.apikey(appid) if len(appid) <= 64 else None
-    expected = "" if apikey is None else signing.ehsm_sign(apikey, appid=appid, payload=payload,
-                                                           timestamp=timestamp, nonce=nonce or None)
-    if apikey is None or not signing.verify_signature(expected, given):
-        service.record_rejected_request(ctx, f"ehsm:{action[:40]}", "AuthenticationFailed")
-        raise EhsmError(400, "sign error")
-    if abs(int(now() * 1000) - int(timestamp)) >= signing.REPLAY_WINDOW_MS:
-        service.record_rejected_request(ctx, f"ehsm:{action[:40]}", "StaleTimestamp")
-        raise EhsmError(400, "Timestamp error")
-    stamp = f"t:{timestamp}" + (f":{nonce}" if nonce else "")
-    return RequestContext(appid=appid, request_id=request_id, replay_stamp=stamp,
-                          replay_expires=(int(timestamp) + 2 * signing.REPLAY_WINDOW_MS) // 1000 + 1)

@@ -1,9 +1,10 @@
 """Key release gated on attestation: what the KMS needs from a token, and the JWE it answers with.
 
-A primary key may carry a release policy::
+A primary key may carry a release policy, written in the claims-policy language of
+:mod:`ppml.core.policy` (the one the attestation service uses), e.g.::
 
-    {"policy_ids": ["<attestation policy id>", ...],   # the token must have matched one of these
-     "claims": {"mr_enclave": "<hex>", ...}}           # optional exact-match claim constraints
+    {"policy_ids": ["<attestation policy id>"]}        # the token must have matched this policy
+    {"mr_enclave": "<hex>", "allow_simulated": true}   # or constrain the token's claims directly
 
 Unwrapping (or generating, for a TEE) a data key under such a key needs a token that a
 :class:`ReleaseGate` accepts and that satisfies the policy; the data key then leaves the KMS only
@@ -13,6 +14,7 @@ between the KMS and the TEE — proxies, logs, Spark RPC — sees it in the clea
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -20,7 +22,9 @@ from joserfc import jwe
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
-from ppml.errors import PermissionDenied, TokenRejected
+from ppml.core.evidence import Claims
+from ppml.core.policy import parse_policy
+from ppml.errors import TokenRejected, UsageError
 
 __all__ = ["AttestedCaller", "ReleaseGate", "check_release", "seal_for_tee", "validate_release_policy"]
 
@@ -53,32 +57,32 @@ class ReleaseGate(Protocol):
 
 
 def validate_release_policy(policy: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Check a release policy's shape when a key is created; returns it normalised."""
+    """Parse a release policy when a key is created; returns its normalised JSON form.
+
+    Raises:
+        UsageError: the policy is not one :func:`ppml.core.policy.parse_policy` accepts.
+    """
     if policy is None:
         return None
-    unknown = set(policy) - {"policy_ids", "claims"}
-    if unknown:
-        raise PermissionDenied(f"unknown release policy field(s): {', '.join(sorted(unknown))}")
-    policy_ids = policy.get("policy_ids") or []
-    claims = policy.get("claims") or {}
-    if not isinstance(policy_ids, list) or not all(isinstance(p, str) for p in policy_ids):
-        raise PermissionDenied("release policy policy_ids must be a list of policy ids")
-    if not isinstance(claims, dict):
-        raise PermissionDenied("release policy claims must be an object")
-    if not policy_ids and not claims:
-        raise PermissionDenied("a release policy needs policy_ids or claims")
-    return {"policy_ids": policy_ids, "claims": claims}
+    return parse_policy(policy).to_dict()
 
 
 def check_release(policy: Mapping[str, Any], caller: AttestedCaller) -> None:
-    """Raise TokenRejected unless the token satisfies the key's release policy."""
-    wanted = set(policy.get("policy_ids") or [])
-    if wanted and not wanted & set(caller.policy_ids):
-        raise TokenRejected("the token matched none of the policies this key releases to")
-    claims = caller.claims.to_dict() if hasattr(caller.claims, "to_dict") else dict(caller.claims)
-    for name, expected in (policy.get("claims") or {}).items():
-        if claims.get(name) != expected:
-            raise TokenRejected(f"claim {name} does not satisfy the key's release policy")
+    """Raise TokenRejected unless the token satisfies the key's release policy.
+
+    The policy is the one claims-policy language of :mod:`ppml.core.policy`, with its safe
+    defaults: debug, simulated or out-of-date evidence is refused unless the policy opts in.
+    """
+    try:
+        parsed = parse_policy(policy)
+    except UsageError as exc:  # a stored policy this version cannot read: fail closed
+        raise TokenRejected(f"the key's release policy cannot be read: {exc}") from None
+    claims = caller.claims if isinstance(caller.claims, Claims) else Claims.from_dict(dict(caller.claims))
+    if caller.simulated and not claims.simulated:
+        claims = dataclasses.replace(claims, simulated=True)
+    reasons = parsed.mismatches(claims, matched_policy_ids=caller.policy_ids)
+    if reasons:
+        raise TokenRejected("the key's release policy refuses this workload: " + "; ".join(reasons))
     if caller.tee_public_key is None:
         raise TokenRejected("the token names no TEE public key to release the key to")
 

@@ -9,7 +9,6 @@ id — never bodies, headers or query values that could hold secrets.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -45,14 +44,26 @@ from ppml.errors import (
     UsageError,
 )
 from ppml.core import signing
-from ppml.kms.ehsm import DATA_KEY_ACTIONS, ehsm_error_response
+from ppml.kms.auth import Authenticator, EhsmError
+from ppml.kms.batching import GroupCommit
+from ppml.kms.ehsm import (
+    ATTESTATION_HEADER,
+    DATA_KEY_ACTIONS,
+    EHSM_ACTIONS,
+    MAX_JSON_DEPTH,
+    EhsmAction,
+    add_ehsm_routes,
+    ehsm_error_response,
+    ehsm_result,
+    json_too_deep,
+    kms_actions,
+    parse_action,
+)
 from ppml.kms.service import Credentials, DataKeyRequest, KeyDescription, KmsService, RequestContext
 
-__all__ = ["ATTESTATION_HEADER", "AppHooks", "DataKeyBatcher", "MAX_BODY", "create_app"]
+__all__ = ["ATTESTATION_HEADER", "AppHooks", "MAX_BODY", "create_app"]
 
 MAX_BODY: Final = 1 << 20
-_KNOWN_EHSM: Final = {"GetVersion", "Enroll", *DATA_KEY_ACTIONS}
-ATTESTATION_HEADER: Final = "X-PPML-Attestation"
 access_log = logging.getLogger("ppml.kms.access")
 
 STATUS: Final[list[tuple[type[PpmlError], int]]] = [
@@ -78,7 +89,8 @@ def status_of(exc: PpmlError) -> int:
 
 class _BodyLimit:
     """Refuse bodies over ``limit`` bytes with 413, whether announced by Content-Length or sent
-    chunked: the body is read (up to limit + 1 bytes) before the app sees the request."""
+    chunked: the body is read (up to limit + 1 bytes) before the app sees the request. Bodies
+    nested deeper than ``MAX_JSON_DEPTH`` are refused with 400 before anything parses them."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -106,6 +118,12 @@ class _BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if json_too_deep(body):
+            refusal = f"request body nested deeper than {MAX_JSON_DEPTH} levels"
+            response = (ehsm_result(None, f"Parameter invalid, {refusal}", 400) if scope["path"] == "/ehsm"
+                        else JSONResponse({"error": "KmsRequestRejected", "message": refusal}, status_code=400))
+            await response(scope, receive, send)
+            return
         delivered = False
 
         async def replay() -> Message:
@@ -126,7 +144,11 @@ async def _too_large(send: Send) -> None:
 
 
 class _Observe:
-    """Request ids, metrics and one JSON access-log line per request (plain ASGI: cheap)."""
+    """Request ids, metrics and one JSON access-log line per request (plain ASGI: cheap).
+
+    eHSM requests are normalised here, once: ``/ehsm/`` becomes ``/ehsm`` (eHSM's Python SDK
+    posts there), and the one ``Action`` is parsed into ``scope["state"]["ehsm_action"]`` (a
+    repeated ``Action`` is refused), which dispatch, the access log and metrics all read."""
 
     def __init__(self, app: ASGIApp, requests_total: Counter, latency: Histogram) -> None:
         self.app = app
@@ -148,6 +170,13 @@ class _Observe:
         state["appid"] = None
         status = 500
         started = time.perf_counter()
+        refusal: EhsmError | None = None
+        if scope["path"] in ("/ehsm", "/ehsm/"):
+            scope["path"], scope["raw_path"] = "/ehsm", b"/ehsm"
+            try:
+                state["ehsm_action"] = parse_action(scope.get("query_string", b""))
+            except EhsmError as exc:
+                state["ehsm_action"], refusal = "", exc
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -158,15 +187,17 @@ class _Observe:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if refusal is not None:
+                await ehsm_result(None, refusal.message, refusal.code)(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
-            if route == "/ehsm":
-                action = _ehsm_action(scope)
+            if scope["path"] == "/ehsm":
+                action = state["ehsm_action"]
                 # Only known actions become label values: clients must not mint metric series.
-                known = getattr(getattr(scope.get("app"), "state", None), "ehsm_actions", {})
-                route = f"/ehsm?Action={action if action in known or action in _KNOWN_EHSM else 'unknown'}"
+                route = f"/ehsm?Action={action if action in EHSM_ACTIONS else 'unknown'}"
             self.requests_total.labels(route, str(status)).inc()
             self.latency.labels(route).observe(elapsed)
             if access_log.isEnabledFor(logging.INFO):
@@ -178,67 +209,6 @@ class _Observe:
                 if self.worker is not None:
                     line["worker"] = self.worker
                 access_log.info(json.dumps(line))
-
-
-class DataKeyBatcher:
-    """Group commit for data-key operations (generate, encrypt, decrypt).
-
-    Requests that arrive while a batch is in the database join the next batch, so under load one
-    transaction — one replay-stamp insert, one key lookup, one audit append, one commit — serves
-    many requests, while a lone request still runs at once. Each request keeps its own outcome,
-    replay check and audit record (see :meth:`KmsService.run_data_key_batch`). One batch is in
-    flight at a time: on a thread for PostgreSQL (network round trips), on the event loop for
-    SQLite (a batch is short: a thread would add a hand-off of the GIL per batch; measured, the
-    two ways were within noise for PostgreSQL).
-    """
-
-    def __init__(self, service: KmsService, *, inline: bool = False, max_batch: int = 128) -> None:
-        self._service = service
-        self._inline = inline
-        self._max_batch = max_batch
-        self._pending: list[tuple[DataKeyRequest, asyncio.Future[bytes | BaseException]]] = []
-        self._busy = False
-
-    async def run(self, request: DataKeyRequest) -> bytes:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes | BaseException] = loop.create_future()
-        self._pending.append((request, future))
-        if not self._busy:
-            self._busy = True
-            loop.call_soon(self._start, loop)  # after the requests that are ready now have joined
-        result = await future
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-        requests = [request for request, _ in batch]
-        if self._inline:
-            try:
-                results: Sequence[bytes | BaseException] = self._service.run_data_key_batch(requests)
-            except Exception as exc:  # noqa: BLE001 (a bug, not a refusal: each waiting request fails with it)
-                results = [exc] * len(batch)
-            self._deliver(loop, batch, results)
-            return
-        done = loop.run_in_executor(None, self._service.run_data_key_batch, requests)
-
-        def finished(future: asyncio.Future[list[bytes | PpmlError]]) -> None:
-            error = future.exception()
-            self._deliver(loop, batch, [error] * len(batch) if error else future.result())
-
-        done.add_done_callback(finished)
-
-    def _deliver(self, loop: asyncio.AbstractEventLoop,
-                 batch: list[tuple[DataKeyRequest, asyncio.Future[bytes | BaseException]]],
-                 results: Sequence[bytes | BaseException]) -> None:
-        for (_, future), result in zip(batch, results):
-            if not future.done():  # a client that went away leaves a cancelled future
-                future.set_result(result)
-        if self._pending:
-            loop.call_soon(self._start, loop)
-        else:
-            self._busy = False
 
 
 # -- request and response models (they also document the API in OpenAPI) ----------------------
@@ -388,7 +358,7 @@ class _DataKeyRoutes:
                 scope["route"] = self.native_routes[match[2]]
                 await self._respond(scope, receive, send, self.native[match[2]], match[1])
                 return
-            if path == "/ehsm" and _ehsm_action(scope) in DATA_KEY_ACTIONS:
+            if path == "/ehsm" and scope["state"]["ehsm_action"] in DATA_KEY_ACTIONS:
                 scope["route"] = self.ehsm_route
                 await self._respond(scope, receive, send, lambda request, _: self.ehsm(request), "")
                 return
@@ -405,11 +375,6 @@ class _DataKeyRoutes:
         await response(scope, receive, send)
 
 
-def _ehsm_action(scope: Scope) -> str:
-    query = scope.get("query_string", b"").decode("latin-1")
-    return next((q[7:] for q in query.split("&") if q.startswith("Action=")), "")
-
-
 # -- the application ---------------------------------------------------------------------------
 
 
@@ -420,6 +385,8 @@ class AppHooks:
     authenticated: Callable[[Request], Awaitable[RequestContext]]
     call: Callable[..., Awaitable[Any]]
     apikey_of: Callable[[str], bytes | None]
+    #: The eHSM action registry: a co-hosted service adds its actions here.
+    ehsm_actions: dict[str, EhsmAction]
 
 
 def create_app(
@@ -440,11 +407,10 @@ def create_app(
     requests_total = Counter("ppml_kms_requests_total", "HTTP requests", ["route", "status"], registry=registry)
     latency = Histogram("ppml_kms_request_seconds", "HTTP request latency", ["route"], registry=registry,
                         buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
-    app.state.service = service
-    app.state.open_enrollment = open_enrollment
     inline = service.storage.is_sqlite
 
-    batcher = DataKeyBatcher(service, inline=inline)
+    batcher: GroupCommit[DataKeyRequest, bytes] = GroupCommit(service.run_data_key_batch, inline=inline)
+    auth = Authenticator(service, now=now, inline=inline, ehsm_actions=EHSM_ACTIONS)
 
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """SQLite work is short and serialised: run it on the event loop instead of paying a
@@ -465,13 +431,12 @@ def create_app(
     async def ppml_error(request: Request, exc: PpmlError) -> JSONResponse:
         return ppml_error_response(request.url.path, exc)
 
-    async def authenticated(request: Request) -> RequestContext:
-        return await _authenticate_native(request, service, now)
+    authenticated = auth.native
 
     async def maybe_authenticated(request: Request) -> RequestContext | None:
-        if signing.HEADER_APP.lower() not in request.headers and app.state.open_enrollment:
+        if signing.HEADER_APP.lower() not in request.headers and open_enrollment:
             return None
-        return await _authenticate_native(request, service, now)
+        return await auth.native(request)
 
     # -- health and metrics --
 
@@ -553,7 +518,7 @@ def create_app(
     # ASGI dispatcher below (_DataKeyRoutes) can call them without FastAPI's routing and
     # dependency machinery; FastAPI routes the same handlers everywhere else and documents them.
     async def generate_data_key_raw(request: Request, key_id: str) -> Response:
-        ctx = await _authenticate_native(request, service, now)
+        ctx = await auth.native(request)
         body = await _json_body(request, GenerateDataKeyRequest, optional=True)
         token = request.headers.get(ATTESTATION_HEADER)
         if token:
@@ -568,7 +533,7 @@ def create_app(
         return JSONResponse(result)
 
     async def decrypt_raw(request: Request, key_id: str) -> Response:
-        ctx = await _authenticate_native(request, service, now)
+        ctx = await auth.native(request)
         body = await _json_body(request, CiphertextRequest)
         token = request.headers.get(ATTESTATION_HEADER)
         if token:
@@ -580,7 +545,7 @@ def create_app(
         return JSONResponse({"plaintext": b64encode(plaintext)})
 
     async def encrypt_raw(request: Request, key_id: str) -> Response:
-        ctx = await _authenticate_native(request, service, now)
+        ctx = await auth.native(request)
         body = await _json_body(request, PlaintextRequest)
         ciphertext = await batcher.run(DataKeyRequest.encrypt(
             ctx, key_id, b64decode(body.plaintext, "plaintext"), b64decode(body.aad, "aad")))
@@ -618,55 +583,20 @@ def create_app(
                                 b64decode(body.aad, "aad"))
         return JSONResponse({"ciphertext": b64encode(ciphertext)})
 
-    from ppml.kms.ehsm import add_ehsm_routes
-
-    app.state.call = call
-    app.state.data_key = batcher.run
-    add_ehsm_routes(app, service, open_enrollment=open_enrollment, now=now)
+    ehsm_actions = kms_actions(service)
     if extend is not None:
-        extend(app, AppHooks(authenticated=authenticated, call=call, apikey_of=service.apikey))
+        extend(app, AppHooks(authenticated=authenticated, call=call, apikey_of=service.apikey,
+                             ehsm_actions=ehsm_actions))
+    ehsm_post = add_ehsm_routes(app, service, auth=auth, open_enrollment=open_enrollment, call=call,
+                                data_key=batcher.run, actions=ehsm_actions)
     routes = {getattr(r, "path", ""): r for r in app.routes}
     fast = _DataKeyRoutes(
         app, error=lambda request, exc: ppml_error_response(request.url.path, exc),
         native={"generate-data-key": generate_data_key_raw, "decrypt": decrypt_raw, "encrypt": encrypt_raw},
         native_routes={name: routes[f"/v1/keys/{{key_id}}/{name}"] for name in ("generate-data-key", "decrypt", "encrypt")},
-        ehsm=app.state.ehsm_post, ehsm_route=routes["/ehsm"],
+        ehsm=ehsm_post, ehsm_route=routes["/ehsm"],
     )
-    return _BodyLimit(_Observe(fast, requests_total, latency), MAX_BODY)  # type: ignore[return-value]
-
-
-async def _authenticate_native(request: Request, service: KmsService, now: Callable[[], float]) -> RequestContext:
-    headers = request.headers
-    appid = headers.get(signing.HEADER_APP, "")
-    timestamp = headers.get(signing.HEADER_TIMESTAMP, "")
-    nonce = headers.get(signing.HEADER_NONCE, "")
-    given = headers.get(signing.HEADER_SIGNATURE, "")
-    request.state.appid = appid[:64] or None
-    if not (appid and timestamp and nonce and given):
-        raise AuthenticationFailed("missing X-PPML-App/-Timestamp/-Nonce/-Signature headers")
-    if len(appid) > 64 or len(nonce) != 32 or not timestamp.isdigit() or len(timestamp) != 13:
-        raise AuthenticationFailed("malformed authentication headers")
-    apikey = service.apikey(appid)
-    body = await request.body()
-    # The path as it was on the wire (percent-encoded), which is what the client signed.
-    raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
-    expected = "" if apikey is None else signing.native_signature(
-        apikey, method=request.method, path=raw_path.decode("latin-1"), query=request.scope.get("query_string", b"").decode("latin-1"),
-        timestamp=timestamp, nonce=nonce, body=body,
-    )
-    ctx = RequestContext(appid=appid, request_id=request.state.request_id)
-    if apikey is None or not signing.verify_signature(expected, given):
-        service.record_rejected_request(ctx, f"{request.method} {request.url.path}", "AuthenticationFailed")
-        raise AuthenticationFailed("unknown app or bad signature")
-    stamp = int(timestamp)
-    current = int(now() * 1000)
-    if abs(current - stamp) > signing.REPLAY_WINDOW_MS:
-        service.record_rejected_request(ctx, f"{request.method} {request.url.path}", "StaleTimestamp")
-        raise ReplayedRequest("timestamp outside the ±10 minute window (check the clock)")
-    return RequestContext(
-        appid=appid, request_id=request.state.request_id, replay_stamp=f"n:{nonce}",
-        replay_expires=(stamp + signing.REPLAY_WINDOW_MS) // 1000 + 1,
-    )
+    return _Observe(_BodyLimit(fast, MAX_BODY), requests_total, latency)  # type: ignore[return-value]
 
 
 __all__ += ["Credentials"]

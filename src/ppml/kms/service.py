@@ -2,8 +2,10 @@
 
 This is the one implementation of the KMS logic; the HTTP server (native and eHSM surfaces)
 and the in-process client both call it. Every key operation runs in one database transaction
-together with its audit record (and the request's replay stamp), so an acknowledged operation
-is durable and audited, and a failed one leaves no state but a failure record.
+together with its audit record, so an acknowledged operation is durable and audited, and a
+failed one leaves no state but a failure record. Replay stamps of signed requests are spent by
+the HTTP layer when it authenticates a request (:meth:`KmsService.spend_replay_stamps`), before
+any operation runs.
 
 Wrapped data key / ciphertext layout (version 1)::
 
@@ -21,7 +23,6 @@ Audit record MAC (a chain keyed by the root key, so nobody without it can rewrit
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -54,9 +55,9 @@ from ppml.errors import (
     KmsUnavailable,
     PermissionDenied,
     PpmlError,
-    ReplayedRequest,
     RootKeyMismatch,
     TokenRejected,
+    UsageError,
 )
 from ppml.kms import storage as db
 from ppml.kms.release import AttestedCaller, ReleaseGate, check_release, seal_for_tee, validate_release_policy
@@ -350,8 +351,8 @@ class KmsService:
             raise KmsRequestRejected("description longer than 1024 characters")
         try:
             release_policy = validate_release_policy(release_policy)
-        except PermissionDenied as exc:
-            raise KmsRequestRejected(str(exc)) from None
+        except UsageError as exc:
+            raise KmsRequestRejected(f"release policy: {exc}") from None
         key_id = str(uuid.uuid4())
 
         def op(conn: Connection) -> KeyDescription:
@@ -424,6 +425,21 @@ class KmsService:
 
         return self._run(ctx, "DeleteKey", key_id, op)
 
+    def delete_all_keys(self, ctx: RequestContext) -> list[str]:
+        """Delete every key of the app at once, in ONE transaction with one audit record per key;
+        returns the deleted key ids."""
+
+        def op(conn: Connection) -> list[str]:
+            rows = conn.execute(select(db.keys.c.key_id).where(db.keys.c.owner == ctx.appid)
+                                .order_by(db.keys.c.created, db.keys.c.key_id)).all()
+            deleted = [row.key_id for row in rows]
+            for key_id in deleted:
+                self._delete_key(conn, key_id)
+            self._append_audits(conn, [(ctx, "DeleteKey", key_id, None, "ok") for key_id in deleted])
+            return deleted
+
+        return self._run(ctx, "DeleteAllKey", None, op, audit_success=False)
+
     def cancel_deletion(self, ctx: RequestContext, key_id: str) -> KeyDescription:
         def op(conn: Connection) -> KeyDescription:
             current = self._describe(conn, ctx.appid, key_id)
@@ -480,19 +496,16 @@ class KmsService:
         """Run data-key operations (generate, encrypt, decrypt) in ONE transaction: group commit.
 
         Each request keeps its own outcome — its result (wrapped key or ciphertext; plaintext for
-        Decrypt) or its error — and its own replay check and audit record, exactly as if it ran
-        alone; a batch only shares the commit and the statements. A storage fault fails every
+        Decrypt) or its error — and its own audit record, exactly as if it ran alone (replay
+        stamps were spent when the request was authenticated); a batch only shares the commit and the statements. A storage fault fails every
         request in the batch and leaves no state.
         """
         results: list[bytes | PpmlError | None] = [None] * len(requests)
         try:
             with self.storage.transaction(durable=False) as conn:
-                fresh, keys, head = self._begin_batch(conn, [r.ctx for r in requests], {r.key_id for r in requests})
+                keys, head = self._begin_batch(conn, {r.key_id for r in requests})
                 audits: list[tuple[RequestContext, str, str | None, int | None, str]] = []
-                for index, (request, ok) in enumerate(zip(requests, fresh)):
-                    if not ok:
-                        results[index] = ReplayedRequest("this request was already used (replayed timestamp)")
-                        continue
+                for index, request in enumerate(requests):
                     try:
                         value, version = self._data_key_op(conn, keys, request)
                     except PpmlError as exc:
@@ -693,31 +706,21 @@ class KmsService:
         version_of: Callable[[Any], int | None] | None = None,
         durable: bool = True,
     ) -> Any:
-        """Run ``op`` in one transaction with the replay check and the audit record."""
+        """Run ``op`` in one transaction with its audit record (a failure is audited too)."""
         try:
             with self.storage.transaction(durable=durable) as conn:
-                self._consume_replay_stamp(conn, ctx)
                 result = op(conn)
                 if audit_success:
                     version = version_of(result) if version_of else None
                     self._append_audit(conn, ctx, operation, key_id, version, "ok")
                 return result
-        except ReplayedRequest:
-            raise
         except PpmlError as exc:
-            # The failed request's stamp is spent too, or it could be replayed once the
-            # condition that failed it (a disabled key, say) has changed.
-            self._audit_failure(ctx, operation, key_id, type(exc).__name__, consume_stamp=True)
+            self._audit_failure(ctx, operation, key_id, type(exc).__name__)
             raise
 
-    def _audit_failure(self, ctx: RequestContext, operation: str, key_id: str | None, outcome: str, *,
-                       consume_stamp: bool = False) -> None:
+    def _audit_failure(self, ctx: RequestContext, operation: str, key_id: str | None, outcome: str) -> None:
         try:
             with self.storage.transaction() as conn:
-                if consume_stamp and ctx.replay_stamp is not None:
-                    with contextlib.suppress(ReplayedRequest):
-                        with conn.begin_nested():
-                            self._consume_replay_stamp(conn, ctx)
                 self._append_audit(conn, ctx, operation, key_id, None, outcome)
         except PpmlError:
             pass  # the storage is down: the original error is what the caller needs
@@ -726,9 +729,20 @@ class KmsService:
         """Audit a request refused before it reached an operation (bad signature, replay)."""
         self._audit_failure(ctx, operation, None, outcome)
 
-    def _consume_replay_stamp(self, conn: Connection, ctx: RequestContext) -> None:
-        if not self._consume_replay_stamps(conn, [ctx])[0]:
-            raise ReplayedRequest("this request was already used (replayed timestamp)")
+    def spend_replay_stamps(self, contexts: Sequence[RequestContext]) -> list[bool]:
+        """Spend each authenticated request's replay stamp (its timestamp/nonce), in ONE
+        transaction: True where the stamp was fresh, False for a replay (seen before, or earlier
+        in ``contexts``). The HTTP layer calls this for every authenticated request before it
+        does anything else (``ppml.kms.auth``), so a stamp is spent exactly once whatever the
+        route and whatever happens to the request afterwards; operations never look at stamps.
+
+        Raises:
+            KmsUnavailable: the storage is down (no stamp was spent).
+        """
+        if not any(ctx.replay_stamp is not None for ctx in contexts):
+            return [True] * len(contexts)
+        with self.storage.transaction(durable=False) as conn:
+            return self._consume_replay_stamps(conn, contexts)
 
     def _consume_replay_stamps(self, conn: Connection, contexts: Sequence[RequestContext]) -> list[bool]:
         """Record each request's stamp; False for a stamp seen before (in the database or earlier
@@ -749,30 +763,22 @@ class KmsService:
             conn.execute(delete(db.replay).where(db.replay.c.expires < int(self._now())))
         return fresh
 
-    def _begin_batch(self, conn: Connection, contexts: Sequence[RequestContext],
-                     key_ids: set[str]) -> tuple[list[bool], dict[str, Any], tuple[int, bytes] | None]:
-        """A batch's first work: spend the replay stamps (see :meth:`_consume_replay_stamps`) and
-        load the keys; on PostgreSQL also lock and read the audit head, all in ONE statement (one
-        round trip instead of three). Returns (fresh per context, key rows by id, head or None)."""
+    def _begin_batch(self, conn: Connection, key_ids: set[str]) -> tuple[dict[str, Any], tuple[int, bytes] | None]:
+        """A batch's first work: load the keys; on PostgreSQL also lock and read the audit head,
+        in ONE statement (one round trip instead of two). Returns (key rows by id, head or None)."""
         if self.storage.is_sqlite:
-            return self._consume_replay_stamps(conn, contexts), self._load_keys(conn, key_ids), None
-        fresh, rows, params = _stamp_rows(contexts)
+            return self._load_keys(conn, key_ids), None
         wanted = [k for k in key_ids if k and len(k) <= 64]
-        args: list[Any] = [value for p in params for value in (p["appid"], p["stamp"], p["expires"])]
-        inserted: set[tuple[str, str]] = set()
         keys: dict[str, Any] = {}
         head: tuple[int, bytes] | None = None
-        for kind, appid, stamp, seq, mac, key in conn.exec_driver_sql(_pg_begin_sql(len(params)),
-                                                                      tuple([*args, wanted])):
+        for kind, seq, mac, key in conn.exec_driver_sql(_PG_BEGIN_SQL, (wanted,)):
             if kind == "h":
                 head = (int(seq), bytes(mac))
-            elif kind == "r":
-                inserted.add((appid, stamp))
             else:
                 keys[key["key_id"]] = _key_row(key)
         if head is None:
             raise KmsUnavailable("storage", "the audit head row is missing")
-        return self._stamps_seen(conn, fresh, rows, inserted), keys, head
+        return keys, head
 
     def _append_audit(self, conn: Connection, ctx: RequestContext, operation: str, key_id: str | None,
                       key_version: int | None, outcome: str) -> None:
@@ -873,20 +879,13 @@ def _stamp_rows(contexts: Sequence[RequestContext]) -> tuple[list[bool], dict[tu
     return fresh, rows, params
 
 
-@functools.lru_cache(maxsize=256)
-def _pg_begin_sql(stamps: int) -> str:
-    """Lock and read the audit head, insert ``stamps`` replay stamps (returning those that were
-    new) and read the keys ``= ANY(%s)``: one PostgreSQL statement, rows tagged h / r / k."""
-    ctes = ["head AS (SELECT seq, mac FROM audit_head WHERE id = 1 FOR UPDATE)"]
-    selects = ["SELECT 'h' AS kind, NULL::text AS appid, NULL::text AS stamp, head.seq, head.mac, NULL::json AS key "
-               "FROM head"]
-    if stamps:
-        values = ", ".join(["(%s, %s, %s)"] * stamps)
-        ctes.append(f"ins AS (INSERT INTO replay (appid, stamp, expires) VALUES {values} "
-                    "ON CONFLICT DO NOTHING RETURNING appid, stamp)")
-        selects.append("SELECT 'r', ins.appid, ins.stamp, NULL, NULL, NULL FROM ins")
-    selects.append("SELECT 'k', NULL, NULL, NULL, NULL, row_to_json(keys) FROM keys WHERE key_id = ANY(%s)")
-    return "WITH " + ", ".join(ctes) + " " + " UNION ALL ".join(selects)
+#: Lock and read the audit head and read the keys ``= ANY(%s)``: one PostgreSQL statement, rows
+#: tagged h / k.
+_PG_BEGIN_SQL: Final = (
+    "WITH head AS (SELECT seq, mac FROM audit_head WHERE id = 1 FOR UPDATE) "
+    "SELECT 'h' AS kind, head.seq, head.mac, NULL::json AS key FROM head "
+    "UNION ALL SELECT 'k', NULL, NULL, row_to_json(keys) FROM keys WHERE key_id = ANY(%s)"
+)
 
 
 def _key_row(key: dict[str, Any]) -> Any:
