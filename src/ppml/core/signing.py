@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 __all__ = [
+    "EHSM_TOKEN_REJECTED",
     "REPLAY_WINDOW_MS",
     "ehsm_sign",
     "ehsm_sign_object",
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 REPLAY_WINDOW_MS: Final = 10 * 60 * 1000
+#: The eHSM reply message prefix for a refused attestation token (a ppml extension; clients map it
+#: to ``TokenRejected``).
+EHSM_TOKEN_REJECTED: Final = "Attestation token rejected: "
 HEADER_APP, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE = (
     "X-PPML-App", "X-PPML-Timestamp", "X-PPML-Nonce", "X-PPML-Signature",
 )

@@ -54,6 +54,7 @@ from ppml.errors import (
     PermissionDenied,
     PpmlError,
     ReplayedRequest,
+    TokenRejected,
 )
 from ppml.core import signing
 from ppml.kms.auth import Authenticator, EhsmError
@@ -77,6 +78,8 @@ def ehsm_result(result: dict[str, Any] | None = None, message: str = "success!",
 
 
 def ehsm_error_response(exc: PpmlError) -> JSONResponse:
+    if isinstance(exc, TokenRejected):
+        return ehsm_result(None, f"{signing.EHSM_TOKEN_REJECTED}{exc.reason}", 400)
     if isinstance(exc, AttestationFailed):
         return ehsm_result(None, exc.reason, 400)
     if isinstance(exc, ReplayedRequest):

@@ -5,8 +5,12 @@ Speaks eHSM's wire protocol (docs/ehsm-api.md): signed ``POST /ehsm?Action=…``
 client never reuses one: it waits for the next millisecond when two requests would share it.
 Unlike eHSM's own clients, this one verifies the server's TLS certificate, and it signs a random
 ``nonce`` into every request (current eHSM and ``ppml serve`` accept it; eHSM revisions before
-the nonce field would reject such signatures). eHSM keys carry no description: ``list_keys``
-shows descriptions as empty.
+the nonce field would reject such signatures); the nonce starts with ``<Action>.`` so that
+``ppml serve`` can refuse the signed body under any other action. eHSM keys carry no
+description: ``list_keys`` shows descriptions as empty. Inside an attested TEE (``attestation=``)
+data-key requests carry the session's token, exactly as the native client's do, and the data key
+comes back only as a JWE to the TEE's key (a ``ppml serve`` extension; eHSM itself has no such
+release and answers as it always does).
 """
 
 from __future__ import annotations
@@ -30,10 +34,18 @@ from ppml.errors import (
     KmsRequestRejected,
     KmsUnavailable,
     ReplayedRequest,
+    TokenRejected,
     UsageError,
 )
 from ppml.core import signing
-from ppml.kms.remote import ClientCredentials, HttpTransport, KmsEndpoint, load_credentials
+from ppml.kms.remote import (
+    ATTESTATION_HEADER,
+    AttestationCredential,
+    ClientCredentials,
+    HttpTransport,
+    KmsEndpoint,
+    load_credentials,
+)
 
 __all__ = ["EhsmKms"]
 
@@ -61,7 +73,8 @@ class EhsmKms:
     """eHSM client implementing ``KeyManagementService`` (keys: AES-GCM-256 by default)."""
 
     def __init__(self, endpoint: KmsEndpoint, credentials: ClientCredentials | None = None, *,
-                 keyspec: str = "EH_AES_GCM_256", transport: httpx.BaseTransport | None = None) -> None:
+                 keyspec: str = "EH_AES_GCM_256", transport: httpx.BaseTransport | None = None,
+                 attestation: AttestationCredential | None = None) -> None:
         if credentials is None:
             if endpoint.credentials_path is None:
                 raise UsageError(f"no credentials for {endpoint.uri}: set credentials=PATH or $PPML_KMS_CREDENTIALS")
@@ -71,10 +84,11 @@ class EhsmKms:
         self._keyspec = keyspec
         self._http = HttpTransport(endpoint, transport=transport)
         self._clock = _Clock()
+        self._attestation = attestation
 
     @classmethod
-    def from_uri(cls, uri: str) -> EhsmKms:
-        return cls(KmsEndpoint.parse(uri))
+    def from_uri(cls, uri: str, *, attestation: AttestationCredential | None = None) -> EhsmKms:
+        return cls(KmsEndpoint.parse(uri), attestation=attestation)
 
     @property
     def uri(self) -> str:
@@ -83,20 +97,27 @@ class EhsmKms:
     def __repr__(self) -> str:
         return f"EhsmKms({self.uri!r}, appid={self._credentials.appid!r})"
 
-    def call(self, action: str, payload: dict[str, Any] | None = None, *, key_id: str | None = None) -> dict[str, Any]:
+    def call(self, action: str, payload: dict[str, Any] | None = None, *, key_id: str | None = None,
+             attested: bool = False) -> dict[str, Any]:
+        """One eHSM action. With ``attested`` and an attestation session, the request carries the
+        session's token (``ppml serve`` then releases data keys only as JWE to the TEE's key)."""
         if key_id is not None and not _UUID.fullmatch(key_id):
             raise KeyNotFound(key_id, self.uri)  # eHSM key ids are lower-case UUIDs; nothing else exists
         timestamp = self._clock.next()
         # A random nonce (signed, as current eHSM does) keeps two clients of one app that pick the
-        # same millisecond from rejecting each other as replays.
-        nonce = secrets.token_hex(16)
+        # same millisecond from rejecting each other as replays; its "<Action>." prefix binds the
+        # signed body to this action (eHSM's signature does not cover Action).
+        nonce = f"{action}.{secrets.token_hex(16)}"[-64:]
         body: dict[str, Any] = {"appid": self._credentials.appid, "nonce": nonce, "timestamp": timestamp}
         if payload is not None:
             body["payload"] = payload
         body["sign"] = signing.ehsm_sign(self._credentials.apikey, appid=self._credentials.appid,
                                          payload=payload, timestamp=timestamp, nonce=nonce)
-        response = self._http.send("POST", "/ehsm", body=json.dumps(body).encode(),
-                                   headers={"Content-Type": "application/json"}, params={"Action": action})
+        headers = {"Content-Type": "application/json"}
+        if attested and self._attestation is not None:
+            headers[ATTESTATION_HEADER] = self._attestation.token
+        response = self._http.send("POST", "/ehsm", body=json.dumps(body).encode(), headers=headers,
+                                   params={"Action": action})
         return _result(response, self.uri, key_id)
 
     def create_primary_key(self, *, description: str = "") -> KeyInfo:
@@ -119,15 +140,24 @@ class EhsmKms:
         payload: dict[str, Any] = {"keyid": key_id, "keylen": DATA_KEY_SIZE}
         if associated_data:
             payload["aad"] = base64.b64encode(associated_data).decode()
-        result = self.call("GenerateDataKey", payload, key_id=key_id)
-        return GeneratedDataKey(key_id=key_id, data_key=DataKey(_unb64(result["plaintext"])),
+        result = self.call("GenerateDataKey", payload, key_id=key_id, attested=True)
+        return GeneratedDataKey(key_id=key_id, data_key=DataKey(self._plaintext(result)),
                                 wrapped=_unb64(result["ciphertext"]))
+
+    def _plaintext(self, result: dict[str, Any]) -> bytes:
+        if "jwe" in result:
+            if self._attestation is None:
+                raise InvalidCiphertext()
+            return self._attestation.decrypt_jwe(str(result["jwe"]))
+        if "plaintext" not in result:
+            raise KmsRequestRejected(f"{self.uri}: the key service answered without the data key")
+        return _unb64(result["plaintext"])
 
     def unwrap_data_key(self, key_id: str, wrapped: bytes, *, associated_data: bytes | None = None) -> DataKey:
         payload: dict[str, Any] = {"keyid": key_id, "ciphertext": base64.b64encode(wrapped).decode()}
         if associated_data:
             payload["aad"] = base64.b64encode(associated_data).decode()
-        plaintext = _unb64(self.call("Decrypt", payload, key_id=key_id)["plaintext"])
+        plaintext = self._plaintext(self.call("Decrypt", payload, key_id=key_id, attested=True))
         if len(plaintext) != DATA_KEY_SIZE:
             raise InvalidCiphertext()
         return DataKey(plaintext)
@@ -162,6 +192,8 @@ def _result(response: httpx.Response, uri: str, key_id: str | None) -> dict[str,
         raise InvalidCiphertext()
     if message == "sign error":
         raise AuthenticationFailed(f"{uri}: the server rejected the request signature (check the credentials)")
+    if message.startswith(signing.EHSM_TOKEN_REJECTED):
+        raise TokenRejected(message.removeprefix(signing.EHSM_TOKEN_REJECTED))
     if message.startswith("Timestamp"):
         raise ReplayedRequest(f"{uri}: {message} (check the clock)")
     raise KmsRequestRejected(f"{uri}: eHSM code {code}: {message}")

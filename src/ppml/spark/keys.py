@@ -67,14 +67,11 @@ def kms_for(uri: str) -> DataKeyProvider:
         client = _clients.get(uri)
     if client is not None:
         return client
-    if uri.startswith(("ppml+https://", "https://")):
-        from ppml.kms.remote import RemoteKms
+    from ppml.kms.registry import open_kms
 
-        client = RemoteKms.from_uri(uri, attestation=tee_session())
-    else:
-        from ppml.kms.registry import open_kms
-
-        client = open_kms(uri)
+    # Every remote scheme goes through the attested path: the session's token rides on data-key
+    # requests and keys arrive as JWE to this TEE's key. A local store has no such gate.
+    client = open_kms(uri, attestation=None if uri.startswith("local:") else tee_session())
     with _lock:
         _clients.setdefault(uri, client)
         return _clients[uri]
