@@ -26,7 +26,7 @@ from ppml.attestation.client import AttestationClient
 from ppml.core import signing
 from ppml.core.evidence import Evidence, report_data_for
 from ppml.core.simulated import SimulatedReport, sign_report
-from ppml.errors import TokenRejected
+from ppml.errors import PermissionDenied, TokenRejected
 from ppml.kms.ehsm_client import EhsmKms
 from ppml.kms.registry import open_kms
 from ppml.kms.remote import ClientCredentials, KmsEndpoint, RemoteKms, write_credentials
@@ -475,3 +475,50 @@ def test_release_policy_unit_refusals_for_tcb() -> None:
         check_release({"policy_ids": ["q"], "accepted_tcb_statuses": ["OutOfDate"]}, token)
     current = dataclasses.replace(token, claims=dataclasses.replace(claims, tcb_status="UpToDate"))
     check_release({"policy_ids": ["p"]}, current)
+
+
+# -- 9. gated keys from the CLI ----------------------------------------------------------------
+
+
+def _ppml(*args: str) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ppml.cli.main", *args], capture_output=True, text=True,
+                          check=False, timeout=60)
+
+
+def test_key_create_with_a_release_policy(deployment: Deployment, tmp_path: Path) -> None:
+    from ppml.core.keys import SECRET_ACCESS
+
+    uri = deployment.server.uri(credentials=deployment.credentials)
+    policy_id = deployment.register(allow_simulated=True)
+    strict = _ppml("key", "create", "--kms", uri, "--release-policy", policy_id)
+    assert strict.returncode == 0, strict.stderr
+    lenient = _ppml("key", "create", "--kms", uri, "--release-policy", policy_id, "--allow-simulated")
+    assert lenient.returncode == 0 and "SIMULATED" in lenient.stderr, lenient.stderr
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps({"mr_enclave": MR_ENCLAVE.hex(), "allow_simulated": True}))
+    from_file = _ppml("key", "create", "--kms", uri, "--release-policy-file", str(policy_file))
+    assert from_file.returncode == 0, from_file.stderr
+    described = {k: deployment.owner.request("GET", f"/v1/keys/{k}")["release_policy"]
+                 for k in (strict.stdout.strip(), lenient.stdout.strip(), from_file.stdout.strip())}
+    assert all(described.values())
+    session = deployment.session(policy_id)
+    kms = deployment.client("ppml+https", session)
+    for key_id, policy in described.items():
+        wrapped = deployment.owner.generate_data_key(key_id).wrapped
+        with pytest.raises(PermissionDenied, match="attested TEEs"):  # none leaves unattested, CLI-made or not
+            deployment.owner.unwrap_data_key(key_id, wrapped)
+        if policy.get("allow_simulated"):
+            assert len(kms.unwrap_data_key(key_id, wrapped).export(SECRET_ACCESS)) == 32
+        else:
+            with pytest.raises(TokenRejected, match="allow_simulated"):
+                kms.unwrap_data_key(key_id, wrapped)
+    kms.close()
+    for bad, message in ((["--allow-simulated"], "--release-policy ID"),
+                         (["--release-policy-file", str(tmp_path / "none.json")], "none.json")):
+        refused = _ppml("key", "create", "--kms", uri, *bad)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+    local = _ppml("key", "create", "--kms", f"local:{tmp_path / 'store'}", "--release-policy", policy_id)
+    assert local.returncode != 0 and "attests callers" in local.stderr, local.stderr

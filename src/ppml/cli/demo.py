@@ -185,11 +185,11 @@ def run_demo(*, workdir: Path, rows: int, seed: int | None = None) -> int:
             lambda p: f"policy_id {p}")
 
         def create_keys() -> tuple[str, str]:
-            owner = RemoteKms.from_uri(kms_uri)
-            gated = owner.request("POST", "/v1/keys", {"description": "people (releases to the policy only)",
-                                                       "release_policy": {"policy_ids": [policy_id], "allow_simulated": True}})["key_id"]
-            results = owner.request("POST", "/v1/keys", {"description": "SimpleQuery results"})["key_id"]
-            owner.close()
+            # allow_simulated: the demo's TEE is simulated, and a release policy refuses it by default
+            gated = _ppml("key", "create", "--kms", kms_uri, "--description", "people (releases to the policy only)",
+                          "--release-policy", policy_id, "--allow-simulated", env=env).stdout.strip()
+            results = _ppml("key", "create", "--kms", kms_uri, "--description", "SimpleQuery results",
+                            env=env).stdout.strip()
             return gated, results
 
         input_key, output_key = steps.run("create primary keys: input (release policy) and results",

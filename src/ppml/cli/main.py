@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,9 +61,46 @@ def cmd_generate_people(args: argparse.Namespace) -> int:
 # -- key ---------------------------------------------------------------------------------------
 
 
+def _release_policy(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The release policy the flags describe (parsed by the one claims-policy type), or None."""
+    from ppml.core.policy import AllOf, Measurements, parse_policy
+
+    parts = []
+    if args.release_policy_file:
+        path = Path(args.release_policy_file)
+        try:
+            parts.append(parse_policy(json.loads(path.read_text())))
+        except FileNotFoundError:
+            raise InputNotFound(path) from None
+        except ValueError as exc:
+            raise UsageError(f"{path}: not JSON: {exc}") from None
+    if args.release_policy:
+        parts.append(Measurements(policy_ids=tuple(args.release_policy), allow_simulated=args.allow_simulated,
+                                  allow_debug=args.allow_debug))
+    elif args.allow_simulated or args.allow_debug:
+        raise UsageError("--allow-simulated and --allow-debug go with --release-policy ID")
+    if not parts:
+        return None
+    if args.allow_simulated:
+        print("ppml: warning: this key releases data keys to SIMULATED TEEs, which protect nothing",
+              file=sys.stderr)
+    return (parts[0] if len(parts) == 1 else AllOf(tuple(parts))).to_dict()
+
+
 def cmd_key_create(args: argparse.Namespace) -> int:
-    info = _kms(args).create_primary_key(description=args.description or "")
-    print(info.key_id)
+    release_policy = _release_policy(args)
+    kms = _kms(args)
+    if release_policy is None:
+        info = kms.create_primary_key(description=args.description or "")
+        print(info.key_id)
+        return 0
+    from ppml.kms.remote import RemoteKms
+
+    if not isinstance(kms, RemoteKms):
+        raise UsageError(f"{kms.uri}: release policies need a key service that attests callers "
+                         "(ppml+https://HOST:PORT, i.e. ppml serve)")
+    key = kms.request("POST", "/v1/keys", {"description": args.description or "", "release_policy": release_policy})
+    print(key["key_id"])
     return 0
 
 
@@ -355,6 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Create an AES-256 primary key; print its id.")
     _add_kms(p)
     p.add_argument("--description", default="", help="free text stored with the key")
+    p.add_argument("--release-policy", action="append", metavar="POLICY_ID",
+                   help="release data keys only to workloads whose attestation token matched this policy "
+                        "(repeat: any of them); without a release policy the key's data keys go to anyone "
+                        "holding the app credentials")
+    p.add_argument("--release-policy-file", metavar="FILE",
+                   help="a JSON claims policy (mr_enclave, mr_signer, mr_td, all_of/any_of, ...; safe defaults: "
+                        "no debug, no simulated, TCB UpToDate only); with --release-policy both must hold")
+    p.add_argument("--allow-simulated", action="store_true",
+                   help="with --release-policy: also release to the SIMULATED TEE (demo/test only)")
+    p.add_argument("--allow-debug", action="store_true", help="with --release-policy: also release to debug enclaves")
     p.set_defaults(func=cmd_key_create)
     p = key_commands.add_parser("list", help="list primary keys", description="List primary keys.")
     _add_kms(p)
