@@ -660,3 +660,37 @@ def test_real_quotes_padded_and_appended_still_verify(name: str) -> None:
         claims = verified.quote.to_claims()
         assert dataclasses.replace(claims, trailing_bytes=0) == parse_quote(
             evidence.data).to_claims()
+
+
+# --- collateral and CRLs recorded in files --------------------------------------------------------
+
+def test_verifier_from_files(intel: FakeIntel, platform: FakePlatform, tmp_path: Path) -> None:
+    """Collateral as saved from PCS (no issuer-chain headers), with the chain and CRLs in files,
+    PEM or DER: the loader that `ppml serve --dcap-collateral` and offline `attest verify` share."""
+    from cryptography.hazmat.primitives import serialization
+
+    from ppml.errors import UsageError
+
+    tcb_info, qe_identity = tmp_path / "tcbInfo.json", tmp_path / "qeIdentity.json"
+    tcb_info.write_bytes(intel.sign_document("tcbInfo", intel.tcb_info("sgx")))
+    qe_identity.write_bytes(intel.sign_document("enclaveIdentity", intel.qe_identity("sgx")))
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(pem(*intel.signing_chain()))
+    root_crl, pck_crl = tmp_path / "root.crl", tmp_path / "pck.der"
+    root_crl.write_bytes(intel.crl("root").public_bytes(serialization.Encoding.PEM))
+    pck_crl.write_bytes(intel.crl("pck_ca").public_bytes(serialization.Encoding.DER))
+
+    verifier = dcap.verifier_from_files([(tcb_info, qe_identity)], crls=[root_crl, pck_crl],
+                                        trusted_root=intel.root, signing_chain=chain)
+    assert verifier.verify(sgx(platform.sgx_quote()), now=NOW).tcb_status == "UpToDate"
+    # with CRLs, revocation is enforced
+    pck_crl.write_bytes(intel.crl("pck_ca", revoked=[platform.pck_certificate]).public_bytes(
+        serialization.Encoding.DER))
+    revoking = dcap.verifier_from_files([(tcb_info, qe_identity)], crls=[root_crl, pck_crl],
+                                        trusted_root=intel.root, signing_chain=chain)
+    fails(revoking, sgx(platform.sgx_quote()), "revoked")
+    # the default chain is Intel's pinned TCB signing certificate, which did not sign these
+    with pytest.raises(AttestationFailed, match="TCB Info signature is not valid"):
+        dcap.verifier_from_files([(tcb_info, qe_identity)], trusted_root=intel.root)
+    with pytest.raises(UsageError, match="not a CRL"):
+        dcap.load_crls([tcb_info])
