@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ppml.attestation.describe import NOT_VERIFIED, describe_evidence
 from ppml.attestation.quote import (
     MAX_QUOTE_SIZE,
     UNVERIFIED_TCB_STATUS,
@@ -302,3 +303,20 @@ def test_random_bytes_raise_only_quote_format_error(data: bytes) -> None:
 def test_real_prefix_with_random_tail_raises_only_quote_format_error(
         quote: bytes, keep: int, tail: bytes) -> None:
     parse_or_format_error(quote[:keep] + tail)
+
+
+# --- describing evidence (``ppml attest show``): nothing but QuoteFormatError, ever --------------
+
+@settings(max_examples=300)
+@given(quote=quotes, position=st.integers(min_value=0), value=st.integers(0, 255),
+       tail=st.binary(max_size=64))
+def test_describing_a_damaged_quote_raises_only_quote_format_error(
+        quote: bytes, position: int, value: int, tail: bytes) -> None:
+    data = bytearray(quote + tail)
+    data[position % len(data)] = value
+    try:
+        description = describe_evidence(bytes(data))
+    except QuoteFormatError:
+        return
+    assert description.lines()[-1] == NOT_VERIFIED
+    assert description.to_dict()["verified"] is False
