@@ -14,6 +14,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
+from fake_intel_pki import NOW, FakeIntel
+from ppml.attestation.dcap import DcapVerifier
 from ppml.core.policy import Measurements
 from ppml.attestation.service import NONCE_TTL, AttestationService
 from ppml.attestation.simulated import SimulatedVerifier
@@ -389,3 +391,55 @@ def test_session_never_shows_its_key() -> None:
     with pytest.raises(PermissionError):
         session.export(object())
 
+
+
+# -- quotes as they arrive: trailing bytes ----------------------------------------------------
+
+
+def test_claims_round_trip_through_a_token_with_their_trailing_bytes() -> None:
+    claims = Claims(tee="tdx", report_data="11" * 64, debug=False, tcb_status="UpToDate",
+                    mr_td="22" * 48, trailing_bytes=3259)
+    assert claims.to_dict()["trailing_bytes"] == 3259
+    assert Claims.from_dict(claims.to_dict()) == claims
+    signer = TokenSigner.generate(issuer="https://as.test")
+    token = signer.issue(claims=claims, nonce="n", policy_ids=["p"], runtime_data={}, now=1000.0)
+    verifier = TokenVerifier(signer.jwks(), issuer="https://as.test")
+    assert verifier.verify(token, now=1000.0).claims == claims
+    # claims written before the field existed read as "nothing trailed"
+    older = {key: value for key, value in claims.to_dict().items() if key != "trailing_bytes"}
+    assert Claims.from_dict(older).trailing_bytes == 0
+    for bad in (-1, "7", True, 1.5):
+        with pytest.raises(ValueError, match="trailing_bytes"):
+            Claims.from_dict({**older, "trailing_bytes": bad})
+
+
+def test_a_padded_dcap_quote_attests_and_its_token_says_what_trailed(tmp_path: Path) -> None:
+    """The whole service path with a quote in a zero-padded 8 KiB buffer, as a TDX guest hands
+    it out: the signed quote is verified, the padding ignored and counted in the claims."""
+    intel = FakeIntel.create()
+    platform = intel.platform()
+    verifier = DcapVerifier(collateral=[intel.collateral("tdx")], trusted_root=intel.root)
+    kms, admin = KmsService.open(data_dir=tmp_path / "kms", now=NOW.timestamp)
+    assert admin is not None
+    try:
+        attestation = AttestationService.open(kms.storage, kms.root_key, {"tdx": verifier},
+                                              issuer="https://as.test", now=NOW.timestamp)
+        appid = kms.enroll(RequestContext(appid=admin.appid)).appid
+        policy_id = attestation.register_policy(appid, Measurements(mr_td="7d" * 48))
+        key = ECKey.generate_key("P-256", private=True)
+        runtime = {"tee_public_key": key.as_dict(private=False)}
+        nonce, _ = attestation.new_nonce()
+        quote = platform.tdx_quote(report_data=report_data_for(nonce.encode(), runtime))
+        padded = quote + bytes((8 << 10) - len(quote))
+        result = attestation.attest(Evidence(tee="tdx", data=padded), nonce=nonce,
+                                    runtime_data=runtime, policy_ids=[policy_id])
+        claims = attestation.verify_token(result.token).claims
+        assert claims.trailing_bytes == len(padded) - len(quote)
+        assert claims.mr_td == "7d" * 48 and claims.tcb_status == "UpToDate"
+        # the evidence is still bounded as a whole, padding included
+        nonce, _ = attestation.new_nonce()
+        with pytest.raises(QuoteFormatError, match="64 KiB"):
+            attestation.attest(Evidence(tee="tdx", data=quote + bytes(64 << 10)), nonce=nonce,
+                               runtime_data=runtime, policy_ids=[policy_id])
+    finally:
+        kms.close()

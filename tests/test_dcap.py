@@ -3,10 +3,13 @@ collateral against the pinned Intel certificates."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import random
 import urllib.parse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -136,6 +139,63 @@ def test_verification_without_crls(intel: FakeIntel, collateral: list[Collateral
                                    platform: FakePlatform) -> None:
     plain = DcapVerifier(collateral=collateral, trusted_root=intel.root)
     assert plain.verify(sgx(platform.sgx_quote()), now=NOW).tcb_status == "UpToDate"
+
+
+# --- quotes as they arrive: padded buffers, appended bytes --------------------------------------
+
+def _padded(quote: bytes, size: int = 8 << 10) -> bytes:
+    return quote + bytes(size - len(quote))
+
+
+def _appended(quote: bytes) -> bytes:
+    return quote + random.Random(len(quote)).randbytes(1234)
+
+
+_FAKE_QUOTES = {
+    "sgx": lambda p: sgx(p.sgx_quote(mr_enclave=b"\x01" * 32, isv_svn=2, report_data=b"\x44" * 64)),
+    "tdx-v4": lambda p: tdx(p.tdx_quote(mr_td=b"\x7a" * 48, report_data=b"\x33" * 64)),
+    "tdx-v5-td15": lambda p: tdx(p.tdx_quote(version=5, td15=True, report_data=b"\x55" * 64)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_FAKE_QUOTES))
+@pytest.mark.parametrize("arrive", [_padded, _appended], ids=["padded-8KiB", "appended-random"])
+def test_padded_and_appended_quotes_verify_to_the_same_claims(
+        verifier: DcapVerifier, platform: FakePlatform, kind: str, arrive: Any) -> None:
+    evidence = _FAKE_QUOTES[kind](platform)
+    data = arrive(evidence.data)
+    claims = verifier.verify(evidence, now=NOW)
+    arrived = verifier.verify(Evidence(tee=evidence.tee, data=data), now=NOW)
+    assert claims.trailing_bytes == 0 and claims.tcb_status == "UpToDate"
+    assert arrived.trailing_bytes == len(data) - len(evidence.data) > 0
+    assert dataclasses.replace(arrived, trailing_bytes=0) == claims
+
+
+@pytest.mark.parametrize("kind", sorted(_FAKE_QUOTES))
+def test_a_padded_quote_cut_short_inside_its_signed_part_is_refused(
+        verifier: DcapVerifier, platform: FakePlatform, kind: str) -> None:
+    """Zero padding cannot stand in for the end of a quote: cut in the header, body, quote
+    signature, QE report, PCK leaf or PCK CA certificate and padded back to 8 KiB, the quote is
+    refused (by the parser, or by the check of what the zeros replaced)."""
+    quote = _FAKE_QUOTES[kind](platform)
+    data = quote.data
+    leaf = data.index(b"-----BEGIN CERTIFICATE-----")
+    intermediate = data.index(b"-----BEGIN CERTIFICATE-----", leaf + 1)
+    signed_end = len(parse_quote(data).signed_bytes)
+    for cut in (10, 300, signed_end + 4 + 30, signed_end + 4 + 64 + 64 + 200, leaf + 100,
+                intermediate - 40, intermediate + 300):
+        for damaged in (data[:cut], _padded(data[:cut])):
+            with pytest.raises(AttestationFailed):  # QuoteFormatError is one
+                verifier.verify(Evidence(tee=quote.tee, data=damaged), now=NOW)
+
+
+def test_bytes_appended_to_a_quote_cannot_replace_its_signature_data(
+        verifier: DcapVerifier, platform: FakePlatform) -> None:
+    """A quote whose signature data was swapped for another's still fails: only the signed
+    quote counts, and what follows it is never read."""
+    first, second = platform.sgx_quote(), platform.sgx_quote(mr_enclave=b"\x66" * 32)
+    forged = second[:432] + first[432:] + second[432:]
+    fails(verifier, sgx(forged), "quote signature")
 
 
 # --- the quote and QE report signatures ---------------------------------------------------------
@@ -587,3 +647,50 @@ def test_real_collateral_is_for_another_platform_than_the_real_quotes() -> None:
     verifier = DcapVerifier(collateral=_real_collateral())
     with pytest.raises(AttestationFailed, match="FMSPC mismatch: .* 50806f000000"):
         verifier.verify(_real("tdx_quote_4.dat"), now=REAL_NOW)
+
+
+@pytest.mark.parametrize("name", sorted(REAL_QUOTES))
+def test_real_quotes_padded_and_appended_still_verify(name: str) -> None:
+    evidence = _real(name)
+    for data in (_padded(evidence.data), _appended(evidence.data)):
+        verified = DcapVerifier().verify_signatures(Evidence(tee=evidence.tee, data=data),
+                                                    now=REAL_NOW)
+        assert verified.quote.trailing_bytes == len(data) - len(evidence.data)
+        assert verified.pck.fmspc.hex() == REAL_QUOTES[name][1]
+        claims = verified.quote.to_claims()
+        assert dataclasses.replace(claims, trailing_bytes=0) == parse_quote(
+            evidence.data).to_claims()
+
+
+# --- collateral and CRLs recorded in files --------------------------------------------------------
+
+def test_verifier_from_files(intel: FakeIntel, platform: FakePlatform, tmp_path: Path) -> None:
+    """Collateral as saved from PCS (no issuer-chain headers), with the chain and CRLs in files,
+    PEM or DER: the loader that `ppml serve --dcap-collateral` and offline `attest verify` share."""
+    from cryptography.hazmat.primitives import serialization
+
+    from ppml.errors import UsageError
+
+    tcb_info, qe_identity = tmp_path / "tcbInfo.json", tmp_path / "qeIdentity.json"
+    tcb_info.write_bytes(intel.sign_document("tcbInfo", intel.tcb_info("sgx")))
+    qe_identity.write_bytes(intel.sign_document("enclaveIdentity", intel.qe_identity("sgx")))
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(pem(*intel.signing_chain()))
+    root_crl, pck_crl = tmp_path / "root.crl", tmp_path / "pck.der"
+    root_crl.write_bytes(intel.crl("root").public_bytes(serialization.Encoding.PEM))
+    pck_crl.write_bytes(intel.crl("pck_ca").public_bytes(serialization.Encoding.DER))
+
+    verifier = dcap.verifier_from_files([(tcb_info, qe_identity)], crls=[root_crl, pck_crl],
+                                        trusted_root=intel.root, signing_chain=chain)
+    assert verifier.verify(sgx(platform.sgx_quote()), now=NOW).tcb_status == "UpToDate"
+    # with CRLs, revocation is enforced
+    pck_crl.write_bytes(intel.crl("pck_ca", revoked=[platform.pck_certificate]).public_bytes(
+        serialization.Encoding.DER))
+    revoking = dcap.verifier_from_files([(tcb_info, qe_identity)], crls=[root_crl, pck_crl],
+                                        trusted_root=intel.root, signing_chain=chain)
+    fails(revoking, sgx(platform.sgx_quote()), "revoked")
+    # the default chain is Intel's pinned TCB signing certificate, which did not sign these
+    with pytest.raises(AttestationFailed, match="TCB Info signature is not valid"):
+        dcap.verifier_from_files([(tcb_info, qe_identity)], trusted_root=intel.root)
+    with pytest.raises(UsageError, match="not a CRL"):
+        dcap.load_crls([tcb_info])

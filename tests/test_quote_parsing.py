@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ppml.attestation.describe import NOT_VERIFIED, describe_evidence
 from ppml.attestation.quote import (
     MAX_QUOTE_SIZE,
     UNVERIFIED_TCB_STATUS,
@@ -170,13 +174,63 @@ def _patched(quote: bytes, offset: int, fmt: str, value: int) -> bytes:
     (_patched(SGX_V3, 432, "<I", 10**6), "signature data claims"),
     (_patched(SGX_V3, 432, "<I", 100), "signature data truncated"),
     (_patched(SGX_V3, length_fields(SGX_V3)[-1][0], "<I", 3680), "1 unexpected bytes"),
-    (SGX_V3 + b"\0", "unexpected bytes"),
+    # a byte inside the signature data that nothing accounts for is no trailing byte
+    (_patched(SGX_V3 + b"\0", 432, "<I", len(SGX_V3) - 436 + 1), "signature data: 1 unexpected"),
+    (_patched(TDX_V4 + b"\0", 632, "<I", len(TDX_V4) - 636 + 1), "signature data: 1 unexpected"),
     (b"\0" * (MAX_QUOTE_SIZE + 1), "exceeds"),
     (SGX_V3 + bytes(MAX_QUOTE_SIZE), "exceeds"),
 ])
 def test_malformed_quotes_are_refused_with_a_reason(data: bytes, reason: str) -> None:
     with pytest.raises(QuoteFormatError, match=reason):
         parse_quote(data)
+
+
+# --- quotes as they arrive: padded buffers and appended bytes ----------------------------------
+
+def padded(quote: bytes, size: int = 8 << 10) -> bytes:
+    """``quote`` in a zeroed buffer of ``size`` bytes, as TDX guests hand quotes out."""
+    return quote + bytes(size - len(quote))
+
+
+def appended(quote: bytes, count: int = 777, seed: int = 9) -> bytes:
+    """``quote`` followed by ``count`` random bytes, as some tools write them."""
+    return quote + random.Random(f"{seed}-{len(quote)}").randbytes(count)
+
+
+@pytest.mark.parametrize("name", sorted(REAL_QUOTES))
+@pytest.mark.parametrize("variant", [padded, appended, lambda q: padded(q, MAX_QUOTE_SIZE),
+                                     lambda q: q + b"\0"],
+                         ids=["padded-8KiB", "appended-random", "padded-to-the-limit", "one-nul"])
+def test_bytes_after_the_quote_are_ignored_and_counted(name: str, variant: Any) -> None:
+    quote = REAL_QUOTES[name]
+    data = variant(quote)
+    exact, arrived = parse_quote(quote), parse_quote(data)
+    assert exact.trailing_bytes == 0
+    assert arrived.trailing_bytes == len(data) - len(quote) > 0
+    # the quote proper is read from the same bytes: header, body, signed part, signature data
+    assert arrived.signed_bytes == exact.signed_bytes
+    assert arrived.body == exact.body and arrived.header == exact.header
+    assert arrived.signature_data == exact.signature_data
+    assert arrived.signature_data.certification_data == exact.signature_data.certification_data
+    claims = arrived.to_claims()
+    assert claims.trailing_bytes == len(data) - len(quote)
+    assert dataclasses.replace(claims, trailing_bytes=0) == exact.to_claims()
+    assert exact.to_claims().to_dict()["trailing_bytes"] == 0
+
+
+@pytest.mark.parametrize("name", sorted(REAL_QUOTES))
+def test_what_follows_the_quote_influences_no_claim(name: str) -> None:
+    """Two different tails of the same length give identical claims: nothing after the
+    signature data is read."""
+    quote = REAL_QUOTES[name]
+    tails = [bytes(1000), b"\xff" * 1000, random.Random(1).randbytes(1000), SGX_V3[:1000]]
+    claims = {parse_quote(quote + tail).to_claims() for tail in tails}
+    assert len(claims) == 1 and claims.pop().trailing_bytes == 1000
+
+
+def test_oversized_input_is_refused_even_when_the_quote_inside_is_whole() -> None:
+    with pytest.raises(QuoteFormatError, match="exceeds"):
+        parse_quote(padded(TDX_V4, MAX_QUOTE_SIZE + 1))
 
 
 def test_a_quote_must_be_bytes() -> None:
@@ -249,3 +303,20 @@ def test_random_bytes_raise_only_quote_format_error(data: bytes) -> None:
 def test_real_prefix_with_random_tail_raises_only_quote_format_error(
         quote: bytes, keep: int, tail: bytes) -> None:
     parse_or_format_error(quote[:keep] + tail)
+
+
+# --- describing evidence (``ppml attest show``): nothing but QuoteFormatError, ever --------------
+
+@settings(max_examples=300)
+@given(quote=quotes, position=st.integers(min_value=0), value=st.integers(0, 255),
+       tail=st.binary(max_size=64))
+def test_describing_a_damaged_quote_raises_only_quote_format_error(
+        quote: bytes, position: int, value: int, tail: bytes) -> None:
+    data = bytearray(quote + tail)
+    data[position % len(data)] = value
+    try:
+        description = describe_evidence(bytes(data))
+    except QuoteFormatError:
+        return
+    assert description.lines()[-1] == NOT_VERIFIED
+    assert description.to_dict()["verified"] is False

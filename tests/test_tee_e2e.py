@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -210,6 +211,16 @@ def test_attest_verify_cli(world: World, tmp_path: Path) -> None:
     strict = world.register()
     result = run("attest", "verify", str(quote), "--policy", strict, env=world.env)
     assert result.returncode == 8 and "allow_simulated" in result.stdout
+    # the refusal names the reason and, beside it, the measurements the evidence states
+    assert f"does not match policy {strict}: simulated evidence" in result.stderr
+    assert re.search(rf"^ +mr_enclave +{world.mr_enclave}$", result.stderr, re.MULTILINE), result.stderr
+    assert "SIMULATED TEE" in result.stderr and "Traceback" not in result.stderr
+    # a service that cannot verify the evidence at all: the same measurements beside its reason
+    tdx = tmp_path / "tdx_quote_4.dat"
+    tdx.write_bytes((Path(__file__).parent / "vectors" / "attestation" / "tdx_quote_4.dat").read_bytes())
+    result = run("attest", "verify", str(tdx), env=world.env)
+    assert result.returncode == 8 and "does not verify tdx evidence" in result.stderr
+    assert re.search(r"^ +mr_td +705ee938", result.stderr, re.MULTILINE), result.stderr
 
 
 def test_verify_service_with_the_simulated_service_tee(world: World, tmp_path: Path) -> None:

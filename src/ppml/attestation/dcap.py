@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from ppml.attestation.intel_root import intel_sgx_root_ca
+from ppml.attestation.intel_root import intel_sgx_root_ca, intel_tcb_signing_chain
 from ppml.attestation.quote import (
     CERTIFICATION_DATA_PCK_CHAIN,
     SgxQuote,
@@ -59,7 +59,7 @@ from ppml.attestation.quote import (
     parse_quote,
 )
 from ppml.core.evidence import TEE_SGX, TEE_TDX, Claims, Evidence
-from ppml.errors import AttestationFailed, QuoteFormatError
+from ppml.errors import AttestationFailed, QuoteFormatError, UsageError
 
 if TYPE_CHECKING:
     import httpx
@@ -76,13 +76,16 @@ __all__ = [
     "TdxModuleIdentity",
     "VerifiedQuote",
     "fetch_from_pccs",
+    "load_crls",
     "parse_pck_extensions",
+    "verifier_from_files",
 ]
 
 #: The Intel SGX extension of PCK certificates (FMSPC, PCE-ID, TCB components, ...).
 SGX_EXTENSION_OID: Final = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
 _SGX_OID_DER = bytes.fromhex("2a864886f84d010d01")  # DER content octets of the OID above
 _MAX_COLLATERAL_SIZE = 1 << 20
+_MAX_CRL_SIZE = 16 << 20
 _MAX_CHAIN_LENGTH = 4
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 _CHAIN_CACHE_LIMIT = 4096
@@ -1098,3 +1101,48 @@ class DcapVerifier:
             _fail(f"TDX module: SVN {module_svn} is below every level of {identity.id} "
                   f"(TCB not supported)")
         return level
+
+
+# --- collateral and CRLs recorded in files --------------------------------------------------------
+
+def load_crls(paths: Iterable[Path]) -> list[x509.CertificateRevocationList]:
+    """Read CRLs (the Intel SGX Root CA CRL, the PCK CA CRLs) from files, PEM or DER.
+
+    Raises:
+        UsageError: a file that is no CRL, or larger than 16 MiB.
+    """
+    crls = []
+    for path in paths:
+        with open(path, "rb") as file:
+            data = file.read(_MAX_CRL_SIZE + 1)
+        if len(data) > _MAX_CRL_SIZE:
+            raise UsageError(f"{path}: larger than {_MAX_CRL_SIZE >> 20} MiB, not a CRL")
+        try:
+            crls.append(x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----")
+                        else x509.load_der_x509_crl(data))
+        except ValueError as exc:
+            raise UsageError(f"{path}: not a CRL (PEM or DER)") from exc
+    return crls
+
+
+def verifier_from_files(collateral: Iterable[tuple[Path, Path]], *, crls: Iterable[Path] = (),
+                        trusted_root: x509.Certificate | None = None,
+                        signing_chain: CertificateChain | Path | None = None) -> DcapVerifier:
+    """A :class:`DcapVerifier` for collateral recorded in files: (TCB Info, QE Identity) JSON pairs
+    exactly as PCS/PCCS served them, one pair per TEE type and FMSPC.
+
+    Files lose the issuer chain that PCS sends in response headers, so the documents are checked
+    against ``signing_chain`` (PEM file or certificates; default Intel's pinned TCB Signing
+    certificate and root). ``trusted_root`` replaces the pinned Intel SGX Root CA (tests, private
+    PKIs). With ``crls`` (files, PEM or DER), revocation is enforced; without, it is not checked.
+
+    Raises:
+        AttestationFailed: a document that is malformed or not signed by the signing chain.
+        UsageError: a CRL file that is no CRL.
+    """
+    chain = intel_tcb_signing_chain() if signing_chain is None else signing_chain
+    loaded = [Collateral.from_files(tcb_info, qe_identity, tcb_info_signing_chain=chain,
+                                    qe_identity_signing_chain=chain)
+              for tcb_info, qe_identity in collateral]
+    return DcapVerifier(collateral=loaded, trusted_root=trusted_root,
+                        crls=load_crls(crls) or None)

@@ -6,10 +6,19 @@ Intel (attestation key → Quoting Enclave report → PCK certificate → Intel 
 only *reads* the bytes; :mod:`ppml.attestation.dcap` checks the signatures.
 
 All integers are little-endian. Every length is checked against what is left before anything is
-sliced, and a quote must be consumed exactly: any malformed input raises
-:class:`~ppml.errors.QuoteFormatError` and nothing else. Sources for the layouts: Intel "SGX ECDSA
-Quote Library API" (quote v3), Intel "TDX DCAP Quoting Library API" (quote v4/v5), and the
-``Quote`` parser of Intel's SGX-TDX-DCAP-QuoteVerificationLibrary.
+sliced, and every length-delimited part of the quote (signature data, certification data) must be
+consumed exactly: any malformed input raises :class:`~ppml.errors.QuoteFormatError` and nothing
+else. Sources for the layouts: Intel "SGX ECDSA Quote Library API" (quote v3), Intel "TDX DCAP
+Quoting Library API" (quote v4/v5), and the ``Quote`` parser of Intel's
+SGX-TDX-DCAP-QuoteVerificationLibrary.
+
+**Trailing bytes.** The quote proper ends with its signature data: header ‖ body ‖ 4-byte
+signature data length L ‖ L bytes. Quotes often arrive with more after that: TDX guests hand them
+out in fixed-size buffers (zero padding after the quote) and some tools append bytes of their own.
+What follows the quote is covered by no signature, so it is ignored: it is never parsed, never
+influences a claim, and is only counted (``trailing_bytes`` on the quote and in its claims) so a
+reader can see it was there. The whole input, trailing bytes included, is still bounded by
+:data:`MAX_QUOTE_SIZE`.
 
 Quote v3 (SGX)::
 
@@ -78,7 +87,8 @@ __all__ = [
     "parse_quote",
 ]
 
-#: Larger input is refused before it is looked at: real quotes are about 5 KiB.
+#: Larger input (trailing bytes included) is refused before it is looked at: real quotes are
+#: about 5 KiB, and Linux's tdx-guest driver hands them out in buffers of 16 KiB.
 MAX_QUOTE_SIZE: Final = 64 * 1024
 #: The only attestation key type ppml verifies: ECDSA-256-with-P-256.
 ATTESTATION_KEY_TYPE_ECDSA_P256: Final = 2
@@ -382,11 +392,12 @@ class QuoteSignatureData:
         return result
 
 
-def _read_signature_data(reader: _Reader, version: int) -> QuoteSignatureData:
+def _read_signature_data(reader: _Reader, version: int) -> tuple[QuoteSignatureData, int]:
+    """The signature data, which ends the quote, and the count of bytes after it (ignored: see
+    "Trailing bytes" in the module docstring)."""
     signature_reader = reader.sub(reader.u32("signature data length"), "signature data")
     signature_data = QuoteSignatureData.parse(signature_reader, version)
-    reader.expect_end()
-    return signature_data
+    return signature_data, reader.remaining
 
 
 def _check_size(data: bytes) -> None:
@@ -405,6 +416,9 @@ class SgxQuote:
     signature_data: QuoteSignatureData
     #: header ‖ body: the bytes the attestation key signed.
     signed_bytes: bytes = dataclasses.field(repr=False)
+    #: Bytes after the signature data (padding, or appended by a tool): covered by no signature
+    #: and ignored; only counted.
+    trailing_bytes: int = 0
 
     tee: ClassVar[str] = TEE_SGX
 
@@ -420,8 +434,9 @@ class SgxQuote:
     def _parse(cls, data: bytes, reader: _Reader, header: QuoteHeader) -> SgxQuote:
         body = SgxReportBody.from_bytes(reader.take(SGX_REPORT_BODY_SIZE, "SGX report body"))
         signed_bytes = data[:reader.offset]
+        signature_data, trailing_bytes = _read_signature_data(reader, header.version)
         return cls(header=header, body=body, signed_bytes=signed_bytes,
-                   signature_data=_read_signature_data(reader, header.version))
+                   signature_data=signature_data, trailing_bytes=trailing_bytes)
 
     def to_claims(self, *, tcb_status: str = UNVERIFIED_TCB_STATUS,
                   advisory_ids: tuple[str, ...] = ()) -> Claims:
@@ -432,6 +447,7 @@ class SgxQuote:
             tcb_status=tcb_status, mr_enclave=_hex(self.body.mr_enclave),
             mr_signer=_hex(self.body.mr_signer), isv_prod_id=self.body.isv_prod_id,
             isv_svn=self.body.isv_svn, advisory_ids=advisory_ids,
+            trailing_bytes=self.trailing_bytes,
         )
 
 
@@ -446,6 +462,8 @@ class TdxQuote:
     signature_data: QuoteSignatureData
     #: header (‖ v5 body descriptor) ‖ body: the bytes the attestation key signed.
     signed_bytes: bytes = dataclasses.field(repr=False)
+    #: Bytes after the signature data (see :attr:`SgxQuote.trailing_bytes`).
+    trailing_bytes: int = 0
 
     tee: ClassVar[str] = TEE_TDX
 
@@ -473,8 +491,9 @@ class TdxQuote:
                 )
         body = TdReportBody.from_bytes(reader.take(body_size, "TD report body"))
         signed_bytes = data[:reader.offset]
+        signature_data, trailing_bytes = _read_signature_data(reader, header.version)
         return cls(header=header, body_type=body_type, body=body, signed_bytes=signed_bytes,
-                   signature_data=_read_signature_data(reader, header.version))
+                   signature_data=signature_data, trailing_bytes=trailing_bytes)
 
     def to_claims(self, *, tcb_status: str = UNVERIFIED_TCB_STATUS,
                   advisory_ids: tuple[str, ...] = ()) -> Claims:
@@ -484,16 +503,18 @@ class TdxQuote:
             tee=TEE_TDX, report_data=_hex(body.report_data), debug=body.debug,
             tcb_status=tcb_status, mr_td=_hex(body.mr_td), rtmr0=_hex(body.rtmr0),
             rtmr1=_hex(body.rtmr1), rtmr2=_hex(body.rtmr2), rtmr3=_hex(body.rtmr3),
-            advisory_ids=advisory_ids,
+            advisory_ids=advisory_ids, trailing_bytes=self.trailing_bytes,
         )
 
 
 def parse_quote(data: bytes) -> SgxQuote | TdxQuote:
-    """Parse an SGX v3 or TDX v4/v5 quote, whichever ``data`` is.
+    """Parse an SGX v3 or TDX v4/v5 quote, whichever ``data`` is. Bytes after the quote's
+    signature data are ignored and counted in ``trailing_bytes`` (see the module docstring).
 
     Raises:
-        QuoteFormatError: truncated, oversized (> 64 KiB), trailing bytes, inconsistent lengths,
-            unknown version, TEE type, attestation key type, body or certification data type.
+        QuoteFormatError: truncated, oversized input (> 64 KiB, trailing bytes included),
+            inconsistent lengths inside the quote, unknown version, TEE type, attestation key
+            type, body or certification data type.
     """
     _check_size(data)
     data = bytes(data)

@@ -6,12 +6,18 @@ import argparse
 import base64
 import json
 import os
+import re
 import secrets
 import sys
+import warnings
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ppml.errors import AttestationFailed, PpmlError, UsageError
+from ppml.errors import AttestationFailed, InputError, PpmlError, QuoteFormatError, UnsafeWarning, UsageError
+
+if TYPE_CHECKING:
+    from ppml.core.evidence import Evidence
 
 AS_URL_ENV = "PPML_AS_URL"
 
@@ -52,34 +58,134 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evidence_from_file(path: Path, tee: str | None):  # type: ignore[no-untyped-def]
+def _read_evidence(path: Path) -> bytes:
+    """The file's bytes, refused past the size any evidence may have (64 KiB, padding included)."""
+    from ppml.attestation.quote import MAX_QUOTE_SIZE
+
+    with open(path, "rb") as file:
+        data = file.read(MAX_QUOTE_SIZE + 1)
+    if len(data) > MAX_QUOTE_SIZE:
+        raise InputError(path, f"larger than {MAX_QUOTE_SIZE >> 10} KiB: not a quote")
+    return data
+
+
+def _evidence_from_file(path: Path, tee: str | None) -> Evidence:
+    from ppml.attestation.describe import detect_tee
     from ppml.core.evidence import Evidence
 
-    data = path.read_bytes()
-    if tee is None:
-        if data.startswith(b"PPMLSIM1"):
-            tee = "simulated"
-        elif len(data) >= 8 and int.from_bytes(data[4:8], "little") == 0x81:
-            tee = "tdx"
-        else:
-            tee = "sgx"
-    return Evidence(tee=tee, data=data)
+    data = _read_evidence(path)
+    return Evidence(tee=tee or detect_tee(data), data=data)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print what a quote (or simulated evidence) states, verifying nothing."""
+    from ppml.attestation.describe import describe_evidence
+
+    path = Path(args.quote_file)
+    try:
+        description = describe_evidence(_read_evidence(path))
+    except QuoteFormatError as exc:
+        raise InputError(path, f"not an SGX/TDX quote or simulated evidence ({exc.reason})") from exc
+    if args.json:
+        print(json.dumps(description.to_dict(), indent=2))
+    else:
+        print("\n".join(description.lines()))
+    return 0
+
+
+def _print_refusal(reason: str, data: bytes) -> None:
+    """The reason of a refusal, and beside it what the evidence states (read locally, unverified),
+    so the operator sees which measurement to compare."""
+    from ppml.attestation.describe import describe_evidence
+
+    print(f"ppml: error: {reason}", file=sys.stderr)
+    try:
+        lines = describe_evidence(data).lines()
+    except QuoteFormatError as exc:
+        print(f"  (the file cannot be read as evidence: {exc.reason})", file=sys.stderr)
+        return
+    print("  the evidence states (read from the file, not verified):", file=sys.stderr)
+    print("\n".join(f"    {line}" for line in lines[:-1]), file=sys.stderr)
+
+
+def _parse_time(text: str) -> datetime:
+    """ISO 8601 with a time zone (``2025-06-01T12:00:00Z``), or seconds since the epoch."""
+    try:
+        if re.fullmatch(r"\d{1,12}(\.\d{1,9})?", text):
+            return datetime.fromtimestamp(float(text), UTC)
+        moment = datetime.fromisoformat(text)
+    except (ValueError, OverflowError, OSError):
+        raise UsageError(f"--at {text!r}: give an ISO 8601 time (2025-06-01T12:00:00Z) or epoch seconds") from None
+    if moment.tzinfo is None:
+        raise UsageError(f"--at {text!r} has no time zone: add Z (UTC) or an offset such as +02:00")
+    return moment
+
+
+_OFFLINE_ONLY = (("at", "--at"), ("crl", "--crl"), ("collateral_chain", "--collateral-chain"),
+                 ("unsafe_root_ca", "--unsafe-root-ca"))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     evidence = _evidence_from_file(Path(args.quote_file), args.tee)
-    result = _client(args, auth=True).verify(evidence, policy_id=args.policy)
+    if args.collateral:
+        return _verify_offline(args, evidence)
+    for name, flag in _OFFLINE_ONLY:
+        if getattr(args, name):
+            raise UsageError(f"{flag} goes with --collateral (offline verification); the service verifies "
+                             "with its own collateral at its current time")
+    try:
+        result = _client(args, auth=True).verify(evidence, policy_id=args.policy)
+    except AttestationFailed as exc:
+        _print_refusal(str(exc), evidence.data)
+        return exc.exit_code
     print(json.dumps(result, indent=2, sort_keys=True))
     if args.policy and not result.get("match"):
-        print(f"ppml: evidence does not match policy {args.policy}", file=sys.stderr)
+        reasons = "; ".join(str(reason) for reason in result.get("mismatches") or ())
+        _print_refusal(f"evidence does not match policy {args.policy}: {reasons}", evidence.data)
         return AttestationFailed.exit_code
+    return 0
+
+
+def _verify_offline(args: argparse.Namespace, evidence: Evidence) -> int:
+    """DCAP verification here, against collateral recorded in files, at ``--at`` (default now)."""
+    from cryptography import x509
+
+    from ppml.attestation.dcap import verifier_from_files
+
+    if args.policy:
+        raise UsageError("--policy is evaluated by the service; offline verification (--collateral) "
+                         "prints the verified claims to compare yourself")
+    if evidence.tee not in ("sgx", "tdx"):
+        raise UsageError(f"--collateral verifies SGX and TDX quotes, not {evidence.tee} evidence")
+    at = _parse_time(args.at) if args.at else datetime.now(UTC)
+    root = None
+    if args.unsafe_root_ca:
+        try:
+            root = x509.load_pem_x509_certificate(Path(args.unsafe_root_ca).read_bytes())
+        except ValueError:
+            raise UsageError(f"--unsafe-root-ca {args.unsafe_root_ca}: not a PEM certificate") from None
+        warnings.warn(f"--unsafe-root-ca: trusting {root.subject.rfc4514_string()} instead of Intel's pinned "
+                      "SGX Root CA; a success proves nothing about Intel hardware", UnsafeWarning, stacklevel=1)
+    try:
+        verifier = verifier_from_files(
+            [(Path(tcb_info), Path(qe_identity)) for tcb_info, qe_identity in args.collateral],
+            crls=[Path(crl) for crl in args.crl or ()], trusted_root=root,
+            signing_chain=Path(args.collateral_chain) if args.collateral_chain else None)
+        claims = verifier.verify(evidence, now=at)
+    except AttestationFailed as exc:
+        _print_refusal(f"{exc} (verifying offline at {at.isoformat()})", evidence.data)
+        return exc.exit_code
+    print(json.dumps({"claims": claims.to_dict(), "verified_at": at.isoformat(), "offline": True},
+                     indent=2, sort_keys=True))
+    revocation = "with revocation checked against the CRLs" if args.crl else "revocation NOT checked (no --crl)"
+    print(f"ppml: verified offline at {at.isoformat()} against the recorded collateral: signatures, PCK chain "
+          f"to the {'given' if root is not None else 'pinned Intel'} root, TCB status {claims.tcb_status}; "
+          f"{revocation}", file=sys.stderr)
     return 0
 
 
 def cmd_verify_service(args: argparse.Namespace) -> int:
     """GenerateQuote with a fresh challenge, then verify the service's evidence locally."""
-    from datetime import UTC, datetime
-
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     from ppml.attestation.simulated import SimulatedVerifier
@@ -167,7 +273,7 @@ def _common(p: argparse.ArgumentParser, *, credentials: bool) -> None:
 
 def add_commands(commands: Any) -> None:
     attest = commands.add_parser("attest", help="attestation policies and evidence",
-                                 description="Register policies, verify evidence, verify the service itself.")
+                                 description="Register policies, show and verify evidence, verify the service itself.")
     sub = attest.add_subparsers(dest="attest_command", metavar="ACTION", required=True)
     p = sub.add_parser("register", help="register an enclave measurement as a policy; print its id",
                        description="Register measurements (from `ppml enclave measure`) as a policy.")
@@ -184,12 +290,37 @@ def add_commands(commands: Any) -> None:
                    help="an accepted TCB status (repeat); default UpToDate only")
     p.set_defaults(func=cmd_register)
 
-    p = sub.add_parser("verify", help="verify a quote file with the service",
-                       description="Verify a quote (SGX, TDX or simulated) and optionally match a policy.")
+    p = sub.add_parser("show", help="print what a quote states (offline; verifies nothing)",
+                       description="Print the parsed quote: type and version; SGX MRENCLAVE, MRSIGNER, ISV "
+                       "prod id/SVN, attributes and debug; TDX MRTD, RTMR0-3, TD attributes, MRSEAM; report "
+                       "data; the PCK certificate's subject, FMSPC and validity; trailing bytes. Reads SGX v3 "
+                       "and TDX v4/v5 quotes and simulated evidence. Offline: no service, no credentials, "
+                       "and NOTHING is verified.")
+    p.add_argument("quote_file", metavar="QUOTE_FILE")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("verify", help="verify a quote file with the service, or offline against collateral",
+                       description="Verify a quote (SGX, TDX or simulated) with the service and optionally match "
+                       "a policy; or, with --collateral, verify an SGX/TDX quote here, offline, against "
+                       "recorded TCB Info and QE Identity at a stated time (--at). A refusal prints the "
+                       "reason and the measurements the quote states.")
     _common(p, credentials=True)
     p.add_argument("quote_file", metavar="QUOTE_FILE")
-    p.add_argument("--policy", metavar="ID")
+    p.add_argument("--policy", metavar="ID", help="a registered policy to match (service only)")
     p.add_argument("--tee", choices=["sgx", "tdx", "simulated"], help="evidence type (default: detect)")
+    offline = p.add_argument_group("offline verification (no service, no credentials)")
+    offline.add_argument("--collateral", action="append", nargs=2, metavar=("TCB_INFO", "QE_IDENTITY"),
+                         help="Intel TCB Info and QE Identity JSON as PCS/PCCS served them; verify here "
+                         "against them (repeat per FMSPC)")
+    offline.add_argument("--at", metavar="TIME", help="verify as of TIME: ISO 8601 with a time zone "
+                         "(2025-06-01T12:00:00Z) or epoch seconds (default: now)")
+    offline.add_argument("--crl", action="append", metavar="FILE",
+                         help="Intel SGX Root CA / PCK CA CRL (PEM or DER); with any, revocation is enforced")
+    offline.add_argument("--collateral-chain", metavar="PEM", help="the collateral's issuer chain (TCB Signing "
+                         "certificate, root), if not Intel's pinned one")
+    offline.add_argument("--unsafe-root-ca", metavar="PEM", help="trust this root instead of Intel's pinned SGX "
+                         "Root CA (tests, private PKIs): a success then proves nothing about Intel hardware; warns")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("verify-service", help="make the service attest itself (GenerateQuote) and verify it",

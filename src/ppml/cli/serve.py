@@ -73,19 +73,10 @@ def open_attestation(service: KmsService, options: ServeOptions) -> AttestationS
 
     verifiers: dict[str, EvidenceVerifier] = {}
     if options.dcap_collateral:
-        from cryptography import x509
+        from ppml.attestation.dcap import verifier_from_files
 
-        from ppml.attestation.dcap import Collateral, DcapVerifier
-        from ppml.attestation.intel_root import intel_tcb_signing_chain
-
-        chain = intel_tcb_signing_chain()
-        collateral = [Collateral.from_files(tcb, qe, tcb_info_signing_chain=chain, qe_identity_signing_chain=chain)
-                      for tcb, qe in options.dcap_collateral]
-        crls = []
-        for path in options.dcap_crls:
-            data = path.read_bytes()
-            crls.append(x509.load_pem_x509_crl(data) if data.startswith(b"-----") else x509.load_der_x509_crl(data))
-        verifiers["sgx"] = verifiers["tdx"] = DcapVerifier(collateral=collateral, crls=crls or None)
+        verifiers["sgx"] = verifiers["tdx"] = verifier_from_files(options.dcap_collateral,
+                                                                  crls=options.dcap_crls)
     if options.trusted_simulated_platforms:
         keys = []
         for path in options.trusted_simulated_platforms:

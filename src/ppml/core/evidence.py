@@ -73,6 +73,15 @@ class Claims:
     advisory_ids: tuple[str, ...] = ()
     #: True for evidence from the simulated TEE: no hardware protection at all.
     simulated: bool = False
+    #: Bytes that followed the signed quote in the evidence (zero padding of a fixed-size buffer,
+    #: or appended by a tool). No signature covers them, so they were ignored and influence no
+    #: other claim; the count only says that they were there.
+    trailing_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if (isinstance(self.trailing_bytes, bool) or not isinstance(self.trailing_bytes, int)
+                or self.trailing_bytes < 0):
+            raise ValueError("trailing_bytes must be a non-negative integer")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

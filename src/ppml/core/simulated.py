@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ppml.core.evidence import REPORT_DATA_SIZE, TEE_SIMULATED, Claims
 from ppml.errors import AttestationFailed, QuoteFormatError
 
-__all__ = ["MAGIC", "SimulatedReport", "sign_report", "verify_report"]
+__all__ = ["MAGIC", "SimulatedReport", "read_unverified_report", "sign_report", "verify_report"]
 
 MAGIC: Final = b"PPMLSIM1"
 VERSION: Final = 1
@@ -100,8 +100,8 @@ def sign_report(report: SimulatedReport, platform_key: ec.EllipticCurvePrivateKe
     return signed + struct.pack(">H", len(signature)) + signature
 
 
-def verify_report(evidence: bytes, trusted_platform_keys: list[ec.EllipticCurvePublicKey]) -> SimulatedReport:
-    """Check the layout, that a trusted platform key signed it, and return the report."""
+def _split(evidence: bytes) -> tuple[SimulatedReport, bytes]:
+    """The report and the platform key point of well-formed evidence (layout checked only)."""
     if len(evidence) < _SIGNED_END + 2 or len(evidence) > _SIGNED_END + 2 + _MAX_SIGNATURE:
         raise QuoteFormatError("simulated evidence has the wrong length")
     magic, version, _ = _PREFIX.unpack_from(evidence)
@@ -110,7 +110,23 @@ def verify_report(evidence: bytes, trusted_platform_keys: list[ec.EllipticCurveP
     (length,) = struct.unpack_from(">H", evidence, _SIGNED_END)
     if len(evidence) != _SIGNED_END + 2 + length:
         raise QuoteFormatError("simulated evidence signature length is inconsistent")
-    point = evidence[_KEY_OFFSET:_SIGNED_END]
+    report = SimulatedReport.from_body(evidence[_PREFIX.size : _KEY_OFFSET])
+    return report, bytes(evidence[_KEY_OFFSET:_SIGNED_END])
+
+
+def read_unverified_report(evidence: bytes) -> tuple[SimulatedReport, bytes]:
+    """The report and platform public key (uncompressed SEC1 point) that simulated evidence
+    *states*, with its layout checked and its signature NOT verified: for display only.
+
+    Raises:
+        QuoteFormatError: not well-formed simulated evidence.
+    """
+    return _split(evidence)
+
+
+def verify_report(evidence: bytes, trusted_platform_keys: list[ec.EllipticCurvePublicKey]) -> SimulatedReport:
+    """Check the layout, that a trusted platform key signed it, and return the report."""
+    report, point = _split(evidence)
     trusted = next((k for k in trusted_platform_keys if _point(k) == point), None)
     if trusted is None:
         raise AttestationFailed("simulated evidence from a platform key this service does not trust")
@@ -118,4 +134,4 @@ def verify_report(evidence: bytes, trusted_platform_keys: list[ec.EllipticCurveP
         trusted.verify(evidence[_SIGNED_END + 2 :], evidence[:_SIGNED_END], ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise AttestationFailed("simulated evidence signature invalid") from None
-    return SimulatedReport.from_body(evidence[_PREFIX.size : _KEY_OFFSET])
+    return report
