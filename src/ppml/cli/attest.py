@@ -239,6 +239,18 @@ def _detect_backend() -> str:
                      "protects nothing, pass --backend simulated")
 
 
+def cmd_simulated_platform(args: argparse.Namespace) -> int:
+    from ppml.tee.backends import load_or_create_platform_key
+
+    key_file = Path(args.key_file)
+    if not key_file.parent.is_dir():
+        raise UsageError(f"{key_file.parent} does not exist: create it first (mkdir -p {key_file.parent})")
+    load_or_create_platform_key(key_file)
+    print(key_file.with_name("platform-public.pem"))
+    print("ppml: warning: a SIMULATED platform: its evidence proves nothing about hardware", file=sys.stderr)
+    return 0
+
+
 def cmd_tee_run(args: argparse.Namespace) -> int:
     from ppml.tee.backends import open_backend
     from ppml.tee.runtime import FAIL_MESSAGE, run_attested
@@ -335,6 +347,12 @@ def add_commands(commands: Any) -> None:
 
     tee = commands.add_parser("tee", help="run a command inside the TEE gate", description="TEE runtime.")
     sub = tee.add_subparsers(dest="tee_command", metavar="ACTION", required=True)
+    p = sub.add_parser("simulated-platform", help="create the SIMULATED TEE's platform key (machines without SGX/TDX)",
+                       description="Create (once) the simulated TEE platform's P-256 key (0600) and its public "
+                       "half beside it (platform-public.pem), which `ppml serve --trust-simulated-platform` takes. "
+                       "Simulated evidence proves nothing about hardware.")
+    p.add_argument("key_file", metavar="KEY_FILE", help="where the private key goes (kept if it exists)")
+    p.set_defaults(func=cmd_simulated_platform)
     p = sub.add_parser("run", help="attest, then run CMD (or print the failure and exit 1)",
                        description="Attest before anything else runs. On success print 'Attestation Success!' "
                        "and run CMD with the session on an inherited pipe; on failure print "
