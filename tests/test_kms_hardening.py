@@ -522,3 +522,25 @@ def test_key_create_with_a_release_policy(deployment: Deployment, tmp_path: Path
         assert refused.returncode != 0 and message in refused.stderr, refused.stderr
     local = _ppml("key", "create", "--kms", f"local:{tmp_path / 'store'}", "--release-policy", policy_id)
     assert local.returncode != 0 and "attests callers" in local.stderr, local.stderr
+
+
+def test_policy_parsing_is_bounded_and_strict() -> None:
+    from ppml.core.policy import MAX_POLICY_DEPTH, AllOf, AnyOf, Measurements, parse_policy
+    from ppml.errors import UsageError
+
+    leaf: dict[str, Any] = {"mr_signer": MR_SIGNER.hex()}
+    deep: dict[str, Any] = leaf
+    for _ in range(MAX_POLICY_DEPTH + 1):
+        deep = {"all_of": [deep]}
+    with pytest.raises(UsageError, match="deeper"):
+        parse_policy(deep)
+    for bad in ({"all_of": []}, {"any_of": []}, {"all_of": [leaf], "mr_enclave": "00" * 32}, [leaf],
+                {"mr_signer": MR_SIGNER.hex(), "accepted_tcb_statuses": "UpToDate"},
+                {"mr_signer": MR_SIGNER.hex(), "accepted_tcb_statuses": ["Fine"]},
+                {"claims": {"mr_signer": MR_SIGNER.hex()}, "mr_signer": MR_SIGNER.hex()}):
+        with pytest.raises(UsageError):
+            parse_policy(bad)
+    parsed = parse_policy({"any_of": [leaf, {"all_of": [{"mr_td": "ab" * 48, "allow_debug": True}]}]})
+    assert isinstance(parsed, AnyOf) and isinstance(parsed.members[1], AllOf)
+    assert parse_policy(parsed.to_dict()) == parsed  # the stored form reads back as the same policy
+    assert isinstance(parse_policy({"policy_ids": ["p"], "claims": {"mr_enclave": MR_ENCLAVE.hex()}}), Measurements)
