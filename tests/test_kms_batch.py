@@ -11,6 +11,7 @@ within a batch is a replay, and a storage fault spends none.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -49,6 +50,24 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KmsServi
 def ctx(appid: str, stamp: str | None = None) -> RequestContext:
     return RequestContext(appid=appid, request_id=uuid.uuid4().hex,
                           replay_stamp=f"n:{stamp or os.urandom(16).hex()}", replay_expires=int(time.time()) + 1200)
+
+
+@contextlib.contextmanager
+def connection_drops_at(service: KmsService, marker: str) -> Iterator[None]:
+    """The database connection drops at the first statement containing ``marker``."""
+
+    def drop(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if marker in statement:
+            raise sa_exc.OperationalError(statement, parameters, ConnectionError("server closed the connection"))
+
+    engines = {service.storage.engine, service.storage._relaxed_engine}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", drop)
+    try:
+        yield
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", drop)
 
 
 def audit_outcomes(kms: KmsService, request_ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -126,19 +145,8 @@ def test_a_storage_fault_spends_no_stamp(service: KmsService) -> None:
     appid = service.enroll().appid
     contexts = [ctx(appid) for _ in range(3)]
 
-    def drop(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if "INSERT INTO replay" in statement:
-            raise sa_exc.OperationalError(statement, parameters, ConnectionError("server closed the connection"))
-
-    engines = {service.storage.engine, service.storage._relaxed_engine}
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", drop)
-    try:
-        with pytest.raises(KmsUnavailable):
-            service.spend_replay_stamps(contexts)
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", drop)
+    with connection_drops_at(service, "INSERT INTO replay"), pytest.raises(KmsUnavailable):
+        service.spend_replay_stamps(contexts)
     assert service.spend_replay_stamps(contexts) == [True] * 3
 
 
@@ -163,18 +171,8 @@ def test_a_storage_fault_fails_the_whole_batch_and_writes_nothing(service: KmsSe
     requests = [DataKeyRequest.generate(ctx(appid), key) for _ in range(3)]
 
     # The connection drops at the batch's last statement, the audit append.
-    def drop(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if "INSERT INTO audit" in statement:
-            raise sa_exc.OperationalError(statement, parameters, ConnectionError("server closed the connection"))
-
-    engines = {service.storage.engine, service.storage._relaxed_engine}
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", drop)
-    try:
+    with connection_drops_at(service, "INSERT INTO audit"):
         results = service.run_data_key_batch(requests)
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", drop)
     assert all(isinstance(r, KmsUnavailable) for r in results), results
     with service.storage.transaction() as conn:
         assert conn.execute(select(func.count()).select_from(db.audit)).scalar_one() == before
