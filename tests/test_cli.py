@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import os
@@ -337,6 +338,80 @@ def test_directory_output_replaced_only_with_force(tmp_path: Path, kms: str, key
     assert (dst / "old").exists()
     assert main(["encrypt", str(src), str(dst), "--key", key_id, "--kms", kms, "--force"]) == 0
     assert sorted(_tree(dst)) == ["f"]
+
+
+# -- a failed write leaves nothing behind --------------------------------------------------------
+# RLIMIT_FSIZE makes the kernel refuse writes past 1 MiB (EFBIG, "File too large"; Python ignores
+# SIGXFSZ), as a full disk refuses them with ENOSPC: the write fails, and so does the flush when the
+# temporary file is closed. Each run is a subprocess so that only it is limited. The limit falls
+# just short of the end of the first 1 MiB write, so the kernel takes most of it and the tail stays
+# in Python's buffer: the case where closing fails again (measured: every case below then left its
+# ``.partial`` file before the fix; a limit at a write boundary fails without buffered data).
+
+_WRITE_LIMIT = (1 << 20) - 100
+
+
+def _run_with_write_limit(*args: str) -> subprocess.CompletedProcess[str]:
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (_WRITE_LIMIT, _WRITE_LIMIT))
+
+    return subprocess.run([*PPML, *args], capture_output=True, text=True, check=False, preexec_fn=limit)
+
+
+def _everything_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("case", ["encrypt", "decrypt", "legacy-encrypt", "legacy-decrypt", "directory"])
+def test_a_write_that_fails_leaves_no_temporary_file(tmp_path: Path, kms: str, key_id: str, case: str) -> None:
+    inputs, out_dir = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out_dir.mkdir()
+    src = inputs / "big.bin"
+    src.write_bytes(os.urandom(3 * _WRITE_LIMIT))
+    bigdl_key = tmp_path / "bigdl.key"
+    bigdl_key.write_text(base64.b64encode(os.urandom(32)).decode())
+    legacy = ["--mode", "AES/CBC/PKCS5Padding", "--bigdl-primary-key", str(bigdl_key)]
+    if case == "encrypt":
+        args = ["encrypt", str(src), str(out_dir / "big.ppml"), "--key", key_id, "--kms", kms]
+    elif case == "decrypt":
+        assert main(["encrypt", str(src), str(inputs / "big.ppml"), "--key", key_id, "--kms", kms]) == 0
+        args = ["decrypt", str(inputs / "big.ppml"), str(out_dir / "big.bin"), "--kms", kms]
+    elif case == "legacy-encrypt":
+        args = ["encrypt", str(src), str(out_dir / "big.enc"), *legacy]
+    elif case == "legacy-decrypt":
+        assert run("encrypt", str(src), str(inputs / "big.enc"), *legacy).returncode == 0
+        args = ["decrypt", str(inputs / "big.enc"), str(out_dir / "big.bin"), *legacy]
+    else:
+        (inputs / "small.txt").write_text("fits")
+        args = ["encrypt", str(inputs), str(out_dir / "enc"), "--key", key_id, "--kms", kms]
+    before = _everything_under(tmp_path)
+    result = _run_with_write_limit(*args)
+    assert result.returncode == 1, result.stderr
+    assert "File too large" in result.stderr and "Traceback" not in result.stderr
+    assert _everything_under(tmp_path) == before
+
+
+def test_a_failed_final_move_keeps_the_previous_directory(tmp_path: Path) -> None:
+    from ppml.core._files import atomic_directory
+
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "previous").write_text("kept")
+
+    def replace(src: Path, target: Path) -> None:
+        if target == dst:  # the staging directory's move into place, not the restore
+            if src.name.endswith(".partial"):
+                raise OSError(28, "No space left on device")
+        os.replace(src, target)
+
+    with pytest.raises(OSError, match="No space left"):
+        with atomic_directory(dst, overwrite=True, replace=replace) as staging:
+            (staging / "new").write_text("lost")
+    assert _everything_under(tmp_path) == ["out", "out/previous"]
+    assert (dst / "previous").read_text() == "kept"
 
 
 # -- secrets -----------------------------------------------------------------------------------

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from ppml import __version__
+from ppml.core._files import atomic_directory
 from ppml.errors import InputNotFound, NotAFile, OutputExists, PpmlError, UnsafeWarning, UsageError
 
 DEFAULT_KMS_ENV = "PPML_KMS"
@@ -106,31 +105,6 @@ def _progress(total: int) -> Iterator[Callable[[int], None] | None]:
         yield bar.update
 
 
-@contextmanager
-def _directory_output(dst: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Build a directory beside ``dst`` and move it into place only if everything succeeded."""
-    if dst.exists() and not overwrite:
-        raise OutputExists(dst)
-    if dst.exists() and not dst.is_dir():
-        raise NotAFile(dst, "exists and is not a directory")
-    parent = dst.absolute().parent
-    if not parent.is_dir():
-        raise InputNotFound(parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=parent))
-        os.replace(dst, old / "d")
-        os.replace(staging, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, dst)
-
-
 def _run_files(
     args: argparse.Namespace, verb: str, one: Callable[[Path, Path, Callable[[int], None] | None], object]
 ) -> int:
@@ -139,7 +113,7 @@ def _run_files(
     total = sum(s.stat().st_size for s, _ in plan)
     with _progress(total) as progress:
         if src.is_dir():
-            with _directory_output(dst, overwrite=args.force) as staging:
+            with atomic_directory(dst, overwrite=args.force) as staging:
                 for s, d in plan:
                     target = staging / d.relative_to(dst)
                     target.parent.mkdir(parents=True, exist_ok=True)

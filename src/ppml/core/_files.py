@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,8 +47,55 @@ class AtomicOutput:
         os.replace(self.tmp, self.dst)
 
     def discard(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        """Remove the temporary file, whatever closing it does.
+
+        Called while another error propagates, typically a failed write (a full disk): closing
+        flushes what is still buffered, which fails the same way, and that second error must
+        neither keep the temporary file (it would hold the disk full) nor hide the first one.
+        """
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_directory(
+    dst: Path, *, overwrite: bool, replace: Callable[[Path, Path], None] = os.replace
+) -> Iterator[Path]:
+    """A staging directory beside ``dst`` that becomes ``dst`` only if the block succeeds.
+
+    On any failure, the block's or the final move's, the staging directory is removed and a
+    ``dst`` that existed before is left as it was. ``replace`` is the rename (injectable so the
+    failure of the final move can be tested).
+    """
+    if dst.exists() and not overwrite:
+        raise OutputExists(dst)
+    if dst.exists() and not dst.is_dir():
+        raise NotAFile(dst, "exists and is not a directory")
+    parent = dst.absolute().parent
+    if not parent.is_dir():
+        raise InputNotFound(parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=parent))
+    try:
+        yield staging
+        if not dst.exists():
+            replace(staging, dst)
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=parent))
+        replace(dst, old / "d")
+        try:
+            replace(staging, dst)
+        except BaseException:
+            replace(old / "d", dst)
+            old.rmdir()
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def read_exactly(raw: BinaryIO, size: int) -> bytes:
