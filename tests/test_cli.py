@@ -275,6 +275,41 @@ def test_directory_where_a_file_is_expected(tmp_path: Path, kms: str, encrypted:
     assert list(out_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", ["encrypt", "encrypt-dir", "decrypt", "generate-people", "enclave-keygen",
+                                     "enclave-build", "enclave-sign", "kms-enroll"])
+def test_a_missing_output_directory_is_named_with_the_fix(tmp_path: Path, kms: str, key_id: str, encrypted: Path,
+                                                          command: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no" / "such dir"
+    out = missing / "out"
+    plain = tmp_path / "plain.bin"
+    script = tmp_path / "job.py"
+    script.write_text("print(1)\n")
+    key = tmp_path / "enclave.pem"
+    manifest = tmp_path / "job.manifest.toml"
+    if command.startswith("enclave-") and command != "enclave-keygen":
+        assert main(["enclave", "keygen", str(key)]) == 0
+        assert main(["enclave", "build", "--app", str(script), "--entrypoint", str(script), "--out", str(manifest),
+                     "--python-path", str(tmp_path)]) == 0
+    args = {
+        "encrypt": ["encrypt", str(plain), str(out), "--key", key_id, "--kms", kms],
+        "encrypt-dir": ["encrypt", str(tmp_path / "keys"), str(out), "--key", key_id, "--kms", kms],
+        "decrypt": ["decrypt", str(encrypted), str(out), "--kms", kms],
+        "generate-people": ["generate-people", str(out), "10"],
+        "enclave-keygen": ["enclave", "keygen", str(out)],
+        "enclave-build": ["enclave", "build", "--app", str(script), "--entrypoint", str(script), "--out", str(out),
+                          "--python-path", str(tmp_path)],
+        "enclave-sign": ["enclave", "sign", str(manifest), "--key", str(key), "--out", str(out)],
+        "kms-enroll": ["kms", "enroll", "--kms", "ppml+https://127.0.0.1:9", "--out", str(out)],
+    }[command]
+    capsys.readouterr()
+    assert main(args) == 3
+    error = capsys.readouterr().err
+    assert f"output directory {missing} does not exist" in error
+    assert f"mkdir -p '{missing}'" in error
+    assert not missing.parent.exists()
+
+
 def test_help_for_every_command() -> None:
     for args in (["--help"], ["generate-people", "--help"], ["key", "create", "--help"],
                  ["key", "list", "--help"], ["encrypt", "--help"], ["decrypt", "--help"],

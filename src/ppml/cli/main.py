@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ppml import __version__
-from ppml.core._files import atomic_directory
+from ppml.core._files import atomic_directory, require_output_directory
 from ppml.errors import InputNotFound, NotAFile, OutputExists, PpmlError, UnsafeWarning, UsageError
 
 DEFAULT_KMS_ENV = "PPML_KMS"
@@ -226,6 +226,7 @@ def cmd_kms_enroll(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise OutputExists(out)
+    require_output_directory(out)  # before enrolling: credentials that cannot be saved are lost
     if args.admin_credentials:
         credentials = _remote(args, args.admin_credentials).enroll()
     else:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from ppml.errors import InputNotFound, NotAFile, OutputExists
+from ppml.errors import InputNotFound, NotAFile, OutputDirectoryMissing, OutputExists
 
 
 def open_input(path: Path) -> BinaryIO:
@@ -26,6 +26,15 @@ def open_input(path: Path) -> BinaryIO:
         raise NotAFile(path, "permission denied") from None
 
 
+def require_output_directory(path: Path) -> Path:
+    """The directory ``path`` will be written into; :class:`OutputDirectoryMissing` if it does
+    not exist."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputDirectoryMissing(parent)
+    return parent
+
+
 class AtomicOutput:
     """A temporary file beside ``dst`` that becomes ``dst`` only on :meth:`commit`."""
 
@@ -35,9 +44,7 @@ class AtomicOutput:
             raise NotAFile(dst, "is a directory, expected a file path for the output")
         if not overwrite and dst.exists():
             raise OutputExists(dst)
-        parent = dst.parent if str(dst.parent) else Path(".")
-        if not parent.is_dir():
-            raise InputNotFound(parent)
+        parent = require_output_directory(dst)
         fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=parent)
         self.tmp = Path(name)
         self.file: BinaryIO = os.fdopen(fd, "wb")
@@ -75,9 +82,7 @@ def atomic_directory(
         raise OutputExists(dst)
     if dst.exists() and not dst.is_dir():
         raise NotAFile(dst, "exists and is not a directory")
-    parent = dst.absolute().parent
-    if not parent.is_dir():
-        raise InputNotFound(parent)
+    parent = require_output_directory(dst.absolute())
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=parent))
     try:
         yield staging
@@ -130,7 +135,11 @@ def create_private(path: Path, data: bytes, *, durable: bool = True) -> None:
 
 
 def _write_new(path: Path, data: bytes, mode: int, durable: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    except FileNotFoundError:
+        require_output_directory(path)
+        raise
     try:
         os.fchmod(fd, mode)  # the umask may have cleared bits of mode
         with os.fdopen(fd, "wb") as f:
