@@ -326,7 +326,7 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_directory_round_trip_keeps_names(tmp_path: Path, kms: str, key_id: str) -> None:
+def test_directory_round_trip_adds_and_strips_the_suffix(tmp_path: Path, kms: str, key_id: str) -> None:
     src = tmp_path / "in"
     (src / "a" / "b").mkdir(parents=True)
     (src / "top.csv").write_text("x,y\n1,2\n")
@@ -337,11 +337,38 @@ def test_directory_round_trip_keeps_names(tmp_path: Path, kms: str, key_id: str)
     (src / ".part.crc").write_bytes(b"crc")
     enc, dec = tmp_path / "enc", tmp_path / "dec"
     assert main(["encrypt", str(src), str(enc), "--key", key_id, "--kms", kms]) == 0
-    assert sorted(_tree(enc)) == ["a/b/deep.txt", "a/b/empty", "a/mid.bin", "top.csv"]
+    assert sorted(_tree(enc)) == ["a/b/deep.txt.ppml", "a/b/empty.ppml", "a/mid.bin.ppml", "top.csv.ppml"]
     assert all(v[:4] == b"PPML" for v in _tree(enc).values())
     assert main(["decrypt", str(enc), str(dec), "--kms", kms]) == 0
     expected = {k: v for k, v in _tree(src).items() if not k.startswith(("_", "."))}
     assert _tree(dec) == expected
+
+
+def test_directory_decrypt_strips_only_a_trailing_suffix(tmp_path: Path, kms: str, key_id: str) -> None:
+    """Spark's ppml writer names its files part-N-JOB.csv.ppml; their plaintext is part-N-JOB.csv."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    names = {"part-00000-job.csv.ppml": "part-00000-job.csv", "data.ppml.csv": "data.ppml.csv",
+             "x.ppml.ppml": "x.ppml", "no-suffix": "no-suffix"}
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    for index, name in enumerate(names):
+        (plain / name).write_text(f"row {index}\n")
+        assert main(["encrypt", str(plain / name), str(enc / name), "--key", key_id, "--kms", kms]) == 0
+    dec = tmp_path / "dec"
+    assert main(["decrypt", str(enc), str(dec), "--kms", kms]) == 0
+    assert _tree(dec) == {plaintext_name: (plain / name).read_bytes() for name, plaintext_name in names.items()}
+
+
+def test_directory_decrypt_refuses_two_inputs_for_one_output(tmp_path: Path, kms: str, key_id: str) -> None:
+    plain, enc = tmp_path / "plain.txt", tmp_path / "enc"
+    plain.write_text("x")
+    enc.mkdir()
+    for name in ("a.csv", "a.csv.ppml"):
+        assert main(["encrypt", str(plain), str(enc / name), "--key", key_id, "--kms", kms]) == 0
+    result = run("decrypt", str(enc), str(tmp_path / "dec"), "--kms", kms)
+    assert result.returncode == 2 and "would both be written to" in result.stderr
+    assert not (tmp_path / "dec").exists()
 
 
 def test_failed_directory_decrypt_leaves_nothing(tmp_path: Path, kms: str, key_id: str) -> None:
@@ -351,7 +378,7 @@ def test_failed_directory_decrypt_leaves_nothing(tmp_path: Path, kms: str, key_i
         (src / f"part-{i}").write_bytes(os.urandom(10_000))
     enc = tmp_path / "enc"
     assert main(["encrypt", str(src), str(enc), "--key", key_id, "--kms", kms]) == 0
-    victim = enc / "part-2"
+    victim = enc / "part-2.ppml"
     data = bytearray(victim.read_bytes())
     data[-1] ^= 1
     victim.write_bytes(bytes(data))
@@ -372,7 +399,7 @@ def test_directory_output_replaced_only_with_force(tmp_path: Path, kms: str, key
     assert run("encrypt", str(src), str(dst), "--key", key_id, "--kms", kms).returncode == 3
     assert (dst / "old").exists()
     assert main(["encrypt", str(src), str(dst), "--key", key_id, "--kms", kms, "--force"]) == 0
-    assert sorted(_tree(dst)) == ["f"]
+    assert sorted(_tree(dst)) == ["f.ppml"]
 
 
 # -- a failed write leaves nothing behind --------------------------------------------------------

@@ -79,19 +79,43 @@ def _is_hidden(path: Path) -> bool:
     return path.name.startswith((".", "_"))
 
 
-def _plan(src: Path, dst: Path) -> list[tuple[Path, Path]]:
+ENVELOPE_SUFFIX = ".ppml"
+
+
+def _add_suffix(name: str) -> str:
+    return name + ENVELOPE_SUFFIX
+
+
+def _strip_suffix(name: str) -> str:
+    """``part-0.csv.ppml`` -> ``part-0.csv`` (as Spark's ppml writer names them); other names
+    are kept."""
+    return name[: -len(ENVELOPE_SUFFIX)] if name.endswith(ENVELOPE_SUFFIX) and name != ENVELOPE_SUFFIX else name
+
+
+def _plan(src: Path, dst: Path, rename: Callable[[str], str] | None = None) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: ``src`` to ``dst``, or every data file under the directory ``src``
+    to the same place under ``dst``, its file name passed through ``rename``."""
     if not src.exists():
         raise InputNotFound(src)
-    if src.is_dir():
-        return [
-            (path, dst / path.relative_to(src))
-            for path in sorted(src.rglob("*"))
-            if path.is_file() and not any(_is_hidden(p) for p in path.relative_to(src).parents if p.name)
-            and not _is_hidden(path)
-        ]
-    if not src.is_file():
-        raise NotAFile(src, "not a regular file")
-    return [(src, dst)]
+    if not src.is_dir():
+        if not src.is_file():
+            raise NotAFile(src, "not a regular file")
+        return [(src, dst)]
+    plan: list[tuple[Path, Path]] = []
+    inputs_of: dict[Path, Path] = {}
+    for path in sorted(src.rglob("*")):
+        relative = path.relative_to(src)
+        if not path.is_file() or _is_hidden(path) or any(_is_hidden(p) for p in relative.parents if p.name):
+            continue
+        target = dst / relative
+        if rename is not None:
+            target = target.with_name(rename(target.name))
+        if target in inputs_of:
+            raise UsageError(f"{inputs_of[target]} and {path} would both be written to {target}; "
+                             "rename one of them")
+        inputs_of[target] = path
+        plan.append((path, target))
+    return plan
 
 
 @contextmanager
@@ -106,10 +130,11 @@ def _progress(total: int) -> Iterator[Callable[[int], None] | None]:
 
 
 def _run_files(
-    args: argparse.Namespace, verb: str, one: Callable[[Path, Path, Callable[[int], None] | None], object]
+    args: argparse.Namespace, verb: str, one: Callable[[Path, Path, Callable[[int], None] | None], object],
+    rename: Callable[[str], str] | None = None,
 ) -> int:
     src, dst = Path(args.src), Path(args.dst)
-    plan = _plan(src, dst)
+    plan = _plan(src, dst, rename)
     total = sum(s.stat().st_size for s, _ in plan)
     with _progress(total) as progress:
         if src.is_dir():
@@ -155,6 +180,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             s, d, kms=kms, key_id=args.key, segment_size=args.segment_size, overwrite=args.force,
             progress=p,
         ),
+        rename=_add_suffix,
     )
 
 
@@ -180,6 +206,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         args,
         "decrypted",
         lambda s, d, p: decrypt_file(s, d, kms=kms, overwrite=args.force, progress=p),
+        rename=_strip_suffix,
     )
 
 
@@ -336,8 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_key_list)
 
     for name, func, text in (
-        ("encrypt", cmd_encrypt, "Encrypt a file, or a directory recursively (names kept)."),
-        ("decrypt", cmd_decrypt, "Decrypt a file, or a directory recursively (names kept)."),
+        ("encrypt", cmd_encrypt, "Encrypt a file, or a directory recursively (in the ppml mode each file "
+         "name gets the suffix .ppml, as Spark's ppml writer names its files)."),
+        ("decrypt", cmd_decrypt, "Decrypt a file, or a directory recursively (in the ppml mode a trailing "
+         ".ppml is removed from each file name)."),
     ):
         p = commands.add_parser(
             name,
