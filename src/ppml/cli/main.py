@@ -298,7 +298,10 @@ def cmd_kms_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_example_simple_query(args: argparse.Namespace) -> int:
     from ppml.spark.examples.simple_query import main as simple_query
+    from ppml.spark.session import python_environment
 
+    # Spark inherits these when it starts, in this process: its Python workers run this interpreter.
+    os.environ.update(python_environment())
     return simple_query(args.example_args)
 
 

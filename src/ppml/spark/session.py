@@ -19,6 +19,7 @@ import dataclasses
 import os
 import secrets
 import stat
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -30,6 +31,7 @@ __all__ = [
     "REDACTION_REGEX",
     "UiTls",
     "performance_conf",
+    "python_environment",
     "read_secret_file",
     "secure_session",
     "security_conf",
@@ -118,6 +120,14 @@ def performance_conf() -> dict[str, str]:
       4's 64 MB default cap, so lower maxRecordsPerBatch for such data.
     """
     return {"spark.sql.execution.arrow.maxBytesPerBatch": "2147483647"}
+
+
+def python_environment() -> dict[str, str]:
+    """The environment that makes Spark run its Python workers (and a submitted driver) with
+    this interpreter, whose environment has ppml, pyarrow and pyspark. Without it Spark runs
+    ``python3`` from ``$PATH``, which fails with ``No module named 'ppml'`` (or ``'pyarrow'``)
+    unless the virtual environment is activated."""
+    return {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
 
 
 def write_properties_file(conf: Mapping[str, str], path: Path) -> Path:

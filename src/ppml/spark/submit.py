@@ -42,6 +42,7 @@ from typing import Any, Final
 from ppml.errors import UsageError
 from ppml.spark.session import (
     performance_conf,
+    python_environment,
     read_secret_file,
     security_conf,
     write_properties_file,
@@ -217,7 +218,7 @@ def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str],
 
     argv = [str(spark_submit_path()), "--master", options.master, "--deploy-mode", options.deploy_mode,
             "--properties-file", str(properties), *_common_flags(options), options.app, *options.app_args]
-    env = {**os.environ, **tee_env, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env = {**os.environ, **tee_env, **python_environment()}
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     return argv, env
 
