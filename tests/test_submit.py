@@ -264,3 +264,54 @@ def test_secret_file_with_open_permissions_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="too open"):
         build_submission(SubmitOptions(app="a.py", master="spark://127.0.0.1:1", secret_file=secret), tmp_path)
 
+
+
+# -- ppml history-server -------------------------------------------------------------------------
+
+
+def test_history_server_command_needs_an_existing_directory(tmp_path: Path) -> None:
+    from ppml.errors import InputNotFound
+    from ppml.spark.history import history_server_command
+
+    with pytest.raises(InputNotFound):
+        history_server_command(tmp_path / "missing")
+    argv, env = history_server_command(tmp_path, port=18123)
+    assert argv[1] == "org.apache.spark.deploy.history.HistoryServer"
+    assert Path(env["SPARK_HOME"], "bin", "spark-class") == Path(argv[0])
+    assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
+    assert f'"-Dspark.history.fs.logDirectory=file://{tmp_path.resolve()}"' in env["SPARK_HISTORY_OPTS"]
+    assert '"-Dspark.history.ui.port=18123"' in env["SPARK_HISTORY_OPTS"]
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_history_server_starts_from_a_shell_without_the_virtual_environment(tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    venv_bin = str(Path(sys.executable).parent)
+    env = {name: value for name, value in os.environ.items() if name not in ("SPARK_HOME", "VIRTUAL_ENV",
+                                                                           "PYSPARK_PYTHON")}
+    env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep) if d and d != venv_bin)
+    process = subprocess.Popen([sys.executable, "-m", "ppml.cli.main", "history-server", "--event-log-dir",
+                                str(tmp_path), "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/applications", timeout=5) as response:
+                    assert response.status == 200 and json.load(response) == []
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the history server did not answer within 90 s"
+                time.sleep(0.5)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}" in stderr
+    assert " INFO " not in stderr  # Spark's chatter is off without --verbose

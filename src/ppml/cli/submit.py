@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
         k8s_kms_credentials=args.k8s_kms_credentials, k8s_ca=args.k8s_ca, render_only=_path(args.render_only),
     )
     return submit(options)
+
+
+def cmd_history_server(args: argparse.Namespace) -> int:
+    from ppml.spark.history import history_server_command
+
+    event_log_dir = Path(args.event_log_dir)
+    argv, env = history_server_command(event_log_dir, port=args.port, host=args.host, verbose=args.verbose)
+    print(f"Spark history server for {event_log_dir}: http://{args.host}:{args.port} (it takes a few seconds to "
+          "start; Ctrl-C stops it)", file=sys.stderr, flush=True)
+    # Replace this process (spark-class execs java in turn): a signal to it reaches the server.
+    os.execve(argv[0], argv, env)
 
 
 def _path(value: str | None) -> Path | None:
@@ -78,3 +90,16 @@ def add_commands(commands: Any) -> None:
     p.add_argument("app", metavar="APP")
     p.add_argument("app_args", nargs=argparse.REMAINDER, metavar="ARGS")
     p.set_defaults(func=cmd_submit)
+
+    p = commands.add_parser(
+        "history-server", help="run Spark's history server over event logs (ppml submit --event-log-dir)",
+        description="Run Spark's history server (from the pyspark package, whatever shell it is started from) "
+        "over DIR, in the foreground, on http://HOST:PORT. Spark logs only warnings unless --verbose.",
+    )
+    p.add_argument("--event-log-dir", required=True, metavar="DIR", help="the directory given to "
+                   "`ppml submit --event-log-dir`")
+    p.add_argument("--port", type=int, default=18080, help="HTTP port (default 18080)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
+                   "the UI has no authentication)")
+    p.add_argument("--verbose", action="store_true", help="Spark's INFO logging")
+    p.set_defaults(func=cmd_history_server)
