@@ -313,7 +313,7 @@ def test_a_missing_output_directory_is_named_with_the_fix(tmp_path: Path, kms: s
 def test_help_for_every_command() -> None:
     for args in (["--help"], ["generate-people", "--help"], ["key", "create", "--help"],
                  ["key", "list", "--help"], ["encrypt", "--help"], ["decrypt", "--help"],
-                 ["demo", "--help"]):
+                 ["demo", "--help"], ["submit", "--help"], ["history-server", "--help"]):
         result = run(*args)
         assert result.returncode == 0, args
         assert "usage: ppml" in result.stdout

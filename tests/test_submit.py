@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -125,6 +126,125 @@ def test_render_only_prints_the_command(tmp_path: Path, capsys: pytest.CaptureFi
     assert (tmp_path / "out" / "driver-pod-template.json").exists()
 
 
+# -- spark-submit's options ---------------------------------------------------------------------
+
+
+def _render(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
+    """`ppml submit --render-only` through the CLI entry: the spark-submit argv it would run."""
+    from ppml.cli.main import main
+
+    assert main(["submit", "--render-only", str(tmp_path / "rendered"), *args]) == 0
+    return shlex.split(capsys.readouterr().out)
+
+
+def test_spark_submit_options_are_passed_through(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = _render(
+        tmp_path, capsys, "--master", "spark://127.0.0.1:7077", "--secret-file", str(_secret(tmp_path)),
+        "--class", "org.example.Main", "--name", "my job", "--jars", "a.jar,b.jar", "--jars", "c.jar",
+        "--py-files", "deps.zip", "--files", "f1.txt,f2.txt", "--archives", "env.tar.gz#env",
+        "--driver-memory", "2g", "--driver-cores", "2", "--executor-memory", "4g", "--executor-cores", "3",
+        "--num-executors", "5", "--total-executor-cores", "6", "--conf", "spark.ui.enabled=false",
+        "-c", "spark.sql.shuffle.partitions=7", "app.jar", "--input", "x", "--conf", "belongs=to-the-app")
+    app = argv.index("app.jar")
+    assert argv[app + 1:] == ["--input", "x", "--conf", "belongs=to-the-app"]
+    flags = dict(zip(argv[1:app:2], argv[2:app:2]))
+    assert flags.pop("--name") == "my job" and flags.pop("--properties-file").endswith("spark-ppml.properties")
+    assert flags == {
+        "--master": "spark://127.0.0.1:7077", "--deploy-mode": "client", "--class": "org.example.Main",
+        "--driver-memory": "2g", "--driver-cores": "2", "--executor-memory": "4g", "--executor-cores": "3",
+        "--num-executors": "5", "--total-executor-cores": "6", "--jars": "a.jar,b.jar,c.jar",
+        "--py-files": "deps.zip", "--files": "f1.txt,f2.txt", "--archives": "env.tar.gz#env"}
+    assert "--verbose" not in argv[:app] and "--conf" not in argv[:app]
+    conf = _properties(tmp_path / "rendered" / "spark-ppml.properties")
+    assert conf["spark.ui.enabled"] == "false" and conf["spark.sql.shuffle.partitions"] == "7"
+    assert "belongs" not in conf
+
+
+def _secret(tmp_path: Path) -> Path:
+    path = tmp_path / "secret"
+    if not path.exists():
+        write_secret_file(path)
+    return path
+
+
+def test_user_properties_file_is_merged_into_the_private_one(tmp_path: Path) -> None:
+    user = tmp_path / "user.properties"
+    user.write_text("# the user's settings\nspark.executor.memory 3g\nspark.hadoop.fs.s3a.secret.key=s3cr3t-value\n"
+                    "spark.sql.shuffle.partitions=9\nspark.network.crypto.saslFallback = true\n")
+    options = SubmitOptions(app="job.py", master="spark://127.0.0.1:7077", secret_file=_secret(tmp_path),
+                            properties_file=user, conf=(("spark.sql.shuffle.partitions", "11"),))
+    argv, env = build_submission(options, tmp_path / "work")
+    assert argv.count("--properties-file") == 1 and str(user) not in argv
+    assert "s3cr3t-value" not in " ".join(argv) and "s3cr3t-value" not in json.dumps(env)
+    private = Path(argv[argv.index("--properties-file") + 1])
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    conf = _properties(private)
+    assert conf["spark.executor.memory"] == "3g" and conf["spark.hadoop.fs.s3a.secret.key"] == "s3cr3t-value"
+    assert conf["spark.sql.shuffle.partitions"] == "11"  # --conf wins over the file
+    assert conf["spark.network.crypto.saslFallback"] == "true"  # the file wins over ppml's defaults, as --conf
+    assert conf["spark.authenticate.secret"] == read_secret_file(_secret(tmp_path))
+
+
+def test_properties_files_are_read_as_java_reads_them(tmp_path: Path) -> None:
+    from ppml.spark.session import read_properties_file, write_properties_file
+
+    path = tmp_path / "p.properties"
+    path.write_text("# comment\n  ! comment too\nspark.a=1\nspark.b = two words  \nspark.c:3\nspark.d   4\n"
+                    "spark.e=line\\\n    continued\nspark.f=back\\\\slash\nspark.g=\\u00e9t\\t\u00e9\n"
+                    "spark\\ key\\=x = y\nspark.empty\nspark.h=a=b:c\n", encoding="utf-8")
+    assert read_properties_file(path) == {
+        "spark.a": "1", "spark.b": "two words", "spark.c": "3", "spark.d": "4", "spark.e": "linecontinued",
+        "spark.f": "back\\slash", "spark.g": "\u00e9t\t\u00e9", "spark key=x": "y", "spark.empty": "",
+        "spark.h": "a=b:c"}
+    conf = {"spark.x": "a\\b\nc", "spark.y": "\u00e9=:#"}
+    assert read_properties_file(write_properties_file(conf, tmp_path / "w.properties")) == conf
+    path.write_text("spark.bad=\\u00zz\n")
+    with pytest.raises(UsageError, match="escape"):
+        read_properties_file(path)
+
+
+def test_an_unknown_option_before_the_application_is_submits_own_usage_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from ppml.cli.main import main
+
+    for args in (["--bogus", "app.py"], ["--exec", "1g", "app.py"], ["--conf", "no-equals-sign", "app.py"],
+                 ["--driver-cores", "0", "app.py"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["submit", *args])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert "usage: ppml submit" in error and "ppml submit: error:" in error, args
+
+
+def test_packages_are_refused_with_the_way_out(capsys: pytest.CaptureFixture[str]) -> None:
+    from ppml.cli.main import main
+
+    assert main(["submit", "--packages", "org.apache.spark:spark-avro_2.13:4.0.0", "app.py"]) == 2
+    error = capsys.readouterr().err
+    assert "--packages" in error and "offline" in error and "--jars" in error
+
+
+def test_help_explains_the_modes() -> None:
+    result = subprocess.run([sys.executable, "-m", "ppml.cli.main", "submit", "--help"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0
+    modes = result.stdout[result.stdout.index("modes ("):]
+    for row in ("local ", "local-tee ", "client ", "cluster "):
+        assert f"\n  {row}" in modes, row
+    for backend in ("sgx-gramine", "tdx", "simulated"):
+        assert backend in modes
+    assert all(len(line) <= 100 for line in modes.splitlines())
+
+
+def test_spark_logs_warnings_only_unless_verbose(tmp_path: Path) -> None:
+    quiet, _ = build_submission(SubmitOptions(app="job.py"), tmp_path / "quiet")
+    _, quiet_env = build_submission(SubmitOptions(app="job.py"), tmp_path / "quiet")
+    verbose, verbose_env = build_submission(SubmitOptions(app="job.py", verbose=True), tmp_path / "verbose")
+    assert "log4j2.configurationFile" in quiet_env["SPARK_SUBMIT_OPTS"]
+    assert "log4j2.configurationFile" not in verbose_env.get("SPARK_SUBMIT_OPTS", "")
+    assert "--verbose" in verbose and "--verbose" not in quiet
+
+
 # Driver output of a wrong-secret submission where the master's close overtook its refusal
 # (recorded on Spark 4.3, 1 run in 12 under load): no "Authentication failed" anywhere.
 _INTERRUPTED_HANDSHAKE = """\
@@ -234,6 +354,7 @@ def test_job_runs_on_the_authenticated_encrypted_cluster(cluster: tuple[Standalo
     assert "RESULT 499500" in output
     assert "SETTINGS true true true false" in output
     assert read_secret_file(secret) not in output
+    assert " INFO " not in output  # the registration it waited for was logged, not shown
 
 
 @pytest.mark.slow
@@ -315,3 +436,22 @@ def test_history_server_starts_from_a_shell_without_the_virtual_environment(tmp_
         _, stderr = process.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}" in stderr
     assert " INFO " not in stderr  # Spark's chatter is off without --verbose
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_a_local_run_shows_the_jobs_output_and_no_info_lines_unless_verbose(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    outputs = {}
+    for verbose in (False, True):
+        args = ["--verbose"] if verbose else []
+        result = subprocess.run(
+            [sys.executable, "-m", "ppml.cli.main", "submit", "--master", "local[1]", "--conf",
+             "spark.ui.enabled=false", *args, str(app)], capture_output=True, text=True, check=False, timeout=240,
+            env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "RESULT 499500" in result.stdout
+        outputs[verbose] = result.stderr
+    assert " INFO " not in outputs[False] and "log4j" not in outputs[False]
+    assert " INFO SparkContext: Running Spark version" in outputs[True]

@@ -14,33 +14,12 @@ from pathlib import Path
 from typing import Final
 
 from ppml.errors import InputNotFound, NotAFile, UsageError
+from ppml.spark.launch import java_option, quiet_log_options, spark_home
 
-__all__ = ["DEFAULT_PORT", "HISTORY_SERVER_CLASS", "history_server_command", "quiet_log_config", "spark_home"]
+__all__ = ["DEFAULT_PORT", "HISTORY_SERVER_CLASS", "history_server_command"]
 
 DEFAULT_PORT: Final = 18080
 HISTORY_SERVER_CLASS: Final = "org.apache.spark.deploy.history.HistoryServer"
-
-
-def spark_home() -> Path:
-    """pyspark's directory: the Spark home of the pip wheel (``bin/``, ``jars/``)."""
-    try:
-        import pyspark
-    except ModuleNotFoundError:
-        raise UsageError("this needs pyspark: pip install 'ppml[spark]'") from None
-    return Path(pyspark.__file__).parent
-
-
-def quiet_log_config() -> Path:
-    """ppml's log4j2 configuration for Spark's JVMs: warnings and errors only (Spark's default
-    logs every step at INFO, burying a job's own output)."""
-    return Path(__file__).with_name("log4j2-quiet.properties")
-
-
-def _java_option(name: str, value: str) -> str:
-    """``-Dname=value`` quoted for Spark's launcher, which splits ``SPARK_*_OPTS`` like a shell
-    (double quotes, backslash escapes)."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"-D{name}={escaped}"'
 
 
 def history_server_command(event_log_dir: Path, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1",
@@ -59,12 +38,11 @@ def history_server_command(event_log_dir: Path, *, port: int = DEFAULT_PORT, hos
     if not 0 < port < 65536:
         raise UsageError(f"--port must be in 1..65535, not {port}")
     home = spark_home()
-    options = [_java_option("spark.history.fs.logDirectory", "file://" + str(event_log_dir.resolve())),
-               _java_option("spark.history.ui.port", str(port))]
-    if not verbose:
-        options.append(_java_option("log4j2.configurationFile", f"file:{quiet_log_config()}"))
-    # The caller's own SPARK_HISTORY_OPTS come last, so what they set wins.
-    options.append(os.environ.get("SPARK_HISTORY_OPTS", ""))
+    user_options = quiet_log_options("SPARK_HISTORY_OPTS", os.environ) if not verbose \
+        else os.environ.get("SPARK_HISTORY_OPTS", "")
+    # The user's own options (and ppml's log configuration) come last, so what they set wins.
+    options = [java_option("spark.history.fs.logDirectory", "file://" + str(event_log_dir.resolve())),
+               java_option("spark.history.ui.port", str(port)), user_options]
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": host,
            "SPARK_HISTORY_OPTS": " ".join(o for o in options if o)}
     return [str(home / "bin" / "spark-class"), HISTORY_SERVER_CLASS], env
