@@ -455,3 +455,35 @@ def test_a_local_run_shows_the_jobs_output_and_no_info_lines_unless_verbose(tmp_
         outputs[verbose] = result.stderr
     assert " INFO " not in outputs[False] and "log4j" not in outputs[False]
     assert " INFO SparkContext: Running Spark version" in outputs[True]
+
+
+# -- what would break inside pods ----------------------------------------------------------------
+
+
+def test_rendering_for_kubernetes_warns_of_loopback_urls_and_local_paths(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ppml.cli.main import main
+
+    k8s = ["--master", "k8s://https://127.0.0.1:6443", "--deploy-mode", "cluster", "--k8s-image", "ppml:1",
+           "--k8s-rpc-secret", "spark-rpc", "--tee", "tdx", "--policy", "p1"]
+    assert main(["submit", "--render-only", str(tmp_path / "bad"), *k8s, "--attestation-url",
+                 "https://localhost:9000", "--jars", "local:///opt/a.jar,/home/me/b.jar", "--files", "file:///etc/x",
+                 "--conf", "spark.executorEnv.PPML_KMS=ppml+https://[::1]:9000", "/home/me/job.py",
+                 "--kms", "ppml+https://127.0.0.2:9000?ca=/ca.pem"]) == 0
+    warned = capsys.readouterr().err
+    for expected in ("--attestation-url has https://localhost:9000",
+                     "--conf spark.executorEnv.PPML_KMS has ppml+https://[::1]:9000",
+                     "an application argument has ppml+https://127.0.0.2:9000",
+                     "APP /home/me/job.py is a path on this machine", "--jars /home/me/b.jar is a path",
+                     "--files file:///etc/x is a path"):
+        assert f"ppml: warning: {expected}" in warned, expected
+    assert "6443" not in warned and "/opt/a.jar" not in warned  # the API server is reached from here
+
+    assert main(["submit", "--render-only", str(tmp_path / "good"), *k8s, "--attestation-url",
+                 "https://as.example:9000", "--py-files", "s3a://bucket/deps.zip", "local:///opt/job.py",
+                 "--kms", "ppml+https://kms.example:9000"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["submit", "--render-only", str(tmp_path / "uploaded"), *k8s, "--attestation-url",
+                 "https://as.example:9000", "--conf", "spark.kubernetes.file.upload.path=s3a://bucket/up",
+                 "/home/me/job.py"]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -27,6 +27,7 @@ each such signature and for the "registered with the master" line, and stops the
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import queue
 import re
@@ -36,7 +37,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+import urllib.parse
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -51,7 +54,8 @@ from ppml.spark.session import (
     write_properties_file,
 )
 
-__all__ = ["MISMATCH_SIGNATURES", "SubmitOptions", "build_submission", "spark_submit_path", "submit"]
+__all__ = ["MISMATCH_SIGNATURES", "SubmitOptions", "build_submission", "pod_problems", "spark_submit_path",
+           "submit"]
 
 TEES: Final = ("none", "simulated", "sgx-gramine", "tdx")
 
@@ -206,6 +210,47 @@ def _kubernetes_conf(options: SubmitOptions, work_dir: Path) -> Any:
                                 out_dir=work_dir)
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#'\"]+")
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def pod_problems(options: SubmitOptions, user_conf: Mapping[str, str]) -> list[str]:
+    """What would break inside Kubernetes pods: a loopback URL (the KMS or attestation service
+    on 127.0.0.1, localhost or ::1 is the pod itself there) in the attestation URL, the
+    application's arguments or the user's Spark settings; and a file given as a path on this
+    machine (not ``local://`` in the image, nor a remote URL) unless spark-submit is told where to
+    upload such files (``spark.kubernetes.file.upload.path``)."""
+    problems = []
+    texts = [("--attestation-url", options.attestation_url or ""),
+             *(("an application argument", argument) for argument in options.app_args),
+             *((f"--conf {name}", value) for name, value in user_conf.items())]
+    for where, text in texts:
+        for url in _URL.findall(text):
+            host = urllib.parse.urlsplit(url).hostname
+            if host and _is_loopback(host):
+                problems.append(f"{where} has {url}, a loopback address: in a pod it is the pod itself, not this "
+                                "machine; use an address the pods can reach")
+    if "spark.kubernetes.file.upload.path" not in user_conf:
+        files = [("APP", options.app), *(("--jars", p) for p in options.jars),
+                 *(("--py-files", p) for p in options.py_files), *(("--files", p) for p in options.files),
+                 *(("--archives", p) for p in options.archives)]
+        for flag, path in files:
+            if urllib.parse.urlsplit(path).scheme in ("", "file"):
+                problems.append(f"{flag} {path} is a path on this machine, which the pods do not have: give "
+                                "local:///PATH inside the image, a remote URL, or set "
+                                "spark.kubernetes.file.upload.path for spark-submit to upload it")
+    return problems
+
+
 def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str], dict[str, str]]:
     """The spark-submit argv (no secrets in it) and the environment to run it with.
 
@@ -221,6 +266,8 @@ def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str],
     if kubernetes:
         from ppml.deploy.k8s import check_spark_conf
 
+        for problem in pod_problems(options, user_conf):
+            warnings.warn(problem, UserWarning, stacklevel=2)
         templates = _kubernetes_conf(options, work_dir)
         conf.update(templates.spark_conf)
         conf.update(user_conf)
