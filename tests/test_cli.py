@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import os
@@ -274,10 +275,45 @@ def test_directory_where_a_file_is_expected(tmp_path: Path, kms: str, encrypted:
     assert list(out_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", ["encrypt", "encrypt-dir", "decrypt", "generate-people", "enclave-keygen",
+                                     "enclave-build", "enclave-sign", "kms-enroll"])
+def test_a_missing_output_directory_is_named_with_the_fix(tmp_path: Path, kms: str, key_id: str, encrypted: Path,
+                                                          command: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no" / "such dir"
+    out = missing / "out"
+    plain = tmp_path / "plain.bin"
+    script = tmp_path / "job.py"
+    script.write_text("print(1)\n")
+    key = tmp_path / "enclave.pem"
+    manifest = tmp_path / "job.manifest.toml"
+    if command.startswith("enclave-") and command != "enclave-keygen":
+        assert main(["enclave", "keygen", str(key)]) == 0
+        assert main(["enclave", "build", "--app", str(script), "--entrypoint", str(script), "--out", str(manifest),
+                     "--python-path", str(tmp_path)]) == 0
+    args = {
+        "encrypt": ["encrypt", str(plain), str(out), "--key", key_id, "--kms", kms],
+        "encrypt-dir": ["encrypt", str(tmp_path / "keys"), str(out), "--key", key_id, "--kms", kms],
+        "decrypt": ["decrypt", str(encrypted), str(out), "--kms", kms],
+        "generate-people": ["generate-people", str(out), "10"],
+        "enclave-keygen": ["enclave", "keygen", str(out)],
+        "enclave-build": ["enclave", "build", "--app", str(script), "--entrypoint", str(script), "--out", str(out),
+                          "--python-path", str(tmp_path)],
+        "enclave-sign": ["enclave", "sign", str(manifest), "--key", str(key), "--out", str(out)],
+        "kms-enroll": ["kms", "enroll", "--kms", "ppml+https://127.0.0.1:9", "--out", str(out)],
+    }[command]
+    capsys.readouterr()
+    assert main(args) == 3
+    error = capsys.readouterr().err
+    assert f"output directory {missing} does not exist" in error
+    assert f"mkdir -p '{missing}'" in error
+    assert not missing.parent.exists()
+
+
 def test_help_for_every_command() -> None:
     for args in (["--help"], ["generate-people", "--help"], ["key", "create", "--help"],
                  ["key", "list", "--help"], ["encrypt", "--help"], ["decrypt", "--help"],
-                 ["demo", "--help"]):
+                 ["demo", "--help"], ["submit", "--help"], ["history-server", "--help"]):
         result = run(*args)
         assert result.returncode == 0, args
         assert "usage: ppml" in result.stdout
@@ -290,7 +326,7 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_directory_round_trip_keeps_names(tmp_path: Path, kms: str, key_id: str) -> None:
+def test_directory_round_trip_adds_and_strips_the_suffix(tmp_path: Path, kms: str, key_id: str) -> None:
     src = tmp_path / "in"
     (src / "a" / "b").mkdir(parents=True)
     (src / "top.csv").write_text("x,y\n1,2\n")
@@ -301,11 +337,38 @@ def test_directory_round_trip_keeps_names(tmp_path: Path, kms: str, key_id: str)
     (src / ".part.crc").write_bytes(b"crc")
     enc, dec = tmp_path / "enc", tmp_path / "dec"
     assert main(["encrypt", str(src), str(enc), "--key", key_id, "--kms", kms]) == 0
-    assert sorted(_tree(enc)) == ["a/b/deep.txt", "a/b/empty", "a/mid.bin", "top.csv"]
+    assert sorted(_tree(enc)) == ["a/b/deep.txt.ppml", "a/b/empty.ppml", "a/mid.bin.ppml", "top.csv.ppml"]
     assert all(v[:4] == b"PPML" for v in _tree(enc).values())
     assert main(["decrypt", str(enc), str(dec), "--kms", kms]) == 0
     expected = {k: v for k, v in _tree(src).items() if not k.startswith(("_", "."))}
     assert _tree(dec) == expected
+
+
+def test_directory_decrypt_strips_only_a_trailing_suffix(tmp_path: Path, kms: str, key_id: str) -> None:
+    """Spark's ppml writer names its files part-N-JOB.csv.ppml; their plaintext is part-N-JOB.csv."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    names = {"part-00000-job.csv.ppml": "part-00000-job.csv", "data.ppml.csv": "data.ppml.csv",
+             "x.ppml.ppml": "x.ppml", "no-suffix": "no-suffix"}
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    for index, name in enumerate(names):
+        (plain / name).write_text(f"row {index}\n")
+        assert main(["encrypt", str(plain / name), str(enc / name), "--key", key_id, "--kms", kms]) == 0
+    dec = tmp_path / "dec"
+    assert main(["decrypt", str(enc), str(dec), "--kms", kms]) == 0
+    assert _tree(dec) == {plaintext_name: (plain / name).read_bytes() for name, plaintext_name in names.items()}
+
+
+def test_directory_decrypt_refuses_two_inputs_for_one_output(tmp_path: Path, kms: str, key_id: str) -> None:
+    plain, enc = tmp_path / "plain.txt", tmp_path / "enc"
+    plain.write_text("x")
+    enc.mkdir()
+    for name in ("a.csv", "a.csv.ppml"):
+        assert main(["encrypt", str(plain), str(enc / name), "--key", key_id, "--kms", kms]) == 0
+    result = run("decrypt", str(enc), str(tmp_path / "dec"), "--kms", kms)
+    assert result.returncode == 2 and "would both be written to" in result.stderr
+    assert not (tmp_path / "dec").exists()
 
 
 def test_failed_directory_decrypt_leaves_nothing(tmp_path: Path, kms: str, key_id: str) -> None:
@@ -315,7 +378,7 @@ def test_failed_directory_decrypt_leaves_nothing(tmp_path: Path, kms: str, key_i
         (src / f"part-{i}").write_bytes(os.urandom(10_000))
     enc = tmp_path / "enc"
     assert main(["encrypt", str(src), str(enc), "--key", key_id, "--kms", kms]) == 0
-    victim = enc / "part-2"
+    victim = enc / "part-2.ppml"
     data = bytearray(victim.read_bytes())
     data[-1] ^= 1
     victim.write_bytes(bytes(data))
@@ -336,7 +399,81 @@ def test_directory_output_replaced_only_with_force(tmp_path: Path, kms: str, key
     assert run("encrypt", str(src), str(dst), "--key", key_id, "--kms", kms).returncode == 3
     assert (dst / "old").exists()
     assert main(["encrypt", str(src), str(dst), "--key", key_id, "--kms", kms, "--force"]) == 0
-    assert sorted(_tree(dst)) == ["f"]
+    assert sorted(_tree(dst)) == ["f.ppml"]
+
+
+# -- a failed write leaves nothing behind --------------------------------------------------------
+# RLIMIT_FSIZE makes the kernel refuse writes past 1 MiB (EFBIG, "File too large"; Python ignores
+# SIGXFSZ), as a full disk refuses them with ENOSPC: the write fails, and so does the flush when the
+# temporary file is closed. Each run is a subprocess so that only it is limited. The limit falls
+# just short of the end of the first 1 MiB write, so the kernel takes most of it and the tail stays
+# in Python's buffer: the case where closing fails again (measured: every case below then left its
+# ``.partial`` file before the fix; a limit at a write boundary fails without buffered data).
+
+_WRITE_LIMIT = (1 << 20) - 100
+
+
+def _run_with_write_limit(*args: str) -> subprocess.CompletedProcess[str]:
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (_WRITE_LIMIT, _WRITE_LIMIT))
+
+    return subprocess.run([*PPML, *args], capture_output=True, text=True, check=False, preexec_fn=limit)
+
+
+def _everything_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("case", ["encrypt", "decrypt", "legacy-encrypt", "legacy-decrypt", "directory"])
+def test_a_write_that_fails_leaves_no_temporary_file(tmp_path: Path, kms: str, key_id: str, case: str) -> None:
+    inputs, out_dir = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out_dir.mkdir()
+    src = inputs / "big.bin"
+    src.write_bytes(os.urandom(3 * _WRITE_LIMIT))
+    bigdl_key = tmp_path / "bigdl.key"
+    bigdl_key.write_text(base64.b64encode(os.urandom(32)).decode())
+    legacy = ["--mode", "AES/CBC/PKCS5Padding", "--bigdl-primary-key", str(bigdl_key)]
+    if case == "encrypt":
+        args = ["encrypt", str(src), str(out_dir / "big.ppml"), "--key", key_id, "--kms", kms]
+    elif case == "decrypt":
+        assert main(["encrypt", str(src), str(inputs / "big.ppml"), "--key", key_id, "--kms", kms]) == 0
+        args = ["decrypt", str(inputs / "big.ppml"), str(out_dir / "big.bin"), "--kms", kms]
+    elif case == "legacy-encrypt":
+        args = ["encrypt", str(src), str(out_dir / "big.enc"), *legacy]
+    elif case == "legacy-decrypt":
+        assert run("encrypt", str(src), str(inputs / "big.enc"), *legacy).returncode == 0
+        args = ["decrypt", str(inputs / "big.enc"), str(out_dir / "big.bin"), *legacy]
+    else:
+        (inputs / "small.txt").write_text("fits")
+        args = ["encrypt", str(inputs), str(out_dir / "enc"), "--key", key_id, "--kms", kms]
+    before = _everything_under(tmp_path)
+    result = _run_with_write_limit(*args)
+    assert result.returncode == 1, result.stderr
+    assert "File too large" in result.stderr and "Traceback" not in result.stderr
+    assert _everything_under(tmp_path) == before
+
+
+def test_a_failed_final_move_keeps_the_previous_directory(tmp_path: Path) -> None:
+    from ppml.core._files import atomic_directory
+
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "previous").write_text("kept")
+
+    def replace(src: Path, target: Path) -> None:
+        if target == dst:  # the staging directory's move into place, not the restore
+            if src.name.endswith(".partial"):
+                raise OSError(28, "No space left on device")
+        os.replace(src, target)
+
+    with pytest.raises(OSError, match="No space left"):
+        with atomic_directory(dst, overwrite=True, replace=replace) as staging:
+            (staging / "new").write_text("lost")
+    assert _everything_under(tmp_path) == ["out", "out/previous"]
+    assert (dst / "previous").read_text() == "kept"
 
 
 # -- secrets -----------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""SimpleQuery through `ppml submit`, for real: local-tee mode, client mode on a standalone
-cluster (every executor's Python workers attest themselves), and the ways it must fail."""
+"""SimpleQuery through `ppml submit` (and `ppml example`), for real: local-tee mode, client mode on
+a standalone cluster (every executor's Python workers attest themselves), and the ways it must fail."""
 
 from __future__ import annotations
 
@@ -194,3 +194,25 @@ def test_simple_query_in_client_mode_on_a_standalone_cluster(deployment: Deploym
     released = [op for op in deployment.audit_operations()[len(before):] if op.endswith("ForTee")]
     assert released, "the executors received no data key through attestation"
 
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_example_runs_from_a_shell_without_the_virtual_environment(tmp_path: Path) -> None:
+    """`ppml example simple-query` starts Spark in its own process; Spark's Python workers (which
+    run the ppml source) must get this interpreter even when neither $PATH nor $PYSPARK_PYTHON
+    points at it, as in a shell where the venv is not activated."""
+    kms = f"local:{tmp_path / 'keys'}"
+    key_id = ppml_run("key", "create", "--kms", kms).stdout.strip()
+    expected = generate_people(tmp_path / "people.csv", 500, seed=5).developers_20_40
+    assert ppml_run("encrypt", str(tmp_path / "people.csv"), str(tmp_path / "people.csv.ppml"), "--key", key_id,
+                    "--kms", kms).returncode == 0
+    venv_bin = str(Path(sys.executable).parent)
+    env = {name: value for name, value in os.environ.items() if name not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON",
+                                                                           "VIRTUAL_ENV")}
+    env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep) if d and d != venv_bin)
+    env["SPARK_LOCAL_IP"] = "127.0.0.1"
+    result = ppml_run("example", "simple-query", "--inputPath", str(tmp_path / "people.csv.ppml"), "--outputPath",
+                      str(tmp_path / "out"), "--kms", kms, "--primaryKey", key_id, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Num of Developer age between 20,40 is {expected}" in result.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -125,6 +126,125 @@ def test_render_only_prints_the_command(tmp_path: Path, capsys: pytest.CaptureFi
     assert (tmp_path / "out" / "driver-pod-template.json").exists()
 
 
+# -- spark-submit's options ---------------------------------------------------------------------
+
+
+def _render(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
+    """`ppml submit --render-only` through the CLI entry: the spark-submit argv it would run."""
+    from ppml.cli.main import main
+
+    assert main(["submit", "--render-only", str(tmp_path / "rendered"), *args]) == 0
+    return shlex.split(capsys.readouterr().out)
+
+
+def test_spark_submit_options_are_passed_through(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = _render(
+        tmp_path, capsys, "--master", "spark://127.0.0.1:7077", "--secret-file", str(_secret(tmp_path)),
+        "--class", "org.example.Main", "--name", "my job", "--jars", "a.jar,b.jar", "--jars", "c.jar",
+        "--py-files", "deps.zip", "--files", "f1.txt,f2.txt", "--archives", "env.tar.gz#env",
+        "--driver-memory", "2g", "--driver-cores", "2", "--executor-memory", "4g", "--executor-cores", "3",
+        "--num-executors", "5", "--total-executor-cores", "6", "--conf", "spark.ui.enabled=false",
+        "-c", "spark.sql.shuffle.partitions=7", "app.jar", "--input", "x", "--conf", "belongs=to-the-app")
+    app = argv.index("app.jar")
+    assert argv[app + 1:] == ["--input", "x", "--conf", "belongs=to-the-app"]
+    flags = dict(zip(argv[1:app:2], argv[2:app:2]))
+    assert flags.pop("--name") == "my job" and flags.pop("--properties-file").endswith("spark-ppml.properties")
+    assert flags == {
+        "--master": "spark://127.0.0.1:7077", "--deploy-mode": "client", "--class": "org.example.Main",
+        "--driver-memory": "2g", "--driver-cores": "2", "--executor-memory": "4g", "--executor-cores": "3",
+        "--num-executors": "5", "--total-executor-cores": "6", "--jars": "a.jar,b.jar,c.jar",
+        "--py-files": "deps.zip", "--files": "f1.txt,f2.txt", "--archives": "env.tar.gz#env"}
+    assert "--verbose" not in argv[:app] and "--conf" not in argv[:app]
+    conf = _properties(tmp_path / "rendered" / "spark-ppml.properties")
+    assert conf["spark.ui.enabled"] == "false" and conf["spark.sql.shuffle.partitions"] == "7"
+    assert "belongs" not in conf
+
+
+def _secret(tmp_path: Path) -> Path:
+    path = tmp_path / "secret"
+    if not path.exists():
+        write_secret_file(path)
+    return path
+
+
+def test_user_properties_file_is_merged_into_the_private_one(tmp_path: Path) -> None:
+    user = tmp_path / "user.properties"
+    user.write_text("# the user's settings\nspark.executor.memory 3g\nspark.hadoop.fs.s3a.secret.key=s3cr3t-value\n"
+                    "spark.sql.shuffle.partitions=9\nspark.network.crypto.saslFallback = true\n")
+    options = SubmitOptions(app="job.py", master="spark://127.0.0.1:7077", secret_file=_secret(tmp_path),
+                            properties_file=user, conf=(("spark.sql.shuffle.partitions", "11"),))
+    argv, env = build_submission(options, tmp_path / "work")
+    assert argv.count("--properties-file") == 1 and str(user) not in argv
+    assert "s3cr3t-value" not in " ".join(argv) and "s3cr3t-value" not in json.dumps(env)
+    private = Path(argv[argv.index("--properties-file") + 1])
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    conf = _properties(private)
+    assert conf["spark.executor.memory"] == "3g" and conf["spark.hadoop.fs.s3a.secret.key"] == "s3cr3t-value"
+    assert conf["spark.sql.shuffle.partitions"] == "11"  # --conf wins over the file
+    assert conf["spark.network.crypto.saslFallback"] == "true"  # the file wins over ppml's defaults, as --conf
+    assert conf["spark.authenticate.secret"] == read_secret_file(_secret(tmp_path))
+
+
+def test_properties_files_are_read_as_java_reads_them(tmp_path: Path) -> None:
+    from ppml.spark.session import read_properties_file, write_properties_file
+
+    path = tmp_path / "p.properties"
+    path.write_text("# comment\n  ! comment too\nspark.a=1\nspark.b = two words  \nspark.c:3\nspark.d   4\n"
+                    "spark.e=line\\\n    continued\nspark.f=back\\\\slash\nspark.g=\\u00e9t\\t\u00e9\n"
+                    "spark\\ key\\=x = y\nspark.empty\nspark.h=a=b:c\n", encoding="utf-8")
+    assert read_properties_file(path) == {
+        "spark.a": "1", "spark.b": "two words", "spark.c": "3", "spark.d": "4", "spark.e": "linecontinued",
+        "spark.f": "back\\slash", "spark.g": "\u00e9t\t\u00e9", "spark key=x": "y", "spark.empty": "",
+        "spark.h": "a=b:c"}
+    conf = {"spark.x": "a\\b\nc", "spark.y": "\u00e9=:#"}
+    assert read_properties_file(write_properties_file(conf, tmp_path / "w.properties")) == conf
+    path.write_text("spark.bad=\\u00zz\n")
+    with pytest.raises(UsageError, match="escape"):
+        read_properties_file(path)
+
+
+def test_an_unknown_option_before_the_application_is_submits_own_usage_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from ppml.cli.main import main
+
+    for args in (["--bogus", "app.py"], ["--exec", "1g", "app.py"], ["--conf", "no-equals-sign", "app.py"],
+                 ["--driver-cores", "0", "app.py"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["submit", *args])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert "usage: ppml submit" in error and "ppml submit: error:" in error, args
+
+
+def test_packages_are_refused_with_the_way_out(capsys: pytest.CaptureFixture[str]) -> None:
+    from ppml.cli.main import main
+
+    assert main(["submit", "--packages", "org.apache.spark:spark-avro_2.13:4.0.0", "app.py"]) == 2
+    error = capsys.readouterr().err
+    assert "--packages" in error and "offline" in error and "--jars" in error
+
+
+def test_help_explains_the_modes() -> None:
+    result = subprocess.run([sys.executable, "-m", "ppml.cli.main", "submit", "--help"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0
+    modes = result.stdout[result.stdout.index("modes ("):]
+    for row in ("local ", "local-tee ", "client ", "cluster "):
+        assert f"\n  {row}" in modes, row
+    for backend in ("sgx-gramine", "tdx", "simulated"):
+        assert backend in modes
+    assert all(len(line) <= 100 for line in modes.splitlines())
+
+
+def test_spark_logs_warnings_only_unless_verbose(tmp_path: Path) -> None:
+    quiet, _ = build_submission(SubmitOptions(app="job.py"), tmp_path / "quiet")
+    _, quiet_env = build_submission(SubmitOptions(app="job.py"), tmp_path / "quiet")
+    verbose, verbose_env = build_submission(SubmitOptions(app="job.py", verbose=True), tmp_path / "verbose")
+    assert "log4j2.configurationFile" in quiet_env["SPARK_SUBMIT_OPTS"]
+    assert "log4j2.configurationFile" not in verbose_env.get("SPARK_SUBMIT_OPTS", "")
+    assert "--verbose" in verbose and "--verbose" not in quiet
+
+
 # Driver output of a wrong-secret submission where the master's close overtook its refusal
 # (recorded on Spark 4.3, 1 run in 12 under load): no "Authentication failed" anywhere.
 _INTERRUPTED_HANDSHAKE = """\
@@ -234,6 +354,7 @@ def test_job_runs_on_the_authenticated_encrypted_cluster(cluster: tuple[Standalo
     assert "RESULT 499500" in output
     assert "SETTINGS true true true false" in output
     assert read_secret_file(secret) not in output
+    assert " INFO " not in output  # the registration it waited for was logged, not shown
 
 
 @pytest.mark.slow
@@ -264,3 +385,105 @@ def test_secret_file_with_open_permissions_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="too open"):
         build_submission(SubmitOptions(app="a.py", master="spark://127.0.0.1:1", secret_file=secret), tmp_path)
 
+
+
+# -- ppml history-server -------------------------------------------------------------------------
+
+
+def test_history_server_command_needs_an_existing_directory(tmp_path: Path) -> None:
+    from ppml.errors import InputNotFound
+    from ppml.spark.history import history_server_command
+
+    with pytest.raises(InputNotFound):
+        history_server_command(tmp_path / "missing")
+    argv, env = history_server_command(tmp_path, port=18123)
+    assert argv[1] == "org.apache.spark.deploy.history.HistoryServer"
+    assert Path(env["SPARK_HOME"], "bin", "spark-class") == Path(argv[0])
+    assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
+    assert f'"-Dspark.history.fs.logDirectory=file://{tmp_path.resolve()}"' in env["SPARK_HISTORY_OPTS"]
+    assert '"-Dspark.history.ui.port=18123"' in env["SPARK_HISTORY_OPTS"]
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_history_server_starts_from_a_shell_without_the_virtual_environment(tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    venv_bin = str(Path(sys.executable).parent)
+    env = {name: value for name, value in os.environ.items() if name not in ("SPARK_HOME", "VIRTUAL_ENV",
+                                                                           "PYSPARK_PYTHON")}
+    env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep) if d and d != venv_bin)
+    process = subprocess.Popen([sys.executable, "-m", "ppml.cli.main", "history-server", "--event-log-dir",
+                                str(tmp_path), "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/applications", timeout=5) as response:
+                    assert response.status == 200 and json.load(response) == []
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the history server did not answer within 90 s"
+                time.sleep(0.5)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}" in stderr
+    assert " INFO " not in stderr  # Spark's chatter is off without --verbose
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_a_local_run_shows_the_jobs_output_and_no_info_lines_unless_verbose(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    outputs = {}
+    for verbose in (False, True):
+        args = ["--verbose"] if verbose else []
+        result = subprocess.run(
+            [sys.executable, "-m", "ppml.cli.main", "submit", "--master", "local[1]", "--conf",
+             "spark.ui.enabled=false", *args, str(app)], capture_output=True, text=True, check=False, timeout=240,
+            env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "RESULT 499500" in result.stdout
+        outputs[verbose] = result.stderr
+    assert " INFO " not in outputs[False] and "log4j" not in outputs[False]
+    assert " INFO SparkContext: Running Spark version" in outputs[True]
+
+
+# -- what would break inside pods ----------------------------------------------------------------
+
+
+def test_rendering_for_kubernetes_warns_of_loopback_urls_and_local_paths(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ppml.cli.main import main
+
+    k8s = ["--master", "k8s://https://127.0.0.1:6443", "--deploy-mode", "cluster", "--k8s-image", "ppml:1",
+           "--k8s-rpc-secret", "spark-rpc", "--tee", "tdx", "--policy", "p1"]
+    assert main(["submit", "--render-only", str(tmp_path / "bad"), *k8s, "--attestation-url",
+                 "https://localhost:9000", "--jars", "local:///opt/a.jar,/home/me/b.jar", "--files", "file:///etc/x",
+                 "--conf", "spark.executorEnv.PPML_KMS=ppml+https://[::1]:9000", "/home/me/job.py",
+                 "--kms", "ppml+https://127.0.0.2:9000?ca=/ca.pem"]) == 0
+    warned = capsys.readouterr().err
+    for expected in ("--attestation-url has https://localhost:9000",
+                     "--conf spark.executorEnv.PPML_KMS has ppml+https://[::1]:9000",
+                     "an application argument has ppml+https://127.0.0.2:9000",
+                     "APP /home/me/job.py is a path on this machine", "--jars /home/me/b.jar is a path",
+                     "--files file:///etc/x is a path"):
+        assert f"ppml: warning: {expected}" in warned, expected
+    assert "6443" not in warned and "/opt/a.jar" not in warned  # the API server is reached from here
+
+    assert main(["submit", "--render-only", str(tmp_path / "good"), *k8s, "--attestation-url",
+                 "https://as.example:9000", "--py-files", "s3a://bucket/deps.zip", "local:///opt/job.py",
+                 "--kms", "ppml+https://kms.example:9000"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["submit", "--render-only", str(tmp_path / "uploaded"), *k8s, "--attestation-url",
+                 "https://as.example:9000", "--conf", "spark.kubernetes.file.upload.path=s3a://bucket/up",
+                 "/home/me/job.py"]) == 0
+    assert "warning" not in capsys.readouterr().err

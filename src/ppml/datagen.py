@@ -12,6 +12,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from ppml.core._files import require_output_directory
+
 __all__ = ["JOBS", "PeopleSummary", "generate_people", "write_people"]
 
 JOBS = ("Developer", "Engineer", "Researcher")
@@ -77,5 +79,6 @@ def write_people(out: BinaryIO, rows: int, *, seed: int | None = None) -> People
 
 def generate_people(path: Path | str, rows: int, *, seed: int | None = None) -> PeopleSummary:
     """Write people.csv to ``path``; returns the row count and SimpleQuery's expected answer."""
+    require_output_directory(Path(path))
     with open(path, "wb") as f:
         return write_people(f, rows, seed=seed)

@@ -13,7 +13,8 @@ Foreign exceptions (OS, HTTP, SQL, Spark) are mapped only at adapter boundaries,
     ├── InputError                    exit 3   a path that cannot be used as asked
     │   ├── InputNotFound                      no such file or directory
     │   ├── NotAFile                           a directory (or other) where a file is expected
-    │   └── OutputExists                       refusing to overwrite without --force
+    │   ├── OutputExists                       refusing to overwrite without --force
+    │   └── OutputDirectoryMissing             an output's directory does not exist
     ├── InvalidCiphertext             exit 4   ANY failure to authenticate or parse ciphertext;
     │   │                                      opaque on purpose: never says which check failed
     │   └── NotAnEnvelope                      no ppml magic: the file is not a ppml file at all
@@ -41,6 +42,7 @@ Messages never contain key material: fields hold key *ids*, paths and reasons on
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "KmsUnavailable",
     "NotAFile",
     "NotAnEnvelope",
+    "OutputDirectoryMissing",
     "OutputExists",
     "PpmlError",
     "UnknownScheme",
@@ -127,6 +130,16 @@ class OutputExists(InputError):
     def __init__(self, path: Path | str) -> None:
         super().__init__(path, "already exists")
         self.hint = "choose another output path or pass --force to replace it"
+
+
+class OutputDirectoryMissing(InputError):
+    """The directory an output would be written into does not exist (ppml creates no parents:
+    a typo in a path should not silently grow a tree)."""
+
+    def __init__(self, directory: Path | str) -> None:
+        super().__init__(directory, "output directory does not exist")
+        self.args = (f"output directory {directory} does not exist",)
+        self.hint = f"create it with: mkdir -p {shlex.quote(str(directory))}"
 
 
 class InvalidCiphertext(PpmlError):

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -15,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ppml import __version__
+from ppml.core._files import atomic_directory, require_output_directory
 from ppml.errors import InputNotFound, NotAFile, OutputExists, PpmlError, UnsafeWarning, UsageError
 
 DEFAULT_KMS_ENV = "PPML_KMS"
@@ -119,19 +118,43 @@ def _is_hidden(path: Path) -> bool:
     return path.name.startswith((".", "_"))
 
 
-def _plan(src: Path, dst: Path) -> list[tuple[Path, Path]]:
+ENVELOPE_SUFFIX = ".ppml"
+
+
+def _add_suffix(name: str) -> str:
+    return name + ENVELOPE_SUFFIX
+
+
+def _strip_suffix(name: str) -> str:
+    """``part-0.csv.ppml`` -> ``part-0.csv`` (as Spark's ppml writer names them); other names
+    are kept."""
+    return name[: -len(ENVELOPE_SUFFIX)] if name.endswith(ENVELOPE_SUFFIX) and name != ENVELOPE_SUFFIX else name
+
+
+def _plan(src: Path, dst: Path, rename: Callable[[str], str] | None = None) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: ``src`` to ``dst``, or every data file under the directory ``src``
+    to the same place under ``dst``, its file name passed through ``rename``."""
     if not src.exists():
         raise InputNotFound(src)
-    if src.is_dir():
-        return [
-            (path, dst / path.relative_to(src))
-            for path in sorted(src.rglob("*"))
-            if path.is_file() and not any(_is_hidden(p) for p in path.relative_to(src).parents if p.name)
-            and not _is_hidden(path)
-        ]
-    if not src.is_file():
-        raise NotAFile(src, "not a regular file")
-    return [(src, dst)]
+    if not src.is_dir():
+        if not src.is_file():
+            raise NotAFile(src, "not a regular file")
+        return [(src, dst)]
+    plan: list[tuple[Path, Path]] = []
+    inputs_of: dict[Path, Path] = {}
+    for path in sorted(src.rglob("*")):
+        relative = path.relative_to(src)
+        if not path.is_file() or _is_hidden(path) or any(_is_hidden(p) for p in relative.parents if p.name):
+            continue
+        target = dst / relative
+        if rename is not None:
+            target = target.with_name(rename(target.name))
+        if target in inputs_of:
+            raise UsageError(f"{inputs_of[target]} and {path} would both be written to {target}; "
+                             "rename one of them")
+        inputs_of[target] = path
+        plan.append((path, target))
+    return plan
 
 
 @contextmanager
@@ -145,40 +168,16 @@ def _progress(total: int) -> Iterator[Callable[[int], None] | None]:
         yield bar.update
 
 
-@contextmanager
-def _directory_output(dst: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Build a directory beside ``dst`` and move it into place only if everything succeeded."""
-    if dst.exists() and not overwrite:
-        raise OutputExists(dst)
-    if dst.exists() and not dst.is_dir():
-        raise NotAFile(dst, "exists and is not a directory")
-    parent = dst.absolute().parent
-    if not parent.is_dir():
-        raise InputNotFound(parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=parent))
-        os.replace(dst, old / "d")
-        os.replace(staging, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, dst)
-
-
 def _run_files(
-    args: argparse.Namespace, verb: str, one: Callable[[Path, Path, Callable[[int], None] | None], object]
+    args: argparse.Namespace, verb: str, one: Callable[[Path, Path, Callable[[int], None] | None], object],
+    rename: Callable[[str], str] | None = None,
 ) -> int:
     src, dst = Path(args.src), Path(args.dst)
-    plan = _plan(src, dst)
+    plan = _plan(src, dst, rename)
     total = sum(s.stat().st_size for s, _ in plan)
     with _progress(total) as progress:
         if src.is_dir():
-            with _directory_output(dst, overwrite=args.force) as staging:
+            with atomic_directory(dst, overwrite=args.force) as staging:
                 for s, d in plan:
                     target = staging / d.relative_to(dst)
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -220,6 +219,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             s, d, kms=kms, key_id=args.key, segment_size=args.segment_size, overwrite=args.force,
             progress=p,
         ),
+        rename=_add_suffix,
     )
 
 
@@ -245,6 +245,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         args,
         "decrypted",
         lambda s, d, p: decrypt_file(s, d, kms=kms, overwrite=args.force, progress=p),
+        rename=_strip_suffix,
     )
 
 
@@ -291,6 +292,7 @@ def cmd_kms_enroll(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise OutputExists(out)
+    require_output_directory(out)  # before enrolling: credentials that cannot be saved are lost
     if args.admin_credentials:
         credentials = _remote(args, args.admin_credentials).enroll()
     else:
@@ -335,7 +337,10 @@ def cmd_kms_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_example_simple_query(args: argparse.Namespace) -> int:
     from ppml.spark.examples.simple_query import main as simple_query
+    from ppml.spark.session import python_environment
 
+    # Spark inherits these when it starts, in this process: its Python workers run this interpreter.
+    os.environ.update(python_environment())
     return simple_query(args.example_args)
 
 
@@ -410,8 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_key_list)
 
     for name, func, text in (
-        ("encrypt", cmd_encrypt, "Encrypt a file, or a directory recursively (names kept)."),
-        ("decrypt", cmd_decrypt, "Decrypt a file, or a directory recursively (names kept)."),
+        ("encrypt", cmd_encrypt, "Encrypt a file, or a directory recursively (in the ppml mode each file "
+         "name gets the suffix .ppml, as Spark's ppml writer names its files)."),
+        ("decrypt", cmd_decrypt, "Decrypt a file, or a directory recursively (in the ppml mode a trailing "
+         ".ppml is removed from each file name)."),
     ):
         p = commands.add_parser(
             name,

@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
+
+from ppml.errors import UsageError
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from ppml.spark.submit import SubmitOptions, submit
 
-    conf = []
-    for item in args.conf or []:
-        if "=" not in item:
-            from ppml.errors import UsageError
-
-            raise UsageError(f"--conf needs NAME=VALUE, got {item!r}")
-        name, value = item.split("=", 1)
-        conf.append((name, value))
+    if args.packages:
+        raise UsageError(
+            "ppml submit does not take --packages: Spark would resolve them from Maven repositories at submit "
+            "time, and no repository can be reached offline; download the jars and pass them with "
+            "--jars a.jar,b.jar (local paths)")
     options = SubmitOptions(
         app=args.app, app_args=tuple(args.app_args), master=args.master, deploy_mode=args.deploy_mode,
-        name=args.name, driver_memory=args.driver_memory, executor_memory=args.executor_memory,
-        executor_cores=args.executor_cores, num_executors=args.num_executors, conf=tuple(conf),
-        py_files=tuple(p for spec in (args.py_files or []) for p in spec.split(",") if p), verbose=args.verbose,
+        main_class=args.main_class, name=args.name, driver_memory=args.driver_memory, driver_cores=args.driver_cores,
+        executor_memory=args.executor_memory, executor_cores=args.executor_cores, num_executors=args.num_executors,
+        total_executor_cores=args.total_executor_cores, jars=_paths(args.jars), py_files=_paths(args.py_files),
+        files=_paths(args.files), archives=_paths(args.archives), conf=tuple(args.conf or ()),
+        properties_file=_path(args.properties_file), verbose=args.verbose,
         tee=args.tee, policy=tuple(args.policy or ()),
         attestation_url=args.attestation_url or os.environ.get("PPML_AS_URL"),
         attestation_ca=_path(args.attestation_ca or os.environ.get("PPML_AS_CA")),
@@ -36,45 +38,160 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return submit(options)
 
 
+def cmd_history_server(args: argparse.Namespace) -> int:
+    from ppml.spark.history import history_server_command
+
+    event_log_dir = Path(args.event_log_dir)
+    argv, env = history_server_command(event_log_dir, port=args.port, host=args.host, verbose=args.verbose)
+    print(f"Spark history server for {event_log_dir}: http://{args.host}:{args.port} (it takes a few seconds to "
+          "start; Ctrl-C stops it)", file=sys.stderr, flush=True)
+    # Replace this process (spark-class execs java in turn): a signal to it reaches the server.
+    os.execve(argv[0], argv, env)
+
+
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def _paths(values: list[str] | None) -> tuple[str, ...]:
+    """spark-submit's comma-separated lists, from one or several occurrences of the option."""
+    return tuple(p for spec in values or () for p in spec.split(",") if p)
+
+
+def _conf(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+MODES = """\
+modes (chosen by --tee and --master/--deploy-mode):
+
+  mode       how to ask                   what runs in a TEE             TEE backends that fit
+  ---------  ---------------------------  -----------------------------  ------------------------
+  local      --tee none (default)         nothing (Spark's RPC           -
+                                          authentication and encryption
+                                          are still on)
+  local-tee  --tee X --master local[N]    this machine: the driver       sgx-gramine (under
+                                          passes the attestation gate,   gramine-sgx on an SGX
+                                          then every Python worker       host), tdx (in a TD
+                                          attests itself                 guest), simulated (any
+                                                                         machine; protects nothing)
+  client     --tee X --master spark://…   the driver here, as in         sgx-gramine or tdx, here
+             --deploy-mode client (the    local-tee; each executor's     and on every worker;
+             default)                     Python workers attest          simulated for tests
+                                          themselves on their hosts
+  cluster    --tee X --master k8s://…     driver and executors in TEE    sgx-gramine (SGX device
+             --deploy-mode cluster        pods (pod templates from the   plugin), tdx (confidential
+                                          --k8s-* options)               containers runtime class),
+                                                                         simulated (labelled; warns)
+
+A standalone master (spark://) runs no Python application in cluster deploy mode: use client mode,
+or Kubernetes. --tee X needs --policy ID and --attestation-url; --tee simulated also needs
+--enclave-manifest and --enclave-sig (from `ppml enclave`).
+
+Options before APP are ppml submit's own (an unknown one is an error); everything after APP goes to
+the application, as with spark-submit. Spark settings (--conf, --properties-file and ppml's own,
+secrets included) are merged into one 0600 properties file: no value reaches a command line. Spark
+logs only warnings unless --verbose.
+"""
+
+
+class _SubmitParser(argparse.ArgumentParser):
+    """``ppml submit``'s parser: an unknown option before APP is its own usage error (argparse
+    leaves unknown arguments of a subcommand to the top-level parser, whose usage does not
+    describe them)."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments before APP: {' '.join(extras)}")
+        return namespace, extras
 
 
 def add_commands(commands: Any) -> None:
     p = commands.add_parser(
         "submit", help="submit a Spark application (spark-submit with ppml's security and TEE modes)",
-        description="Mirror of spark-submit. --tee none runs without a TEE; --tee simulated|sgx-gramine|tdx "
-        "attests the driver before anything runs, and every Python worker attests itself before it may "
+        description="Mirror of spark-submit. --tee none runs without a TEE; --tee simulated|sgx-gramine|tdx\n"
+        "attests the driver before anything runs, and every Python worker attests itself before it may\n"
         "receive a data key. Secrets go in a 0600 properties file, never on a command line.",
+        epilog=MODES, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
-    p.add_argument("--master", default="local[2]")
-    p.add_argument("--deploy-mode", default="client", choices=["client", "cluster"])
-    p.add_argument("--name")
-    p.add_argument("--driver-memory")
-    p.add_argument("--executor-memory")
-    p.add_argument("--executor-cores", type=int)
-    p.add_argument("--num-executors", type=int)
-    p.add_argument("--conf", action="append", metavar="NAME=VALUE")
-    p.add_argument("--py-files", action="append", metavar="FILES")
-    p.add_argument("--verbose", action="store_true")
-    p.add_argument("--tee", default="none", choices=["none", "simulated", "sgx-gramine", "tdx"])
-    p.add_argument("--policy", action="append", metavar="ID", help="attestation policy id (repeat for several)")
-    p.add_argument("--attestation-url", metavar="URL", help="https://HOST:PORT (or $PPML_AS_URL)")
-    p.add_argument("--attestation-ca", metavar="FILE", help="CA of the attestation service (or $PPML_AS_CA)")
-    p.add_argument("--enclave-manifest", metavar="FILE", help="--tee simulated: the enclave manifest")
-    p.add_argument("--enclave-sig", metavar="FILE", help="--tee simulated: its SIGSTRUCT")
-    p.add_argument("--platform-key", metavar="FILE", help="--tee simulated: the platform key")
-    p.add_argument("--secret-file", metavar="FILE", help="Spark RPC secret (0600) shared with the cluster")
-    p.add_argument("--event-log-dir", metavar="DIR", help="write Spark event logs here (history server)")
-    p.add_argument("--registration-timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="standalone: give up if the driver has not joined the cluster by then")
-    p.add_argument("--k8s-image", metavar="IMAGE", help="Kubernetes: the ppml/Spark container image")
-    p.add_argument("--k8s-namespace", default="default", metavar="NS")
-    p.add_argument("--k8s-rpc-secret", metavar="SECRET[:KEY]", help="Kubernetes Secret holding the Spark RPC secret")
-    p.add_argument("--k8s-kms-credentials", metavar="SECRET[:KEY]", help="Kubernetes Secret with the KMS credentials")
-    p.add_argument("--k8s-ca", metavar="CONFIGMAP[:KEY]", help="ConfigMap with the KMS/AS CA certificate")
-    p.add_argument("--render-only", metavar="DIR", help="write pod templates and properties to DIR and print the "
-                   "spark-submit command instead of running it")
-    p.add_argument("app", metavar="APP")
-    p.add_argument("app_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    p.__class__ = _SubmitParser  # argparse's add_parser takes no parser class of its own
+    spark = p.add_argument_group("spark-submit's options (passed through)")
+    spark.add_argument("--master", default="local[2]", help="local[N] (default local[2]), spark://HOST:PORT, "
+                       "k8s://https://HOST:PORT")
+    spark.add_argument("--deploy-mode", default="client", choices=["client", "cluster"])
+    spark.add_argument("--class", dest="main_class", metavar="CLASS", help="main class of a Java/Scala APP (a jar)")
+    spark.add_argument("--name", help="application name")
+    spark.add_argument("--jars", action="append", metavar="JARS", help="comma-separated jars for the driver and "
+                       "executor classpaths (repeatable)")
+    spark.add_argument("--packages", metavar="COORDINATES", help="refused: no Maven repository is reachable "
+                       "offline; pass the jars with --jars")
+    spark.add_argument("--py-files", action="append", metavar="FILES", help="comma-separated .zip, .egg or .py "
+                       "files for the Python path (repeatable)")
+    spark.add_argument("--files", action="append", metavar="FILES", help="comma-separated files placed in each "
+                       "executor's working directory (repeatable)")
+    spark.add_argument("--archives", action="append", metavar="ARCHIVES", help="comma-separated archives "
+                       "extracted into each executor's working directory (repeatable)")
+    spark.add_argument("--conf", "-c", action="append", type=_conf, metavar="NAME=VALUE",
+                       help="a Spark setting (repeatable); wins over --properties-file")
+    spark.add_argument("--properties-file", metavar="FILE", help="Spark settings to merge (below --conf) into "
+                       "ppml's private properties file")
+    spark.add_argument("--driver-memory", metavar="MEM", help="e.g. 2g")
+    spark.add_argument("--driver-cores", type=_count, metavar="N")
+    spark.add_argument("--executor-memory", metavar="MEM", help="e.g. 4g")
+    spark.add_argument("--executor-cores", type=_count, metavar="N")
+    spark.add_argument("--num-executors", type=_count, metavar="N", help="Kubernetes, YARN")
+    spark.add_argument("--total-executor-cores", type=_count, metavar="N", help="standalone")
+    spark.add_argument("--verbose", action="store_true", help="Spark's INFO logging and spark-submit's --verbose")
+    tee = p.add_argument_group("ppml: TEE and attestation")
+    tee.add_argument("--tee", default="none", choices=["none", "simulated", "sgx-gramine", "tdx"],
+                     help="the TEE backend (default none; see the modes below)")
+    tee.add_argument("--policy", action="append", metavar="ID", help="attestation policy id (repeat for several)")
+    tee.add_argument("--attestation-url", metavar="URL", help="https://HOST:PORT (or $PPML_AS_URL)")
+    tee.add_argument("--attestation-ca", metavar="FILE", help="CA of the attestation service (or $PPML_AS_CA)")
+    tee.add_argument("--enclave-manifest", metavar="FILE", help="--tee simulated: the enclave manifest")
+    tee.add_argument("--enclave-sig", metavar="FILE", help="--tee simulated: its SIGSTRUCT")
+    tee.add_argument("--platform-key", metavar="FILE", help="--tee simulated: the platform key")
+    cluster = p.add_argument_group("ppml: cluster security and event logs")
+    cluster.add_argument("--secret-file", metavar="FILE", help="Spark RPC secret (0600) shared with the cluster")
+    cluster.add_argument("--event-log-dir", metavar="DIR", help="write Spark event logs here (ppml history-server)")
+    cluster.add_argument("--registration-timeout", type=float, default=60.0, metavar="SECONDS",
+                         help="standalone: give up if the driver has not joined the cluster by then")
+    k8s = p.add_argument_group("ppml: Kubernetes (--master k8s://…)")
+    k8s.add_argument("--k8s-image", metavar="IMAGE", help="the ppml/Spark container image")
+    k8s.add_argument("--k8s-namespace", default="default", metavar="NS")
+    k8s.add_argument("--k8s-rpc-secret", metavar="SECRET[:KEY]", help="Kubernetes Secret holding the Spark RPC secret")
+    k8s.add_argument("--k8s-kms-credentials", metavar="SECRET[:KEY]", help="Kubernetes Secret with the KMS "
+                     "credentials")
+    k8s.add_argument("--k8s-ca", metavar="CONFIGMAP[:KEY]", help="ConfigMap with the KMS/AS CA certificate")
+    k8s.add_argument("--render-only", metavar="DIR", help="write pod templates and properties to DIR and print the "
+                     "spark-submit command instead of running it")
+    p.add_argument("app", metavar="APP", help="the application: a .py file, or a jar with --class")
+    p.add_argument("app_args", nargs=argparse.REMAINDER, metavar="ARGS", help="the application's arguments")
     p.set_defaults(func=cmd_submit)
+
+    p = commands.add_parser(
+        "history-server", help="run Spark's history server over event logs (ppml submit --event-log-dir)",
+        description="Run Spark's history server (from the pyspark package, whatever shell it is started from) "
+        "over DIR, in the foreground, on http://HOST:PORT. Spark logs only warnings unless --verbose.",
+    )
+    p.add_argument("--event-log-dir", required=True, metavar="DIR", help="the directory given to "
+                   "`ppml submit --event-log-dir`")
+    p.add_argument("--port", type=int, default=18080, help="HTTP port (default 18080)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
+                   "the UI has no authentication)")
+    p.add_argument("--verbose", action="store_true", help="Spark's INFO logging")
+    p.set_defaults(func=cmd_history_server)

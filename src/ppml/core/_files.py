@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from ppml.errors import InputNotFound, NotAFile, OutputExists
+from ppml.errors import InputNotFound, NotAFile, OutputDirectoryMissing, OutputExists
 
 
 def open_input(path: Path) -> BinaryIO:
@@ -23,6 +26,15 @@ def open_input(path: Path) -> BinaryIO:
         raise NotAFile(path, "permission denied") from None
 
 
+def require_output_directory(path: Path) -> Path:
+    """The directory ``path`` will be written into; :class:`OutputDirectoryMissing` if it does
+    not exist."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputDirectoryMissing(parent)
+    return parent
+
+
 class AtomicOutput:
     """A temporary file beside ``dst`` that becomes ``dst`` only on :meth:`commit`."""
 
@@ -32,9 +44,7 @@ class AtomicOutput:
             raise NotAFile(dst, "is a directory, expected a file path for the output")
         if not overwrite and dst.exists():
             raise OutputExists(dst)
-        parent = dst.parent if str(dst.parent) else Path(".")
-        if not parent.is_dir():
-            raise InputNotFound(parent)
+        parent = require_output_directory(dst)
         fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=parent)
         self.tmp = Path(name)
         self.file: BinaryIO = os.fdopen(fd, "wb")
@@ -44,8 +54,53 @@ class AtomicOutput:
         os.replace(self.tmp, self.dst)
 
     def discard(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        """Remove the temporary file, whatever closing it does.
+
+        Called while another error propagates, typically a failed write (a full disk): closing
+        flushes what is still buffered, which fails the same way, and that second error must
+        neither keep the temporary file (it would hold the disk full) nor hide the first one.
+        """
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_directory(
+    dst: Path, *, overwrite: bool, replace: Callable[[Path, Path], None] = os.replace
+) -> Iterator[Path]:
+    """A staging directory beside ``dst`` that becomes ``dst`` only if the block succeeds.
+
+    On any failure, the block's or the final move's, the staging directory is removed and a
+    ``dst`` that existed before is left as it was. ``replace`` is the rename (injectable so the
+    failure of the final move can be tested).
+    """
+    if dst.exists() and not overwrite:
+        raise OutputExists(dst)
+    if dst.exists() and not dst.is_dir():
+        raise NotAFile(dst, "exists and is not a directory")
+    parent = require_output_directory(dst.absolute())
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=parent))
+    try:
+        yield staging
+        if not dst.exists():
+            replace(staging, dst)
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=parent))
+        replace(dst, old / "d")
+        try:
+            replace(staging, dst)
+        except BaseException:
+            replace(old / "d", dst)
+            old.rmdir()
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def read_exactly(raw: BinaryIO, size: int) -> bytes:
@@ -80,7 +135,11 @@ def create_private(path: Path, data: bytes, *, durable: bool = True) -> None:
 
 
 def _write_new(path: Path, data: bytes, mode: int, durable: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    except FileNotFoundError:
+        require_output_directory(path)
+        raise
     try:
         os.fchmod(fd, mode)  # the umask may have cleared bits of mode
         with os.fdopen(fd, "wb") as f:

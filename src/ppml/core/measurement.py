@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ppml.core._files import create_private
+from ppml.core._files import create_private, require_output_directory
 from ppml.errors import (
     AttestationFailed,
     InputNotFound,
@@ -114,13 +114,11 @@ def write_enclave_key(key: rsa.RSAPrivateKey, path: Path | str) -> None:
 
     Raises:
         OutputExists: ``path`` already exists.
-        InputNotFound: its directory does not exist.
+        OutputDirectoryMissing: its directory does not exist.
     """
     _check_sgx_key(key.public_key(), str(path))
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputNotFound(parent)
+    require_output_directory(path)
     pem = key.private_bytes(
         encoding=serialization.Encoding.PEM,
         format=serialization.PrivateFormat.TraditionalOpenSSL,

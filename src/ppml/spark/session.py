@@ -19,6 +19,7 @@ import dataclasses
 import os
 import secrets
 import stat
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -30,6 +31,8 @@ __all__ = [
     "REDACTION_REGEX",
     "UiTls",
     "performance_conf",
+    "python_environment",
+    "read_properties_file",
     "read_secret_file",
     "secure_session",
     "security_conf",
@@ -120,6 +123,14 @@ def performance_conf() -> dict[str, str]:
     return {"spark.sql.execution.arrow.maxBytesPerBatch": "2147483647"}
 
 
+def python_environment() -> dict[str, str]:
+    """The environment that makes Spark run its Python workers (and a submitted driver) with
+    this interpreter, whose environment has ppml, pyarrow and pyspark. Without it Spark runs
+    ``python3`` from ``$PATH``, which fails with ``No module named 'ppml'`` (or ``'pyarrow'``)
+    unless the virtual environment is activated."""
+    return {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+
+
 def write_properties_file(conf: Mapping[str, str], path: Path) -> Path:
     """Write Spark properties (which may hold the secret) to ``path`` with mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +140,83 @@ def write_properties_file(conf: Mapping[str, str], path: Path) -> Path:
         lines.append(f"{name}={escaped}\n")
     write_private(path, "".join(lines).encode())
     return path
+
+
+_PROPERTY_ESCAPES: Final = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def read_properties_file(path: Path) -> dict[str, str]:
+    """Spark properties from a file in Java's ``.properties`` format, read as Spark reads a
+    ``--properties-file`` (``java.util.Properties.load`` over UTF-8, values trimmed): ``#``/``!``
+    comments, ``=``, ``:`` or blanks between key and value, backslash continuations and escapes
+    (``\\t \\n \\uXXXX``).
+
+    Raises:
+        InputNotFound, NotAFile: there is no such file, or it is a directory.
+        UsageError: the file is not UTF-8 or has a malformed ``\\u`` escape.
+    """
+    from ppml.core._files import open_input
+
+    with open_input(path) as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: a properties file must be UTF-8 text") from None
+    properties: dict[str, str] = {}
+    lines = text.splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index].lstrip(" \t\f")
+        index += 1
+        if not line or line[0] in "#!":
+            continue
+        # A line ending in an odd number of backslashes continues on the next one.
+        while (len(line) - len(line.rstrip("\\"))) % 2 == 1 and index < len(lines):
+            line = line[:-1] + lines[index].lstrip(" \t\f")
+            index += 1
+        key, value = _split_property(line, path)
+        properties[key] = value.strip()
+    return properties
+
+
+def _split_property(line: str, path: Path) -> tuple[str, str]:
+    chars: list[str] = []
+    position = 0
+    while position < len(line):
+        char = line[position]
+        if char == "\\" and position + 1 < len(line):
+            position, decoded = _unescape(line, position, path)
+            chars.append(decoded)
+            continue
+        if char in "=: \t\f":
+            break
+        chars.append(char)
+        position += 1
+    rest = line[position:].lstrip(" \t\f")
+    if rest[:1] in ("=", ":"):
+        rest = rest[1:].lstrip(" \t\f")
+    value: list[str] = []
+    position = 0
+    while position < len(rest):
+        if rest[position] == "\\" and position + 1 < len(rest):
+            position, decoded = _unescape(rest, position, path)
+            value.append(decoded)
+        else:
+            value.append(rest[position])
+            position += 1
+    return "".join(chars), "".join(value)
+
+
+def _unescape(text: str, position: int, path: Path) -> tuple[int, str]:
+    """The character the backslash escape at ``position`` stands for, and the position after it."""
+    code = text[position + 1]
+    if code == "u":
+        digits = text[position + 2:position + 6]
+        if len(digits) != 4 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+            raise UsageError(f"{path}: malformed \\u escape in a property")
+        return position + 6, chr(int(digits, 16))
+    return position + 2, _PROPERTY_ESCAPES.get(code, code)
 
 
 def secure_session(app_name: str, *, master: str | None = None, secret_file: Path | None = None,

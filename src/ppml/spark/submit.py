@@ -27,27 +27,35 @@ each such signature and for the "registered with the master" line, and stops the
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import queue
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+import urllib.parse
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from ppml.errors import UsageError
+from ppml.spark.launch import quiet_log_options, spark_home
 from ppml.spark.session import (
     performance_conf,
+    python_environment,
+    read_properties_file,
     read_secret_file,
     security_conf,
     write_properties_file,
 )
 
-__all__ = ["MISMATCH_SIGNATURES", "SubmitOptions", "build_submission", "spark_submit_path", "submit"]
+__all__ = ["MISMATCH_SIGNATURES", "SubmitOptions", "build_submission", "pod_problems", "spark_submit_path",
+           "submit"]
 
 TEES: Final = ("none", "simulated", "sgx-gramine", "tdx")
 
@@ -71,6 +79,8 @@ MISMATCH_SIGNATURES: Final = (
 )
 _REGISTERED = re.compile(r"Connected to Spark cluster with app ID|Granted executor ID|"
                          r"StandaloneSchedulerBackend.*app ID|SchedulerBackend is ready", re.I)
+#: A line of Spark's log at INFO, in the layout of Spark's and ppml's log4j2 configurations.
+_INFO_LINE = re.compile(r"\d\d/\d\d/\d\d \d\d:\d\d:\d\d INFO ")
 _GIVING_UP = re.compile(r"All masters are unresponsive|Application has been killed|"
                         r"Failed to connect to master", re.I)
 
@@ -81,13 +91,24 @@ class SubmitOptions:
     app_args: tuple[str, ...] = ()
     master: str = "local[2]"
     deploy_mode: str = "client"
+    #: spark-submit's own options, passed through (``--class``, ``--name``, resources, files).
+    main_class: str | None = None
     name: str | None = None
     driver_memory: str | None = None
+    driver_cores: int | None = None
     executor_memory: str | None = None
     executor_cores: int | None = None
     num_executors: int | None = None
-    conf: tuple[tuple[str, str], ...] = ()
+    total_executor_cores: int | None = None
+    jars: tuple[str, ...] = ()
     py_files: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    archives: tuple[str, ...] = ()
+    #: ``--conf`` settings; they win over ``properties_file``, which wins over ppml's defaults. Both
+    #: go into ppml's 0600 properties file, never on spark-submit's command line.
+    conf: tuple[tuple[str, str], ...] = ()
+    properties_file: Path | None = None
+    #: Spark's own INFO logging and spark-submit's --verbose; off, Spark logs warnings and errors only.
     verbose: bool = False
     tee: str = "none"
     policy: tuple[str, ...] = ()
@@ -128,6 +149,14 @@ class SubmitOptions:
         if self.master.startswith("k8s://") and not (self.k8s_image and self.k8s_rpc_secret):
             raise UsageError("Kubernetes needs --k8s-image and --k8s-rpc-secret SECRET:KEY (the Spark RPC secret "
                              "as a Kubernetes Secret, mounted as a file)")
+        for flag, count in (("--driver-cores", self.driver_cores), ("--executor-cores", self.executor_cores),
+                            ("--num-executors", self.num_executors),
+                            ("--total-executor-cores", self.total_executor_cores)):
+            if count is not None and count < 1:
+                raise UsageError(f"{flag} must be at least 1")
+        for name, _ in self.conf:
+            if not name or name != name.strip():
+                raise UsageError(f"--conf needs NAME=VALUE with a non-empty name, got {name!r}")
         if self.master.startswith("spark://") and not self.secret_file:
             raise UsageError("a standalone cluster needs the shared RPC secret: --secret-file FILE (0600), the "
                              "same file the master and workers were started with")
@@ -142,11 +171,7 @@ class SubmitOptions:
 
 
 def spark_submit_path() -> Path:
-    try:
-        import pyspark
-    except ModuleNotFoundError:
-        raise UsageError("ppml submit needs pyspark: pip install 'ppml[spark]'") from None
-    return Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    return spark_home() / "bin" / "spark-submit"
 
 
 def tee_environment(options: SubmitOptions) -> dict[str, str]:
@@ -185,23 +210,72 @@ def _kubernetes_conf(options: SubmitOptions, work_dir: Path) -> Any:
                                 out_dir=work_dir)
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#'\"]+")
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def pod_problems(options: SubmitOptions, user_conf: Mapping[str, str]) -> list[str]:
+    """What would break inside Kubernetes pods: a loopback URL (the KMS or attestation service
+    on 127.0.0.1, localhost or ::1 is the pod itself there) in the attestation URL, the
+    application's arguments or the user's Spark settings; and a file given as a path on this
+    machine (not ``local://`` in the image, nor a remote URL) unless spark-submit is told where to
+    upload such files (``spark.kubernetes.file.upload.path``)."""
+    problems = []
+    texts = [("--attestation-url", options.attestation_url or ""),
+             *(("an application argument", argument) for argument in options.app_args),
+             *((f"--conf {name}", value) for name, value in user_conf.items())]
+    for where, text in texts:
+        for url in _URL.findall(text):
+            host = urllib.parse.urlsplit(url).hostname
+            if host and _is_loopback(host):
+                problems.append(f"{where} has {url}, a loopback address: in a pod it is the pod itself, not this "
+                                "machine; use an address the pods can reach")
+    if "spark.kubernetes.file.upload.path" not in user_conf:
+        files = [("APP", options.app), *(("--jars", p) for p in options.jars),
+                 *(("--py-files", p) for p in options.py_files), *(("--files", p) for p in options.files),
+                 *(("--archives", p) for p in options.archives)]
+        for flag, path in files:
+            if urllib.parse.urlsplit(path).scheme in ("", "file"):
+                problems.append(f"{flag} {path} is a path on this machine, which the pods do not have: give "
+                                "local:///PATH inside the image, a remote URL, or set "
+                                "spark.kubernetes.file.upload.path for spark-submit to upload it")
+    return problems
+
+
 def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str], dict[str, str]]:
-    """The spark-submit argv (no secrets in it) and the environment to run it with."""
+    """The spark-submit argv (no secrets in it) and the environment to run it with.
+
+    Every Spark setting (ppml's, then the user's ``--properties-file``, then ``--conf``) goes into
+    one 0600 properties file in ``work_dir``; spark-submit is given that file alone.
+    """
     kubernetes = options.master.startswith("k8s://")
     secret = read_secret_file(options.secret_file) if options.secret_file and not kubernetes else None
+    user_conf = {**(read_properties_file(options.properties_file) if options.properties_file else {}),
+                 **dict(options.conf)}
     conf = {**performance_conf(), **security_conf(
         secret=secret, network_crypto=options.network_crypto, io_encryption=options.io_encryption)}
     if kubernetes:
         from ppml.deploy.k8s import check_spark_conf
 
+        for problem in pod_problems(options, user_conf):
+            warnings.warn(problem, UserWarning, stacklevel=2)
         templates = _kubernetes_conf(options, work_dir)
         conf.update(templates.spark_conf)
-        conf.update(dict(options.conf))
+        conf.update(user_conf)
         check_spark_conf(conf, templates)
         properties = write_properties_file(conf, work_dir / "spark-ppml.properties")
         argv = [str(spark_submit_path()), "--master", options.master, "--deploy-mode", options.deploy_mode,
                 "--properties-file", str(properties), *_common_flags(options), options.app, *options.app_args]
-        return argv, {**os.environ}
+        return argv, _log_environment(options, {**os.environ})
     conf["spark.pyspark.python"] = sys.executable
     conf["spark.pyspark.driver.python"] = sys.executable
     if options.event_log_dir is not None:
@@ -212,25 +286,38 @@ def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str],
     for name, value in tee_env.items():
         conf[f"spark.executorEnv.{name}"] = value
     conf["spark.executorEnv.PYSPARK_PYTHON"] = sys.executable
-    conf.update(dict(options.conf))
+    conf.update(user_conf)
     properties = write_properties_file(conf, work_dir / "spark-ppml.properties")
 
     argv = [str(spark_submit_path()), "--master", options.master, "--deploy-mode", options.deploy_mode,
             "--properties-file", str(properties), *_common_flags(options), options.app, *options.app_args]
-    env = {**os.environ, **tee_env, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env = {**os.environ, **tee_env, **python_environment()}
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    return argv, env
+    return argv, _log_environment(options, env)
+
+
+def _log_environment(options: SubmitOptions, env: dict[str, str]) -> dict[str, str]:
+    """Quiet Spark's JVM on this machine (the driver, in client mode) unless ``verbose``. On
+    Kubernetes in cluster mode that JVM only submits and watches the driver pod."""
+    if not options.verbose:
+        env["SPARK_SUBMIT_OPTS"] = quiet_log_options("SPARK_SUBMIT_OPTS", env)
+    return env
 
 
 def _common_flags(options: SubmitOptions) -> list[str]:
+    """spark-submit's own options, in its spelling; file lists joined with commas as it takes them."""
     argv: list[str] = []
-    for flag, value in (("--name", options.name), ("--driver-memory", options.driver_memory),
+    for flag, value in (("--class", options.main_class), ("--name", options.name),
+                        ("--driver-memory", options.driver_memory), ("--driver-cores", options.driver_cores),
                         ("--executor-memory", options.executor_memory),
-                        ("--executor-cores", options.executor_cores), ("--num-executors", options.num_executors)):
+                        ("--executor-cores", options.executor_cores), ("--num-executors", options.num_executors),
+                        ("--total-executor-cores", options.total_executor_cores)):
         if value is not None:
             argv += [flag, str(value)]
-    if options.py_files:
-        argv += ["--py-files", ",".join(options.py_files)]
+    for flag, paths in (("--jars", options.jars), ("--py-files", options.py_files), ("--files", options.files),
+                        ("--archives", options.archives)):
+        if paths:
+            argv += [flag, ",".join(paths)]
     if options.verbose:
         argv.append("--verbose")
     return argv
@@ -258,7 +345,7 @@ def submit(options: SubmitOptions, *, out: object = None) -> int:
     if options.render_only is not None:
         options.render_only.mkdir(parents=True, exist_ok=True)
         argv, _ = build_submission(options, options.render_only)
-        print(" ".join(argv))
+        print(shlex.join(argv))
         return 0
     if options.tee != "none" and not options.master.startswith("k8s://"):
         # On Kubernetes the driver pod attests itself; here the gate runs on this machine.
@@ -268,7 +355,7 @@ def submit(options: SubmitOptions, *, out: object = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ppml-submit-") as work:
         argv, env = build_submission(options, Path(work))
         if options.master.startswith("spark://"):
-            return _run_watched(argv, env, options.registration_timeout)
+            return _run_watched(argv, env, options.registration_timeout, show_info=options.verbose)
         return subprocess.run(argv, env=env, check=False).returncode
 
 
@@ -279,8 +366,11 @@ def _diagnose(lines: Sequence[str]) -> str | None:
     return None
 
 
-def _run_watched(argv: Sequence[str], env: dict[str, str], timeout: float) -> int:
-    """Run spark-submit, echo its output, and stop it early on a security mismatch."""
+def _run_watched(argv: Sequence[str], env: dict[str, str], timeout: float, *, show_info: bool = True) -> int:
+    """Run spark-submit, echo its output, and stop it early on a security mismatch.
+
+    The registration lines it watches for are INFO lines that ppml's quiet log configuration
+    keeps for it; unless ``show_info``, INFO lines are not echoed."""
     process = subprocess.Popen(list(argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1)
     lines: queue.Queue[str | None] = queue.Queue()
@@ -305,7 +395,8 @@ def _run_watched(argv: Sequence[str], env: dict[str, str], timeout: float) -> in
         if line is None:
             break
         if line:
-            sys.stdout.write(line)
+            if show_info or not _INFO_LINE.match(line):
+                sys.stdout.write(line)
             if not registered:
                 seen.append(line)
                 registered = bool(_REGISTERED.search(line))

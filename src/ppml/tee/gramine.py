@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from ppml.core._files import require_output_directory
 from ppml.core.measurement import (
     SIGSTRUCT_SIZE,
     Sigstruct,
@@ -380,9 +381,7 @@ def _write_atomically(path: Path, data: bytes, *, overwrite: bool, mode: int = 0
         raise NotAFile(path, "is a directory, expected a file path for the output")
     if path.exists() and not overwrite:
         raise OutputExists(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputNotFound(parent)
+    parent = require_output_directory(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=parent)
     try:
         os.fchmod(fd, mode)
