@@ -575,3 +575,56 @@ def test_legacy_encrypt_warns_and_round_trips(tmp_path: Path) -> None:
 def test_weak_key_flag_is_only_for_the_legacy_mode(tmp_path: Path, encrypted: Path, kms: str) -> None:
     result = run("decrypt", str(encrypted), str(tmp_path / "o"), "--kms", kms, "--unsafe-allow-weak-legacy-keys")
     assert result.returncode == 2
+
+
+# -- progress ------------------------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_says_nothing_for_a_short_step_then_a_line_every_interval() -> None:
+    import io
+
+    from ppml.progress import Progress
+
+    clock, stream = _Clock(), io.StringIO()
+    with Progress("hashing", total=10, unit="files", stream=stream, tty=False, clock=clock) as progress:
+        progress.update(1)
+        clock.now += 1.9
+        progress.update(1)
+        assert stream.getvalue() == ""  # under 2 s: nothing
+        clock.now += 0.2
+        progress.update(1)
+        clock.now += 5
+        progress.update(1)  # within the 10 s interval: no new line
+        clock.now += 10
+        progress.report(7, 10)
+    assert stream.getvalue().splitlines() == [
+        "hashing: 3 files of 10 files (30 %)", "hashing: 7 files of 10 files (70 %)", "hashing: 7 files in 17.1 s"]
+
+    quick = io.StringIO()
+    with Progress("encrypted", total=5 << 30, unit="B", stream=quick, tty=False, clock=clock) as progress:
+        progress.update(3 << 30)
+        clock.now += 3
+        progress.update(1 << 30)
+    assert quick.getvalue().splitlines() == ["encrypted: 4.0 GiB of 5.0 GiB (80 %)", "encrypted: 4.0 GiB in 3.0 s"]
+
+
+def test_enclave_build_reports_each_hashed_file(tmp_path: Path) -> None:
+    from ppml.tee.gramine import build_manifest
+
+    app = tmp_path / "app"
+    app.mkdir()
+    for index in range(5):
+        (app / f"m{index}.py").write_text(f"x = {index}\n")
+    reports: list[tuple[int, int]] = []
+    manifest = build_manifest(entrypoint=app / "m0.py", app_files=[app], python_paths=[app],
+                              progress=lambda done, total: reports.append((done, total)))
+    total = len(manifest.trusted_files)
+    assert reports == [(done, total) for done in range(1, total + 1)]

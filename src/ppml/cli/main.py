@@ -7,20 +7,18 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
-from contextlib import contextmanager
 from pathlib import Path
 
 from ppml import __version__
 from ppml.core._files import atomic_directory, require_output_directory
 from ppml.errors import InputNotFound, NotAFile, OutputExists, PpmlError, UnsafeWarning, UsageError
+from ppml.progress import Progress
 
 DEFAULT_KMS_ENV = "PPML_KMS"
 LEGACY_MODE = "AES/CBC/PKCS5Padding"
 ENVELOPE_MODE = "ppml"
-# Progress bars appear only on a terminal and only for inputs at least this large.
-PROGRESS_THRESHOLD = 64 << 20
 
 
 def _default_kms() -> str:
@@ -157,17 +155,6 @@ def _plan(src: Path, dst: Path, rename: Callable[[str], str] | None = None) -> l
     return plan
 
 
-@contextmanager
-def _progress(total: int) -> Iterator[Callable[[int], None] | None]:
-    if total < PROGRESS_THRESHOLD or not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr) as bar:
-        yield bar.update
-
-
 def _run_files(
     args: argparse.Namespace, verb: str, one: Callable[[Path, Path, Callable[[int], None] | None], object],
     rename: Callable[[str], str] | None = None,
@@ -175,7 +162,8 @@ def _run_files(
     src, dst = Path(args.src), Path(args.dst)
     plan = _plan(src, dst, rename)
     total = sum(s.stat().st_size for s, _ in plan)
-    with _progress(total) as progress:
+    with Progress(verb, total=total, unit="B") as bar:
+        progress = bar.update
         if src.is_dir():
             with atomic_directory(dst, overwrite=args.force) as staging:
                 for s, d in plan:

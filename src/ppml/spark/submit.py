@@ -354,6 +354,9 @@ def submit(options: SubmitOptions, *, out: object = None) -> int:
             return code
     with tempfile.TemporaryDirectory(prefix="ppml-submit-") as work:
         argv, env = build_submission(options, Path(work))
+        # Spark takes seconds to start and, quiet, says nothing meanwhile.
+        print(f"ppml: starting Spark ({options.mode} mode, master {options.master}); the job's output follows",
+              file=sys.stderr, flush=True)
         if options.master.startswith("spark://"):
             return _run_watched(argv, env, options.registration_timeout, show_info=options.verbose)
         return subprocess.run(argv, env=env, check=False).returncode

@@ -68,6 +68,7 @@ def _count(text: str) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from ppml.progress import Progress
     from ppml.tee.gramine import build_manifest
 
     out = Path(args.out)
@@ -75,23 +76,25 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise OutputExists(out)
     if args.max_threads < 1:
         raise UsageError("--max-threads must be at least 1")
-    manifest = build_manifest(
-        entrypoint=Path(args.entrypoint),
-        app_files=[Path(p) for p in args.app],
-        python=Path(args.python) if args.python else None,
-        python_paths=[Path(p) for p in args.python_path] if args.python_path else None,
-        spark_jars=[Path(p) for p in args.spark_jars],
-        argv=args.arg,
-        env=dict(args.env),
-        enclave_size=args.enclave_size,
-        max_threads=args.max_threads,
-        debug=args.debug,
-        isv_prod_id=args.isv_prod_id,
-        isv_svn=args.isv_svn,
-        extra_files=[Path(p) for p in args.extra_file],
-        include_bytecode=args.include_bytecode,
-        loader_entrypoint=args.libos,
-    )
+    with Progress("hashing trusted files", unit="files") as progress:
+        manifest = build_manifest(
+            entrypoint=Path(args.entrypoint),
+            app_files=[Path(p) for p in args.app],
+            python=Path(args.python) if args.python else None,
+            python_paths=[Path(p) for p in args.python_path] if args.python_path else None,
+            spark_jars=[Path(p) for p in args.spark_jars],
+            argv=args.arg,
+            env=dict(args.env),
+            enclave_size=args.enclave_size,
+            max_threads=args.max_threads,
+            debug=args.debug,
+            isv_prod_id=args.isv_prod_id,
+            isv_svn=args.isv_svn,
+            extra_files=[Path(p) for p in args.extra_file],
+            include_bytecode=args.include_bytecode,
+            loader_entrypoint=args.libos,
+            progress=progress.report,
+        )
     manifest.write(out, overwrite=args.force)
     print(
         f"manifest written to {out}: {len(manifest.trusted_files)} trusted files, "

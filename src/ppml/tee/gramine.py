@@ -33,7 +33,7 @@ import sys
 import tempfile
 import tomllib
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -476,6 +476,7 @@ def build_manifest(
     extra_files: Sequence[Path] = (),
     include_bytecode: bool = False,
     loader_entrypoint: str = DEFAULT_LIBOS_URI,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Manifest:
     """A strict Gramine manifest that runs ``python entrypoint *argv`` and trusts exactly the files
     it may load.
@@ -490,6 +491,9 @@ def build_manifest(
     ``loader.argv`` is ``[python, entrypoint, *argv]``; the environment is ``PYTHONPATH`` (the
     python paths), ``PYTHONDONTWRITEBYTECODE=1``, ``PYTHONNOUSERSITE=1``, then ``env``. Each
     directory that holds trusted files is mounted at the same path inside the enclave.
+
+    Hashing a whole Python environment takes seconds (60,000 files): ``progress(hashed, total)``
+    is called after each file.
 
     Warns :class:`~ppml.errors.UnsafeWarning` for ``debug=True`` and for any ``allowed_files``.
 
@@ -517,7 +521,12 @@ def build_manifest(
     for root in roots:
         for path in _walk(root, include_bytecode=include_bytecode):
             found.setdefault(str(path), path)
-    trusted = tuple(TrustedFile.of(path) for path in found.values())
+    trusted_files = []
+    for path in found.values():
+        trusted_files.append(TrustedFile.of(path))
+        if progress is not None:
+            progress(len(trusted_files), len(found))
+    trusted = tuple(trusted_files)
 
     environment = {
         "PYTHONPATH": os.pathsep.join(str(p) for p in paths),
