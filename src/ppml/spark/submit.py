@@ -14,9 +14,12 @@ cluster      ``--tee X``, k8s://…    driver and executors in TEE pods (pod tem
              deploy-mode cluster
 ===========  ======================  ====================================================
 
-Secrets never go on a command line: the RPC secret and any other secret settings are written to a
-0600 ``--properties-file``. Spark's own processes get ``spark.redaction.regex`` extended so
-``apikey``/``token``/``key`` values never show in the UI or event log.
+Secrets never go on a command line: the RPC secret and every other Spark setting (ppml's, the
+user's ``--properties-file`` merged below ``--conf``) are written to one 0600 ``--properties-file``.
+Spark's own processes get ``spark.redaction.regex`` extended so ``apikey``/``token``/``key``
+values never show in the UI or event log. Spark logs warnings and errors only unless ``verbose``
+(:mod:`ppml.spark.launch`). On Kubernetes, :func:`pod_problems` warns of loopback URLs and local
+paths that would go into pods.
 
 Spark hangs with vague errors when the submission's secret, RPC cipher or TLS settings do not
 match the cluster's. Against a standalone master, ``ppml submit`` watches the driver's output for
