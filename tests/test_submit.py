@@ -258,6 +258,26 @@ Caused by: java.lang.InterruptedException
 """
 
 
+# The same race for a submission with spark.network.crypto off against a cluster with it on
+# (recorded on Spark 4.3 with ppml's WARN logging, 1 run in 4): no "Unknown challenge message".
+_INTERRUPTED_SASL_HANDSHAKE = """\
+26/12/03 00:41:11 ERROR TransportClientFactory: Exception while bootstrapping client after 157 ms
+java.lang.RuntimeException: java.lang.InterruptedException
+\tat org.apache.spark.network.client.TransportClient.sendRpcSync(TransportClient.java:304)
+\tat org.apache.spark.network.sasl.SaslClientBootstrap.doBootstrap(SaslClientBootstrap.java:72)
+\tat org.apache.spark.network.crypto.AuthClientBootstrap.doSaslAuth(AuthClientBootstrap.java:122)
+Caused by: java.lang.InterruptedException
+26/12/03 00:41:11 WARN StandaloneAppClient$ClientEndpoint: Failed to connect to master 127.0.0.1:35955
+"""
+
+
+def test_an_interrupted_sasl_handshake_is_named_an_rpc_encryption_mismatch() -> None:
+    from ppml.spark.submit import _diagnose
+
+    message = _diagnose(_INTERRUPTED_SASL_HANDSHAKE.splitlines(keepends=True))
+    assert message is not None and message.startswith("RPC encryption mismatch")
+
+
 def test_an_interrupted_authentication_handshake_is_named_a_secret_mismatch() -> None:
     from ppml.spark.submit import _diagnose
 
