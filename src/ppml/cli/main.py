@@ -12,6 +12,7 @@ from typing import Any
 from pathlib import Path
 
 from ppml import __version__
+from ppml.cli._args import integer
 from ppml.core._files import atomic_directory, require_output_directory
 from ppml.errors import InputNotFound, NotAFile, OutputExists, PpmlError, UnsafeWarning, UsageError
 from ppml.progress import Progress
@@ -344,20 +345,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be non-negative")
-    return value
+_non_negative_int = integer(0)
 
 
 def _segment_size(text: str) -> int:
     from ppml.core.envelope import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE
 
-    value = _positive_int(text)
+    value = _non_negative_int(text)
     if not MIN_SEGMENT_SIZE <= value <= MAX_SEGMENT_SIZE:
         raise argparse.ArgumentTypeError(f"must be in [{MIN_SEGMENT_SIZE}, {MAX_SEGMENT_SIZE}]")
     return value
@@ -377,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write PATH with a header and ROWS random people; print SimpleQuery's answer.",
     )
     p.add_argument("path", metavar="PATH")
-    p.add_argument("rows", metavar="ROWS", type=_positive_int)
+    p.add_argument("rows", metavar="ROWS", type=_non_negative_int)
     p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible file")
     p.set_defaults(func=cmd_generate_people)
 
@@ -533,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate people.csv, create a key, encrypt, decrypt and compare.",
     )
     p.add_argument("--workdir", default=".demo", help="where the demo keeps its files")
-    p.add_argument("--rows", type=_positive_int, default=1_000_000)
+    p.add_argument("--rows", type=_non_negative_int, default=1_000_000)
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_demo)
     return parser

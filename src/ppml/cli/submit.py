@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ppml.cli._args import integer
 from ppml.errors import UsageError
 
 
@@ -65,14 +66,7 @@ def _conf(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+_count = integer(1)
 
 
 MODES = """\
