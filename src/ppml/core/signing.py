@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 __all__ = [
+    "ATTESTATION_HEADER",
     "EHSM_TOKEN_REJECTED",
     "REPLAY_WINDOW_MS",
     "ehsm_sign",
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 REPLAY_WINDOW_MS: Final = 10 * 60 * 1000
+#: The header that carries an attestation token on data-key requests (native and eHSM surfaces).
+ATTESTATION_HEADER: Final = "X-PPML-Attestation"
 #: The eHSM reply message prefix for a refused attestation token (a ppml extension; clients map it
 #: to ``TokenRejected``).
 EHSM_TOKEN_REJECTED: Final = "Attestation token rejected: "

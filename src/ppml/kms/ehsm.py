@@ -61,7 +61,7 @@ from ppml.kms.auth import Authenticator, EhsmError
 from ppml.kms.service import ENABLED, DataKeyRequest, KmsService, RequestContext
 
 __all__ = [
-    "ATTESTATION_HEADER", "DATA_KEY_ACTIONS", "EHSM_ACTIONS", "MAX_JSON_DEPTH", "EhsmAction", "EhsmError",
+    "DATA_KEY_ACTIONS", "EHSM_ACTIONS", "MAX_JSON_DEPTH", "EhsmAction", "EhsmError",
     "add_ehsm_routes", "ehsm_error_response", "ehsm_result", "json_too_deep", "parse_action",
 ]
 
@@ -170,7 +170,6 @@ def _ms(value: Any) -> int:
 MAX_JSON_DEPTH: Final = 16
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _JSON_BRACKET = re.compile(rb"[\[\]{}]")
-ATTESTATION_HEADER: Final = "X-PPML-Attestation"
 
 
 def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -385,7 +384,7 @@ def add_ehsm_routes(app: FastAPI, service: KmsService, *, auth: Authenticator, o
                 return await call(enroll, ctx)
             if action in DATA_KEY_ACTIONS:
                 payload = _check_payload(action, payload, _DATA_KEY_FIELDS[action])
-                token = request.headers.get(ATTESTATION_HEADER)
+                token = request.headers.get(signing.ATTESTATION_HEADER)
                 if token and action != "Encrypt":
                     return ehsm_result(await attested(ctx, action, payload, token), "success!")
                 job = DATA_KEY_ACTIONS[action](ctx, payload)

@@ -39,7 +39,6 @@ from ppml.errors import (
 )
 from ppml.core import signing
 from ppml.kms.remote import (
-    ATTESTATION_HEADER,
     AttestationCredential,
     ClientCredentials,
     HttpTransport,
@@ -115,7 +114,7 @@ class EhsmKms:
                                          payload=payload, timestamp=timestamp, nonce=nonce)
         headers = {"Content-Type": "application/json"}
         if attested and self._attestation is not None:
-            headers[ATTESTATION_HEADER] = self._attestation.token
+            headers[signing.ATTESTATION_HEADER] = self._attestation.token
         response = self._http.send("POST", "/ehsm", body=json.dumps(body).encode(), headers=headers,
                                    params={"Action": action})
         return _result(response, self.uri, key_id)

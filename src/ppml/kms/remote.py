@@ -118,8 +118,6 @@ class KmsEndpoint:
         )
 
 
-ATTESTATION_HEADER = "X-PPML-Attestation"
-
 _ERRORS: dict[str, type[PpmlError]] = {
     "TokenRejected": TokenRejected,
     "AuthenticationFailed": AuthenticationFailed,
@@ -193,7 +191,7 @@ class RemoteKms:
         headers = signing.native_headers(self._credentials.appid, self._credentials.apikey, method=method,
                                          path=raw_path, body=body)
         if attested and self._attestation is not None:
-            headers[ATTESTATION_HEADER] = self._attestation.token
+            headers[signing.ATTESTATION_HEADER] = self._attestation.token
         if body:
             headers["Content-Type"] = "application/json"
         response = self._http.send(method, path, body=body, headers=headers)

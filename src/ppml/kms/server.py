@@ -47,7 +47,6 @@ from ppml.core import signing
 from ppml.kms.auth import Authenticator, EhsmError
 from ppml.kms.batching import GroupCommit
 from ppml.kms.ehsm import (
-    ATTESTATION_HEADER,
     DATA_KEY_ACTIONS,
     EHSM_ACTIONS,
     MAX_JSON_DEPTH,
@@ -61,7 +60,7 @@ from ppml.kms.ehsm import (
 )
 from ppml.kms.service import Credentials, DataKeyRequest, KeyDescription, KmsService, RequestContext
 
-__all__ = ["ATTESTATION_HEADER", "AppHooks", "MAX_BODY", "create_app"]
+__all__ = ["AppHooks", "MAX_BODY", "create_app"]
 
 MAX_BODY: Final = 1 << 20
 access_log = logging.getLogger("ppml.kms.access")
@@ -520,7 +519,7 @@ def create_app(
     async def generate_data_key_raw(request: Request, key_id: str) -> Response:
         ctx = await auth.native(request)
         body = await _json_body(request, GenerateDataKeyRequest, optional=True)
-        token = request.headers.get(ATTESTATION_HEADER)
+        token = request.headers.get(signing.ATTESTATION_HEADER)
         if token:
             jwe, wrapped = await call(service.generate_data_key_for_tee, ctx, key_id, length=body.length,
                                       aad=b64decode(body.aad, "aad"), token=token)
@@ -535,7 +534,7 @@ def create_app(
     async def decrypt_raw(request: Request, key_id: str) -> Response:
         ctx = await auth.native(request)
         body = await _json_body(request, CiphertextRequest)
-        token = request.headers.get(ATTESTATION_HEADER)
+        token = request.headers.get(signing.ATTESTATION_HEADER)
         if token:
             jwe = await call(service.release_to_tee, ctx, key_id, b64decode(body.ciphertext, "ciphertext"),
                              b64decode(body.aad, "aad"), token=token)
