@@ -497,7 +497,8 @@ class KmsService:
 
         Each request keeps its own outcome — its result (wrapped key or ciphertext; plaintext for
         Decrypt) or its error — and its own audit record, exactly as if it ran alone (replay
-        stamps were spent when the request was authenticated); a batch only shares the commit and the statements. A storage fault fails every
+        stamps were spent when the request was authenticated); a batch only shares the commit
+        and the statements. A storage fault fails every
         request in the batch and leaves no state.
         """
         results: list[bytes | PpmlError | None] = [None] * len(requests)
