@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from ppml.errors import UsageError
+from ppml.spark.launch import spark_home
 from ppml.spark.session import read_secret_file, security_conf, write_properties_file
 
 __all__ = ["StandaloneCluster"]
@@ -52,11 +53,7 @@ class StandaloneCluster:
         return f"spark://{self.host}:{self.port}"
 
     def _spark_class(self) -> Path:
-        try:
-            import pyspark
-        except ModuleNotFoundError:
-            raise UsageError("a standalone cluster needs pyspark: pip install 'ppml[spark]'") from None
-        return Path(pyspark.__file__).parent / "bin" / "spark-class"
+        return spark_home() / "bin" / "spark-class"
 
     def _env(self) -> dict[str, str]:
         return {**os.environ, "SPARK_LOCAL_IP": self.host, "PYSPARK_PYTHON": sys.executable,
