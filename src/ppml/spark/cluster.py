@@ -15,7 +15,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ppml.errors import UsageError
 from ppml.spark.launch import spark_home
 from ppml.spark.session import read_secret_file, security_conf, write_properties_file
 
