@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
-from fake_intel_pki import NOW, FakeIntel
+from fake_intel_pki import NOW, OUT_OF_DATE_COMPONENTS, FakeIntel
 from ppml.attestation.dcap import DcapVerifier
 from ppml.core.policy import Measurements
 from ppml.attestation.service import NONCE_TTL, AttestationService
@@ -441,5 +441,43 @@ def test_a_padded_dcap_quote_attests_and_its_token_says_what_trailed(tmp_path: P
         with pytest.raises(QuoteFormatError, match="64 KiB"):
             attestation.attest(Evidence(tee="tdx", data=quote + bytes(64 << 10)), nonce=nonce,
                                runtime_data=runtime, policy_ids=[policy_id])
+    finally:
+        kms.close()
+
+
+def test_release_refuses_an_out_of_date_tcb_unless_the_key_accepts_it(tmp_path: Path) -> None:
+    """Real DCAP evidence (fake Intel PKI) from a platform whose TCB is OutOfDate: the attestation
+    policy accepts it, but a key's release policy refuses it by default and releases only when it
+    names the status in accepted_tcb_statuses (the release gate's own safe default)."""
+    intel = FakeIntel.create()
+    platform = intel.platform(components=OUT_OF_DATE_COMPONENTS)
+    verifier = DcapVerifier(collateral=[intel.collateral("sgx")], trusted_root=intel.root)
+    kms, admin = KmsService.open(data_dir=tmp_path / "kms", now=NOW.timestamp)
+    assert admin is not None
+    try:
+        attestation = AttestationService.open(kms.storage, kms.root_key, {"sgx": verifier},
+                                              issuer="https://as.test", now=NOW.timestamp)
+        kms.release_gate = attestation.token_verifier()
+        ctx = RequestContext(appid=kms.enroll(RequestContext(appid=admin.appid)).appid)
+        key = ECKey.generate_key("P-256", private=True)
+        runtime = {"tee_public_key": key.as_dict(private=False)}
+        nonce, _ = attestation.new_nonce()
+        quote = platform.sgx_quote(report_data=report_data_for(nonce.encode(), runtime))
+        mr_enclave = attestation.verify_evidence(Evidence(tee="sgx", data=quote)).mr_enclave
+        policy_id = attestation.register_policy(ctx.appid, Measurements(
+            mr_enclave=mr_enclave, accepted_tcb_statuses=("UpToDate", "OutOfDate")))
+        token = attestation.attest(Evidence(tee="sgx", data=quote), nonce=nonce, runtime_data=runtime,
+                                   policy_ids=[policy_id]).token
+        assert attestation.verify_token(token).claims.tcb_status == "OutOfDate"
+        strict = kms.create_key(ctx, release_policy={"policy_ids": [policy_id]}).key_id
+        lenient = kms.create_key(ctx, release_policy={"policy_ids": [policy_id],
+                                                      "accepted_tcb_statuses": ["UpToDate", "OutOfDate"]}).key_id
+        _, wrapped = kms.generate_data_key(ctx, strict)
+        with pytest.raises(TokenRejected, match="TCB status OutOfDate"):
+            kms.release_to_tee(ctx, strict, wrapped, token=token)
+        plaintext, wrapped = kms.generate_data_key(ctx, lenient)
+        session = TeeSession(token=token, private_key=key, claims={}, policy_ids=[policy_id],
+                             attestation_url="https://as.test")
+        assert session.decrypt_jwe(kms.release_to_tee(ctx, lenient, wrapped, token=token)) == plaintext
     finally:
         kms.close()
