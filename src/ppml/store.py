@@ -123,6 +123,19 @@ class Storage:
         lost with the machine's power (PostgreSQL: with a crash of the database server). Used for
         data-key operations, whose loss loses no key; keys and apps are always durable.
         """
+        with self._connection(durable=durable, autocommit=False) as conn:
+            yield conn
+
+    @contextmanager
+    def statements(self) -> Iterator[Connection]:
+        """Statements that are each atomic on their own, without waiting for the disk: on
+        PostgreSQL in autocommit (no BEGIN/COMMIT round trips around a single statement), on
+        SQLite in a ``durable=False`` transaction. Faults map as in :meth:`transaction`."""
+        with self._connection(durable=False, autocommit=not self.is_sqlite) as conn:
+            yield conn
+
+    @contextmanager
+    def _connection(self, *, durable: bool, autocommit: bool) -> Iterator[Connection]:
         try:
             # SQLite serialises writers anyway; queueing threads on a lock here wakes them at
             # once, where SQLite's busy handler would sleep and retry (p99 of tens of ms).
@@ -136,8 +149,11 @@ class Storage:
                         assert raw is not None
                         raw.execute(f"PRAGMA synchronous={synchronous}")
                         conn.connection.info["synchronous"] = synchronous
-                with conn.begin():
-                    yield conn
+                if autocommit:
+                    yield conn.execution_options(isolation_level="AUTOCOMMIT")
+                else:
+                    with conn.begin():
+                        yield conn
         except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
             raise KmsUnavailable("storage", _describe(exc)) from None
         except sa_exc.DataError as exc:

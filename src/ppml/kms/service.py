@@ -742,7 +742,7 @@ class KmsService:
         """
         if not any(ctx.replay_stamp is not None for ctx in contexts):
             return [True] * len(contexts)
-        with self.storage.transaction(durable=False) as conn:
+        with self.storage.statements() as conn:  # one INSERT … RETURNING: atomic alone
             return self._consume_replay_stamps(conn, contexts)
 
     def _consume_replay_stamps(self, conn: Connection, contexts: Sequence[RequestContext]) -> list[bool]:
