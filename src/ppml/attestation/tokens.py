@@ -17,7 +17,6 @@ accepts one unless it allows simulated evidence.
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -130,7 +129,3 @@ class TokenVerifier:
             nonce=nonce, policy_ids=policy_ids, claims=claims, runtime_data=runtime_data,
             simulated=bool(payload.get("simulated", claims.simulated)),
         )
-
-
-def jwks_json(signer: TokenSigner) -> str:
-    return json.dumps(signer.jwks())

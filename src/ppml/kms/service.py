@@ -41,7 +41,7 @@ from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -851,10 +851,6 @@ class KmsService:
                                          "outcome", "request_id", "claims")}
             for r in reversed(rows)
         ]
-
-    def key_count(self) -> int:
-        with self.storage.transaction() as conn:
-            return int(conn.execute(select(func.count()).select_from(db.keys)).scalar_one())
 
     def for_app(self, credentials: Credentials | str, *, uri: str = "embedded:") -> EmbeddedKms:
         appid = credentials.appid if isinstance(credentials, Credentials) else credentials
