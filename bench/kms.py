@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from ppml.kms import signing  # noqa: E402
+from ppml.core import signing  # noqa: E402
 
 TARGET_OPS, TARGET_P99_MS = 2000, 20.0
 DEFAULT_WORKERS = {"sqlite": 1, "postgres": 2}

@@ -1,4 +1,4 @@
-"""eHSM request and result signing (ppml.kms.signing) against the worked examples of
+"""eHSM request and result signing (ppml.core.signing) against the worked examples of
 docs/ehsm-api.md §2.4 and §6.1, and the JavaScript loose-equality skip rules of §2.1.
 
 The vectors are the document's, copied verbatim (the worked example and the four rows after it
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ppml.kms.signing import ehsm_sign, ehsm_sign_object, ehsm_sort_str
+from ppml.core.signing import ehsm_sign, ehsm_sign_object, ehsm_sort_str
 
 APPID = "2f3a8e1c-5b7d-4e9a-9c1f-0a1b2c3d4e5f"
 APIKEY = b"Xk3mP9qR7sT2vW5yZ8bC4dF6gH1jK0nM"

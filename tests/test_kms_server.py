@@ -39,7 +39,7 @@ from cryptography.fernet import Fernet
 
 from ppml.core.keys import DataKey
 from ppml.errors import KmsUnavailable, RootKeyMismatch
-from ppml.kms import signing
+from ppml.core import signing
 from ppml.kms.ehsm_client import EhsmKms
 from ppml.kms.remote import ClientCredentials, KmsEndpoint, RemoteKms
 from ppml.kms.service import KmsService

@@ -275,6 +275,3 @@ def _describe(exc: Exception) -> str:
     orig = getattr(exc, "orig", None)
     text = str(orig or exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
-
-
-__all__ += ["apps", "audit", "audit_head", "key_versions", "keys", "meta", "replay"]

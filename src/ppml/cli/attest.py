@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from ppml.errors import AttestationFailed, InputError, PpmlError, QuoteFormatError, UnsafeWarning, UsageError
 
+__all__ = ["add_commands"]
+
 if TYPE_CHECKING:
     from ppml.core.evidence import Evidence
 

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+__all__ = ["run_demo"]
+
 T = TypeVar("T")
 
 

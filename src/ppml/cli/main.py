@@ -17,6 +17,8 @@ from ppml.core._files import atomic_directory, require_output_directory
 from ppml.errors import InputNotFound, NotAFile, OutputExists, PpmlError, UnsafeWarning, UsageError
 from ppml.progress import Progress
 
+__all__ = ["build_parser", "main"]
+
 DEFAULT_KMS_ENV = "PPML_KMS"
 LEGACY_MODE = "AES/CBC/PKCS5Padding"
 ENVELOPE_MODE = "ppml"

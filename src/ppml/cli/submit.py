@@ -11,6 +11,8 @@ from typing import Any
 from ppml.cli._args import integer
 from ppml.errors import UsageError
 
+__all__ = ["add_commands"]
+
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from ppml.spark.submit import SubmitOptions, submit

@@ -1,7 +1,7 @@
 """The KMS over HTTP: the native ``/v1`` JSON API (OpenAPI at ``/openapi.json``), the
 eHSM-compatible ``/ehsm`` surface, ``/healthz`` and ``/metrics``.
 
-Wiring only: requests are authenticated (see :mod:`ppml.kms.signing`), turned into a
+Wiring only: requests are authenticated (see :mod:`ppml.core.signing`), turned into a
 :class:`~ppml.kms.service.RequestContext` and handed to :class:`~ppml.kms.service.KmsService`.
 Access logs are one JSON line per request with method, path, status, appid, duration and request
 id — never bodies, headers or query values that could hold secrets.
