@@ -18,8 +18,7 @@ from ppml.attestation.service import AttestationService
 from ppml.attestation.simulated import SimulatedVerifier
 from ppml.core.evidence import EvidenceVerifier
 from ppml.errors import UnsafeWarning, UsageError
-from ppml.kms.ehsm import EhsmAction
-from ppml.kms.server import AppHooks
+from ppml.kms.http import AppHooks, EhsmAction
 from ppml.kms.service import KmsService
 
 __all__ = ["ServeOptions", "serve"]
@@ -154,7 +153,7 @@ def _run_worker(options: ServeOptions, cert: Path, key: Path, sock: socket.socke
 def _run(service: KmsService, options: ServeOptions, cert: Path, key: Path, sock: socket.socket | None = None) -> int:
     import uvicorn
 
-    from ppml.kms.server import create_app
+    from ppml.kms.http import create_app
 
     attestation = open_attestation(service, options)
     service.release_gate = attestation.token_verifier()

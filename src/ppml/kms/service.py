@@ -734,7 +734,7 @@ class KmsService:
         """Spend each authenticated request's replay stamp (its timestamp/nonce), in ONE
         transaction: True where the stamp was fresh, False for a replay (seen before, or earlier
         in ``contexts``). The HTTP layer calls this for every authenticated request before it
-        does anything else (``ppml.kms.auth``), so a stamp is spent exactly once whatever the
+        does anything else (``ppml.kms.http.auth``), so a stamp is spent exactly once whatever the
         route and whatever happens to the request afterwards; operations never look at stamps.
 
         Raises:

@@ -10,7 +10,7 @@ signed request again, to the same route or another, is a replay.
 
 eHSM's signature does not cover the ``Action`` query parameter. Besides the stamp, two things keep
 a captured body from being reinterpreted as another action: every action's payload is checked
-against that action's own fields (``ppml.kms.ehsm``), and a nonce of the form
+against that action's own fields (``ppml.kms.http.ehsm``), and a nonce of the form
 ``<Action>.<random>`` — which ppml's eHSM client sends, and which the signature covers — binds the
 request to that action.
 """
@@ -25,7 +25,7 @@ from starlette.requests import Request
 
 from ppml.core import signing
 from ppml.errors import AuthenticationFailed, ReplayedRequest
-from ppml.kms.batching import GroupCommit
+from ppml.kms.http.batching import GroupCommit
 from ppml.kms.service import KmsService, RequestContext
 
 __all__ = ["Authenticator", "EhsmError"]

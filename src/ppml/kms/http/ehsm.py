@@ -57,7 +57,7 @@ from ppml.errors import (
     TokenRejected,
 )
 from ppml.core import signing
-from ppml.kms.auth import Authenticator, EhsmError
+from ppml.kms.http.auth import Authenticator, EhsmError
 from ppml.kms.service import ENABLED, DataKeyRequest, KmsService, RequestContext
 
 __all__ = [
