@@ -74,6 +74,11 @@ class Storage:
         except ModuleNotFoundError as exc:
             raise UsageError(f"{exc.name} is not installed: pip install 'ppml[postgres]'") from None
 
+    @property
+    def dialect_name(self) -> str:
+        """The database's SQLAlchemy dialect: ``sqlite`` or ``postgresql``."""
+        return str(self.engine.dialect.name)
+
     @classmethod
     def sqlite_in(cls, directory: Path) -> Storage:
         return cls(f"sqlite:///{directory / 'kms.db'}")

@@ -24,7 +24,6 @@ Audit record MAC (a chain keyed by the root key, so nobody without it can rewrit
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -32,7 +31,6 @@ import secrets
 import struct
 import threading
 import time
-import types
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -42,8 +40,6 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ppml.core._files import write_private
 from ppml.core.keys import DATA_KEY_SIZE, DataKey, GeneratedDataKey, KeyInfo
@@ -52,7 +48,6 @@ from ppml.errors import (
     KeyDisabled,
     KeyNotFound,
     KmsRequestRejected,
-    KmsUnavailable,
     PermissionDenied,
     PpmlError,
     RootKeyMismatch,
@@ -60,6 +55,7 @@ from ppml.errors import (
     UsageError,
 )
 from ppml.kms import storage as db
+from ppml.kms.dialects import KmsDialect, dialect_for
 from ppml.kms.release import AttestedCaller, ReleaseGate, check_release, seal_for_tee, validate_release_policy
 from ppml.core.rootkey import RootKey, canonical, from_passphrase_file, load_or_create_key_file
 from ppml.store import Storage
@@ -88,16 +84,10 @@ _ROLE_ADMIN, _ROLE_APP = "admin", "app"
 
 # Statements built once: building SQLAlchemy constructs per call cost more than the SQL itself.
 _SELECT_KEY = select(db.keys).where(db.keys.c.key_id == bindparam("key_id"))
-_SELECT_KEYS = select(db.keys).where(db.keys.c.key_id.in_(bindparam("key_ids", expanding=True)))
 _SELECT_MATERIAL = select(db.key_versions.c.material_sealed).where(
     db.key_versions.c.key_id == bindparam("key_id"), db.key_versions.c.version == bindparam("version")
 )
-_SELECT_HEAD = select(db.audit_head.c.seq, db.audit_head.c.mac).where(db.audit_head.c.id == 1).with_for_update()
-_INSERT_AUDIT = insert(db.audit)
-_UPDATE_HEAD = (
-    update(db.audit_head).where(db.audit_head.c.id == 1)
-    .values(seq=bindparam("new_seq"), mac=bindparam("new_mac"))
-)
+
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -216,10 +206,13 @@ class KmsService:
         self._apikeys: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._replay_inserts = 0
-        dialect_insert = sqlite_insert if storage.is_sqlite else pg_insert
-        self._insert_stamps = (
-            dialect_insert(db.replay).on_conflict_do_nothing().returning(db.replay.c.appid, db.replay.c.stamp)
-        )
+        self._dialect: KmsDialect = dialect_for(storage)
+
+    @property
+    def runs_inline(self) -> bool:
+        """Whether short database work should run on the caller's event loop (SQLite) rather than a
+        thread (PostgreSQL's network round trips); the HTTP layer asks this, not which database."""
+        return self._dialect.runs_inline
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -504,7 +497,7 @@ class KmsService:
         results: list[bytes | PpmlError | None] = [None] * len(requests)
         try:
             with self.storage.transaction(durable=False) as conn:
-                keys, head = self._begin_batch(conn, {r.key_id for r in requests})
+                keys, head = self._dialect.begin_batch(conn, _well_formed({r.key_id for r in requests}))
                 audits: list[tuple[RequestContext, str, str | None, int | None, str]] = []
                 for index, request in enumerate(requests):
                     try:
@@ -656,13 +649,6 @@ class KmsService:
             raise KeyDisabled(key_id, "disabled" if described.state == DISABLED else "pending deletion")
         return described
 
-    def _load_keys(self, conn: Connection, key_ids: set[str]) -> dict[str, Any]:
-        """The rows of ``key_ids`` (well-formed ones) in one statement, by key id."""
-        wanted = [k for k in key_ids if k and len(k) <= 64]
-        if not wanted:
-            return {}
-        return {row.key_id: row for row in conn.execute(_SELECT_KEYS, {"key_ids": wanted})}
-
     def _material(self, conn: Connection, key: KeyDescription, version: int) -> AESGCM:
         cache_key = (key.key_id, version)
         aead = self._materials.get(cache_key)
@@ -751,7 +737,7 @@ class KmsService:
         returns the rows it inserted, and on PostgreSQL a concurrent insert of the same stamp by
         another replica waits for that transaction, then counts as seen."""
         fresh, rows, params = _stamp_rows(contexts)
-        inserted = {(r[0], r[1]) for r in conn.execute(self._insert_stamps, params)} if params else set()
+        inserted = self._dialect.insert_stamps(conn, params) if params else set()
         return self._stamps_seen(conn, fresh, rows, inserted)
 
     def _stamps_seen(self, conn: Connection, fresh: list[bool], rows: dict[tuple[str, str], int],
@@ -763,23 +749,6 @@ class KmsService:
             self._replay_inserts = 0
             conn.execute(delete(db.replay).where(db.replay.c.expires < int(self._now())))
         return fresh
-
-    def _begin_batch(self, conn: Connection, key_ids: set[str]) -> tuple[dict[str, Any], tuple[int, bytes] | None]:
-        """A batch's first work: load the keys; on PostgreSQL also lock and read the audit head,
-        in ONE statement (one round trip instead of two). Returns (key rows by id, head or None)."""
-        if self.storage.is_sqlite:
-            return self._load_keys(conn, key_ids), None
-        wanted = [k for k in key_ids if k and len(k) <= 64]
-        keys: dict[str, Any] = {}
-        head: tuple[int, bytes] | None = None
-        for kind, seq, mac, key in conn.exec_driver_sql(_PG_BEGIN_SQL, (wanted,)):
-            if kind == "h":
-                head = (int(seq), bytes(mac))
-            else:
-                keys[key["key_id"]] = _key_row(key)
-        if head is None:
-            raise KmsUnavailable("storage", "the audit head row is missing")
-        return keys, head
 
     def _append_audit(self, conn: Connection, ctx: RequestContext, operation: str, key_id: str | None,
                       key_version: int | None, outcome: str) -> None:
@@ -793,10 +762,7 @@ class KmsService:
         statement."""
         if not entries:
             return
-        if head is None:
-            row = conn.execute(_SELECT_HEAD).one()
-            head = (int(row.seq), bytes(row.mac))
-        seq, prev = head
+        seq, prev = head if head is not None else self._dialect.read_head(conn)
         when = self._datetime()
         records = []
         for ctx, operation, key_id, key_version, outcome in entries:
@@ -811,15 +777,7 @@ class KmsService:
             mac = self._root.audit_mac(prev + _audit_bytes(record))
             records.append({**record, "prev_mac": prev, "mac": mac})
             prev = mac
-        if self.storage.is_sqlite:
-            conn.execute(_INSERT_AUDIT, records)
-            conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_mac": prev})
-            return
-        # PostgreSQL: the records and the new head in ONE statement (a data-modifying CTE), where
-        # executemany would send a statement per record and the head update another round trip.
-        conn.exec_driver_sql(_pg_append_sql(len(records)), tuple(
-            [value for record in records for value in (record[c] for c in _AUDIT_COLUMNS)] + [seq, prev]
-        ))
+        self._dialect.append_audit(conn, records, (seq, prev))
 
     def verify_audit(self) -> AuditReport:
         """Walk the chain: any altered, deleted, inserted or reordered record breaks it."""
@@ -876,37 +834,9 @@ def _stamp_rows(contexts: Sequence[RequestContext]) -> tuple[list[bool], dict[tu
     return fresh, rows, params
 
 
-#: Lock and read the audit head and read the keys ``= ANY(%s)``: one PostgreSQL statement, rows
-#: tagged h / k.
-_PG_BEGIN_SQL: Final = (
-    "WITH head AS (SELECT seq, mac FROM audit_head WHERE id = 1 FOR UPDATE) "
-    "SELECT 'h' AS kind, head.seq, head.mac, NULL::json AS key FROM head "
-    "UNION ALL SELECT 'k', NULL, NULL, row_to_json(keys) FROM keys WHERE key_id = ANY(%s)"
-)
-
-
-def _key_row(key: dict[str, Any]) -> Any:
-    """A ``keys`` row from its ``row_to_json`` (timestamps arrive as ISO 8601 text)."""
-    row = dict(key)
-    for name in ("created", "deletion_time"):
-        if row[name] is not None:
-            row[name] = datetime.fromisoformat(row[name])
-    return types.SimpleNamespace(**row)
-
-
-_AUDIT_COLUMNS: Final = ("seq", "time", "appid", "operation", "key_id", "key_version", "outcome",
-                          "request_id", "claims", "prev_mac", "mac")
-
-
-@functools.lru_cache(maxsize=256)
-def _pg_append_sql(rows: int) -> str:
-    """``rows`` audit records and the head update in one PostgreSQL statement (psycopg's %s)."""
-    row = "(" + ", ".join(["%s"] * len(_AUDIT_COLUMNS)) + ")"
-    return (
-        f"WITH appended AS (INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}) VALUES "
-        + ", ".join([row] * rows)
-        + ") UPDATE audit_head SET seq = %s, mac = %s WHERE id = 1"
-    )
+def _well_formed(key_ids: set[str]) -> list[str]:
+    """Key ids that could exist (the column holds 64 characters): the others match no row."""
+    return [k for k in key_ids if k and len(k) <= 64]
 
 
 def _wrap_aad(key_id: str, owner: str, version: int, aad: bytes) -> bytes:

@@ -112,7 +112,7 @@ def create_app(
     requests_total = Counter("ppml_kms_requests_total", "HTTP requests", ["route", "status"], registry=registry)
     latency = Histogram("ppml_kms_request_seconds", "HTTP request latency", ["route"], registry=registry,
                         buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
-    inline = service.storage.is_sqlite
+    inline = service.runs_inline
 
     batcher: GroupCommit[DataKeyRequest, bytes] = GroupCommit(service.run_data_key_batch, inline=inline)
     auth = Authenticator(service, now=now, inline=inline, ehsm_actions=EHSM_ACTIONS)
