@@ -31,7 +31,8 @@ from ppml.errors import (
     QuoteFormatError,
     TokenRejected,
 )
-from ppml.kms.service import KmsService, RequestContext
+from ppml.kms.service import KmsService
+from ppml.kms.types import RequestContext
 from ppml.tee.session import TeeSession
 
 MR_ENCLAVE = hashlib.sha256(b"the approved enclave").digest()

@@ -31,7 +31,8 @@ from ppml.errors import (
     PermissionDenied,
 )
 from ppml.kms import storage as db
-from ppml.kms.service import DataKeyRequest, KmsService, RequestContext
+from ppml.kms.service import KmsService
+from ppml.kms.types import DataKeyRequest, RequestContext
 from server_fixtures import new_database, pg_cluster  # noqa: F401  (pytest finds fixtures by name)
 from servers import PostgresCluster
 

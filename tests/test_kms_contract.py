@@ -53,7 +53,9 @@ from ppml.kms.local import LocalKeyStore
 from ppml.kms.protocol import KeyManagementService
 from ppml.kms.registry import open_kms
 from ppml.kms.remote import KmsEndpoint, RemoteKms, load_credentials, write_credentials
-from ppml.kms.service import Credentials, KmsService, RequestContext
+from ppml.kms.embedded import EmbeddedKms
+from ppml.kms.service import KmsService
+from ppml.kms.types import Credentials, RequestContext
 from ppml.kms.tls import client_context
 from server_fixtures import new_database
 from servers import KmsServer, PostgresCluster
@@ -399,11 +401,11 @@ class TestEmbedded(KeyManagementServiceContract):
 
     @pytest.fixture
     def kms(self, deployment: EmbeddedDeployment) -> KeyManagementService:
-        return deployment.service.for_app(deployment.app)
+        return EmbeddedKms.for_app(deployment.service, deployment.app)
 
     @pytest.fixture
     def other_tenant_kms(self, deployment: EmbeddedDeployment) -> KeyManagementService:
-        return deployment.service.for_app(deployment.other_app)
+        return EmbeddedKms.for_app(deployment.service, deployment.other_app)
 
     @pytest.fixture
     def secrets(self, deployment: EmbeddedDeployment) -> list[str]:

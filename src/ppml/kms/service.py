@@ -7,42 +7,29 @@ failed one leaves no state but a failure record. Replay stamps of signed request
 the HTTP layer when it authenticates a request (:meth:`KmsService.spend_replay_stamps`), before
 any operation runs.
 
-Wrapped data key / ciphertext layout (version 1)::
-
-    0   1   version 0x01
-    1   4   primary key version (uint32, big-endian)
-    5  12   nonce (random)
-   17   .   AES-GCM(primary key version, nonce, plaintext) ‖ 16-byte tag
-    associated data = canonical("ppml-kms-wrap/1", key id, owner appid, key version, caller aad)
-
-Audit record MAC (a chain keyed by the root key, so nobody without it can rewrite history)::
-
-    mac(n) = HMAC-SHA256(audit key, mac(n-1) ‖ canonical(seq, time, appid, operation, key id,
-                                                          key version, outcome, request id, claims))
+The wrapped-key format is drawn in :mod:`ppml.kms.wrapping`, the audit chain in :mod:`ppml.kms.audit`;
+the value types are in :mod:`ppml.kms.types`, and :mod:`ppml.kms.embedded` is the in-process client.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import secrets
-import struct
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from ppml.core._files import write_private
-from ppml.core.keys import DATA_KEY_SIZE, DataKey, GeneratedDataKey, KeyInfo
+from ppml.core.keys import DATA_KEY_SIZE
 from ppml.errors import (
     InvalidCiphertext,
     KeyDisabled,
@@ -55,31 +42,30 @@ from ppml.errors import (
     UsageError,
 )
 from ppml.kms import storage as db
+from ppml.kms import audit, wrapping
 from ppml.kms.dialects import KmsDialect, dialect_for
+from ppml.kms.replay import stamp_rows
+from ppml.kms.types import (
+    DISABLED,
+    ENABLED,
+    KEYSPECS,
+    MAX_AAD,
+    MAX_DATA_KEY_LEN,
+    ORIGINS,
+    PENDING_DELETION,
+    AuditReport,
+    Credentials,
+    DataKeyRequest,
+    KeyDescription,
+    RequestContext,
+    describe_row,
+)
 from ppml.kms.release import AttestedCaller, ReleaseGate, check_release, seal_for_tee, validate_release_policy
-from ppml.core.rootkey import RootKey, canonical, from_passphrase_file, load_or_create_key_file
+from ppml.core.rootkey import RootKey, from_passphrase_file, load_or_create_key_file
 from ppml.store import Storage
 
-__all__ = [
-    "AuditReport",
-    "Credentials",
-    "DataKeyRequest",
-    "EmbeddedKms",
-    "KEYSPECS",
-    "KeyDescription",
-    "KmsService",
-    "RequestContext",
-]
+__all__ = ["KmsService"]
 
-KEYSPECS: Final = {"EH_AES_GCM_128": 16, "EH_AES_GCM_192": 24, "EH_AES_GCM_256": 32}
-ORIGINS: Final = ("EH_INTERNAL_KEY",)
-ENABLED, DISABLED, PENDING_DELETION = "Enabled", "Disabled", "PendingDeletion"
-MAX_DATA_KEY_LEN: Final = 1024
-MAX_PLAINTEXT: Final = 64 << 10
-MAX_AAD: Final = 8 << 10
-_WRAP_VERSION: Final = 1
-_WRAP_PREFIX = struct.Struct(">BI")
-_NONCE: Final = 12
 _ROLE_ADMIN, _ROLE_APP = "admin", "app"
 
 # Statements built once: building SQLAlchemy constructs per call cost more than the SQL itself.
@@ -88,106 +74,6 @@ _SELECT_MATERIAL = select(db.key_versions.c.material_sealed).where(
     db.key_versions.c.key_id == bindparam("key_id"), db.key_versions.c.version == bindparam("version")
 )
 
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Credentials:
-    """An app's identity and secret. ``repr`` hides the apikey."""
-
-    appid: str
-    apikey: str = dataclasses.field(repr=False)
-
-    def to_json(self) -> str:
-        return json.dumps({"appid": self.appid, "apikey": self.apikey})
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RequestContext:
-    """Who is asking, and the bookkeeping that goes into the same transaction as the operation."""
-
-    appid: str
-    request_id: str = ""
-    #: A request timestamp/nonce that must not have been used before by this app.
-    replay_stamp: str | None = None
-    replay_expires: int = 0
-    #: Attestation claims presented with the request (recorded in the audit log).
-    claims: dict[str, Any] | None = None
-
-
-DATA_KEY_OPERATIONS: Final = ("GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "Encrypt", "Decrypt")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class DataKeyRequest:
-    """One data-key operation for :meth:`KmsService.run_data_key_batch`, checked on creation.
-
-    ``data`` is what the operation works on: the fresh key or plaintext to wrap, or the
-    ciphertext to unwrap (``Decrypt``).
-    """
-
-    ctx: RequestContext
-    operation: str
-    key_id: str
-    data: bytes = dataclasses.field(repr=False)
-    aad: bytes = b""
-
-    def __post_init__(self) -> None:
-        if self.operation not in DATA_KEY_OPERATIONS:
-            raise ValueError(f"not a data-key operation: {self.operation}")
-        if len(self.aad) > MAX_AAD:
-            raise KmsRequestRejected(f"aad longer than {MAX_AAD} bytes")
-
-    @classmethod
-    def generate(cls, ctx: RequestContext, key_id: str, *, length: int = DATA_KEY_SIZE, aad: bytes = b"",
-                 with_plaintext: bool = True) -> DataKeyRequest:
-        if not 1 <= length <= MAX_DATA_KEY_LEN:
-            raise KmsRequestRejected(f"keylen must be 1..{MAX_DATA_KEY_LEN}")
-        operation = "GenerateDataKey" if with_plaintext else "GenerateDataKeyWithoutPlaintext"
-        return cls(ctx, operation, key_id, os.urandom(length), aad)
-
-    @classmethod
-    def encrypt(cls, ctx: RequestContext, key_id: str, plaintext: bytes, aad: bytes = b"") -> DataKeyRequest:
-        if not 1 <= len(plaintext) <= MAX_PLAINTEXT:
-            raise KmsRequestRejected(f"plaintext must have 1..{MAX_PLAINTEXT} bytes")
-        return cls(ctx, "Encrypt", key_id, plaintext, aad)
-
-    @classmethod
-    def decrypt(cls, ctx: RequestContext, key_id: str, ciphertext: bytes, aad: bytes = b"") -> DataKeyRequest:
-        return cls(ctx, "Decrypt", key_id, ciphertext, aad)
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class KeyDescription:
-    key_id: str
-    owner: str
-    keyspec: str
-    origin: str
-    description: str
-    state: str
-    current_version: int
-    created: datetime
-    deletion_time: datetime | None
-    release_policy: dict[str, Any] | None
-
-    def to_info(self) -> KeyInfo:
-        return KeyInfo(
-            key_id=self.key_id, created=self.created, enabled=self.state == ENABLED,
-            description=self.description,
-        )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AuditReport:
-    records: int
-    ok: bool
-    problem: str = ""
-    first_bad_seq: int | None = None
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class KmsService:
@@ -378,7 +264,7 @@ class KmsService:
             rows = conn.execute(
                 select(db.keys).where(db.keys.c.owner == ctx.appid).order_by(db.keys.c.created)
             ).all()
-            return [_description(row) for row in rows]
+            return [describe_row(row) for row in rows]
 
         return self._run(ctx, "ListKey", None, op, audit_success=False, durable=False)
 
@@ -535,7 +421,7 @@ class KmsService:
             plaintext, key = self._open(conn, ctx, key_id, ciphertext, aad)
             return self._release(key, caller, plaintext)
 
-        return self._run(ctx, "DecryptForTee", key_id, op, version_of=lambda _: _version_of(ciphertext),
+        return self._run(ctx, "DecryptForTee", key_id, op, version_of=lambda _: wrapping.version_of(ciphertext),
                          durable=False)
 
     def generate_data_key_for_tee(self, ctx: RequestContext, key_id: str, *, length: int = DATA_KEY_SIZE,
@@ -551,7 +437,7 @@ class KmsService:
             key = self._usable(conn, ctx.appid, key_id)
             return self._release(key, caller, plaintext), self._wrap(conn, key, plaintext, aad)
 
-        return self._run(ctx, "GenerateDataKeyForTee", key_id, op, version_of=lambda r: _version_of(r[1]),
+        return self._run(ctx, "GenerateDataKeyForTee", key_id, op, version_of=lambda r: wrapping.version_of(r[1]),
                          durable=False)
 
     def _attested(self, ctx: RequestContext, token: str) -> tuple[RequestContext, AttestedCaller]:
@@ -588,11 +474,8 @@ class KmsService:
 
     def _wrap(self, conn: Connection, key: KeyDescription, plaintext: bytes, aad: bytes) -> bytes:
         version = key.current_version
-        aead = self._material(conn, key, version)
-        nonce = os.urandom(_NONCE)
-        prefix = _WRAP_PREFIX.pack(_WRAP_VERSION, version)
-        sealed = aead.encrypt(nonce, plaintext, _wrap_aad(key.key_id, key.owner, version, aad))
-        return prefix + nonce + sealed
+        return wrapping.seal(self._material(conn, key, version), key_id=key.key_id, owner=key.owner,
+                             version=version, plaintext=plaintext, aad=aad)
 
     def _open(self, conn: Connection, ctx: RequestContext, key_id: str, ciphertext: bytes,
               aad: bytes) -> tuple[bytes, KeyDescription]:
@@ -600,20 +483,9 @@ class KmsService:
         return self._open_with(conn, key, ciphertext, aad)[0], key
 
     def _open_with(self, conn: Connection, key: KeyDescription, ciphertext: bytes, aad: bytes) -> tuple[bytes, int]:
-        if len(ciphertext) < _WRAP_PREFIX.size + _NONCE + 16 or len(ciphertext) > MAX_PLAINTEXT + 64:
-            raise InvalidCiphertext()
-        wrap_version, version = _WRAP_PREFIX.unpack_from(ciphertext)
-        if wrap_version != _WRAP_VERSION or not 1 <= version <= key.current_version:
-            raise InvalidCiphertext()
-        aead = self._material(conn, key, version)
-        start = _WRAP_PREFIX.size
-        try:
-            plaintext = aead.decrypt(
-                ciphertext[start : start + _NONCE], ciphertext[start + _NONCE :],
-                _wrap_aad(key.key_id, key.owner, version, aad),
-            )
-        except InvalidTag:
-            raise InvalidCiphertext() from None
+        version = wrapping.wrapped_version(ciphertext, newest=key.current_version)
+        plaintext = wrapping.unseal(self._material(conn, key, version), ciphertext, key_id=key.key_id,
+                                    owner=key.owner, version=version, aad=aad)
         return plaintext, version
 
     @staticmethod
@@ -634,7 +506,7 @@ class KmsService:
         if row is None or row.owner != appid:
             # Unknown and foreign key ids look the same.
             raise KeyNotFound(key_id)
-        described = _description(row)
+        described = describe_row(row)
         if described.state == PENDING_DELETION and described.deletion_time and described.deletion_time <= self._datetime():
             self._delete_key(conn, key_id)
             if prefetched is not None:
@@ -736,7 +608,7 @@ class KmsService:
         in ``contexts``). One statement whatever the number: ``INSERT … ON CONFLICT DO NOTHING``
         returns the rows it inserted, and on PostgreSQL a concurrent insert of the same stamp by
         another replica waits for that transaction, then counts as seen."""
-        fresh, rows, params = _stamp_rows(contexts)
+        fresh, rows, params = stamp_rows(contexts)
         inserted = self._dialect.insert_stamps(conn, params) if params else set()
         return self._stamps_seen(conn, fresh, rows, inserted)
 
@@ -762,141 +634,26 @@ class KmsService:
         statement."""
         if not entries:
             return
-        seq, prev = head if head is not None else self._dialect.read_head(conn)
-        when = self._datetime()
-        records = []
-        for ctx, operation, key_id, key_version, outcome in entries:
-            seq += 1
-            claims = json.dumps(ctx.claims, sort_keys=True) if ctx.claims else None
-            # Values are cut to their column widths: ids arrive from clients and may be any length.
-            record = dict(
-                seq=seq, time=when, appid=(ctx.appid or "")[:64] or None, operation=operation[:48],
-                key_id=key_id[:64] if key_id else None, key_version=key_version, outcome=outcome[:48],
-                request_id=(ctx.request_id or "")[:64] or None, claims=claims,
-            )
-            mac = self._root.audit_mac(prev + _audit_bytes(record))
-            records.append({**record, "prev_mac": prev, "mac": mac})
-            prev = mac
-        self._dialect.append_audit(conn, records, (seq, prev))
+        records, new_head = audit.chain(entries, head if head is not None else self._dialect.read_head(conn),
+                                        when=self._datetime(), mac=self._root.audit_mac)
+        self._dialect.append_audit(conn, records, new_head)
 
     def verify_audit(self) -> AuditReport:
         """Walk the chain: any altered, deleted, inserted or reordered record breaks it."""
         with self.storage.transaction() as conn:
             head = conn.execute(select(db.audit_head.c.seq, db.audit_head.c.mac)).one()
-            prev = b"\0" * 32
-            expected_seq = 1
-            count = 0
-            for row in conn.execute(select(db.audit).order_by(db.audit.c.seq)):
-                record = {k: getattr(row, k) for k in
-                          ("seq", "time", "appid", "operation", "key_id", "key_version", "outcome", "request_id", "claims")}
-                record["time"] = _utc(record["time"])
-                if row.seq != expected_seq:
-                    return AuditReport(count, False, f"record {expected_seq} is missing or out of order", expected_seq)
-                if bytes(row.prev_mac) != prev or bytes(row.mac) != self._root.audit_mac(prev + _audit_bytes(record)):
-                    return AuditReport(count, False, f"record {row.seq} was altered", row.seq)
-                prev = bytes(row.mac)
-                expected_seq += 1
-                count += 1
-            if int(head.seq) != count or bytes(head.mac) != prev:
-                return AuditReport(count, False, "records after the last one were deleted", count + 1)
-            return AuditReport(count, True)
+            rows = conn.execute(select(db.audit).order_by(db.audit.c.seq))
+            return audit.verify_chain(rows, (int(head.seq), bytes(head.mac)), mac=self._root.audit_mac)
 
     def audit_records(self, *, limit: int = 100) -> list[dict[str, Any]]:
         with self.storage.transaction() as conn:
             rows = conn.execute(select(db.audit).order_by(db.audit.c.seq.desc()).limit(limit)).all()
         return [
-            {k: getattr(r, k) for k in ("seq", "time", "appid", "operation", "key_id", "key_version",
-                                         "outcome", "request_id", "claims")}
+            {k: getattr(r, k) for k in audit.FIELDS}
             for r in reversed(rows)
         ]
-
-    def for_app(self, credentials: Credentials | str, *, uri: str = "embedded:") -> EmbeddedKms:
-        appid = credentials.appid if isinstance(credentials, Credentials) else credentials
-        return EmbeddedKms(self, appid, uri=uri)
-
-
-def _stamp_rows(contexts: Sequence[RequestContext]) -> tuple[list[bool], dict[tuple[str, str], int], list[dict[str, Any]]]:
-    """(fresh so far, {(appid, hashed stamp): index}, insert parameters); a stamp repeated within
-    ``contexts`` is a replay already."""
-    fresh = [True] * len(contexts)
-    rows: dict[tuple[str, str], int] = {}
-    params = []
-    for index, ctx in enumerate(contexts):
-        if ctx.replay_stamp is None:
-            continue
-        # Stamps are hashed to a fixed width: they embed client-chosen nonces of any length.
-        row = (ctx.appid[:64], hashlib.sha256(ctx.replay_stamp.encode()).hexdigest())
-        if row in rows:
-            fresh[index] = False
-            continue
-        rows[row] = index
-        params.append({"appid": row[0], "stamp": row[1], "expires": ctx.replay_expires})
-    return fresh, rows, params
 
 
 def _well_formed(key_ids: set[str]) -> list[str]:
     """Key ids that could exist (the column holds 64 characters): the others match no row."""
     return [k for k in key_ids if k and len(k) <= 64]
-
-
-def _wrap_aad(key_id: str, owner: str, version: int, aad: bytes) -> bytes:
-    return canonical("ppml-kms-wrap/1", key_id, owner, version, aad)
-
-
-def _version_of(wrapped: Any) -> int | None:
-    if isinstance(wrapped, bytes | bytearray) and len(wrapped) >= _WRAP_PREFIX.size:
-        return _WRAP_PREFIX.unpack_from(wrapped)[1]
-    return None
-
-
-def _audit_bytes(record: dict[str, Any]) -> bytes:
-    when: datetime = record["time"]
-    return canonical(
-        record["seq"], when.astimezone(UTC).isoformat(timespec="microseconds"), record["appid"] or "",
-        record["operation"], record["key_id"] or "", record["key_version"] or 0, record["outcome"],
-        record["request_id"] or "", record["claims"] or "",
-    )
-
-
-def _description(row: Any) -> KeyDescription:
-    return KeyDescription(
-        key_id=row.key_id, owner=row.owner, keyspec=row.keyspec, origin=row.origin,
-        description=row.description, state=row.state, current_version=row.current_version,
-        created=_utc(row.created) or datetime.fromtimestamp(0, UTC), deletion_time=_utc(row.deletion_time),
-        release_policy=json.loads(row.release_policy) if row.release_policy else None,
-    )
-
-
-class EmbeddedKms:
-    """The in-process ``KeyManagementService``: one app's view of a :class:`KmsService`."""
-
-    def __init__(self, service: KmsService, appid: str, *, uri: str = "embedded:") -> None:
-        self._service = service
-        self._appid = appid
-        self._uri = uri
-
-    @property
-    def uri(self) -> str:
-        return self._uri
-
-    def _ctx(self) -> RequestContext:
-        return RequestContext(appid=self._appid, request_id=uuid.uuid4().hex)
-
-    def create_primary_key(self, *, description: str = "") -> KeyInfo:
-        return self._service.create_key(self._ctx(), description=description).to_info()
-
-    def list_keys(self) -> list[KeyInfo]:
-        return [k.to_info() for k in self._service.list_keys(self._ctx())]
-
-    def generate_data_key(self, key_id: str, *, associated_data: bytes | None = None) -> GeneratedDataKey:
-        plaintext, wrapped = self._service.generate_data_key(
-            self._ctx(), key_id, length=DATA_KEY_SIZE, aad=associated_data or b""
-        )
-        assert plaintext is not None
-        return GeneratedDataKey(key_id=key_id, data_key=DataKey(plaintext), wrapped=wrapped)
-
-    def unwrap_data_key(self, key_id: str, wrapped: bytes, *, associated_data: bytes | None = None) -> DataKey:
-        plaintext = self._service.decrypt(self._ctx(), key_id, wrapped, associated_data or b"")
-        if len(plaintext) != DATA_KEY_SIZE:
-            raise InvalidCiphertext()
-        return DataKey(plaintext)

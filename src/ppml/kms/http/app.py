@@ -2,7 +2,7 @@
 eHSM-compatible ``/ehsm`` surface, ``/healthz`` and ``/metrics``.
 
 Wiring only: requests are authenticated (:mod:`ppml.kms.http.auth`), turned into a
-:class:`~ppml.kms.service.RequestContext` and handed to :class:`~ppml.kms.service.KmsService`.
+:class:`~ppml.kms.types.RequestContext` and handed to :class:`~ppml.kms.service.KmsService`.
 Access logs are one JSON line per request with method, path, status, appid, duration and request
 id — never bodies, headers or query values that could hold secrets.
 """
@@ -32,7 +32,8 @@ from ppml.kms.http.ehsm import DATA_KEY_ACTIONS, EHSM_ACTIONS, EhsmAction, add_e
 from ppml.kms.http.errors import MalformedBody, malformed_request, ppml_error_response
 from ppml.kms.http.middleware import MAX_BODY, BodyLimit, Observe
 from ppml.kms.http.native import RawHandler, add_native_routes
-from ppml.kms.service import DataKeyRequest, KmsService, RequestContext
+from ppml.kms.service import KmsService
+from ppml.kms.types import DataKeyRequest, RequestContext
 
 __all__ = ["AppHooks", "DataKeyRoutes", "create_app"]
 

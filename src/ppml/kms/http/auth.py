@@ -26,7 +26,8 @@ from starlette.requests import Request
 from ppml.core import signing
 from ppml.errors import AuthenticationFailed, ReplayedRequest
 from ppml.kms.http.batching import GroupCommit
-from ppml.kms.service import KmsService, RequestContext
+from ppml.kms.service import KmsService
+from ppml.kms.types import RequestContext
 
 __all__ = ["Authenticator", "EhsmError"]
 

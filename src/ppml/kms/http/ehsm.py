@@ -58,7 +58,8 @@ from ppml.errors import (
 )
 from ppml.core import signing
 from ppml.kms.http.auth import Authenticator, EhsmError
-from ppml.kms.service import ENABLED, DataKeyRequest, KmsService, RequestContext
+from ppml.kms.service import KmsService
+from ppml.kms.types import ENABLED, DataKeyRequest, RequestContext
 
 __all__ = [
     "DATA_KEY_ACTIONS", "EHSM_ACTIONS", "MAX_JSON_DEPTH", "EhsmAction", "EhsmError",

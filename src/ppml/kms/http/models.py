@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ppml.errors import KmsRequestRejected
 from ppml.kms.http.errors import MalformedBody
-from ppml.kms.service import KeyDescription
+from ppml.kms.types import KeyDescription
 
 __all__ = [
     "CiphertextRequest", "CiphertextResponse", "CreateKeyRequest", "CredentialsResponse", "DataKeyResponse",

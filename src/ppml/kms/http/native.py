@@ -29,7 +29,8 @@ from ppml.kms.http.models import (
     key_json,
     request_body,
 )
-from ppml.kms.service import DataKeyRequest, KmsService, RequestContext
+from ppml.kms.service import KmsService
+from ppml.kms.types import DataKeyRequest, RequestContext
 
 __all__ = ["RawHandler", "add_native_routes"]
 
