@@ -32,6 +32,7 @@ from ppml.errors import (
     TokenRejected,
 )
 from ppml.kms.service import KmsService
+from ppml.store import open_database
 from ppml.kms.types import RequestContext
 from ppml.tee.session import TeeSession
 
@@ -59,12 +60,12 @@ def platform() -> ec.EllipticCurvePrivateKey:
 
 @pytest.fixture()
 def services(tmp_path: Path, clock: Clock, platform: ec.EllipticCurvePrivateKey) -> tuple[KmsService, AttestationService, str]:
-    kms, admin = KmsService.open(data_dir=tmp_path / "kms", now=clock)
-    assert admin is not None
-    attestation = AttestationService.open(kms.storage, kms.root_key,
-                                          {"simulated": SimulatedVerifier([platform.public_key()])},
+    storage, root = open_database(data_dir=tmp_path / "kms")
+    attestation = AttestationService.open(storage, root, {"simulated": SimulatedVerifier([platform.public_key()])},
                                           issuer="https://as.test", now=clock)
-    kms.release_gate = attestation.token_verifier()
+    kms, admin = KmsService.attach(storage, root, data_dir=tmp_path / "kms", now=clock,
+                                   release_gate=attestation.token_verifier())
+    assert admin is not None
     app = kms.enroll(RequestContext(appid=admin.appid))
     yield kms, attestation, app.appid
     kms.close()
@@ -453,12 +454,13 @@ def test_release_refuses_an_out_of_date_tcb_unless_the_key_accepts_it(tmp_path: 
     intel = FakeIntel.create()
     platform = intel.platform(components=OUT_OF_DATE_COMPONENTS)
     verifier = DcapVerifier(collateral=[intel.collateral("sgx")], trusted_root=intel.root)
-    kms, admin = KmsService.open(data_dir=tmp_path / "kms", now=NOW.timestamp)
+    storage, root = open_database(data_dir=tmp_path / "kms")
+    attestation = AttestationService.open(storage, root, {"sgx": verifier}, issuer="https://as.test",
+                                          now=NOW.timestamp)
+    kms, admin = KmsService.attach(storage, root, data_dir=tmp_path / "kms", now=NOW.timestamp,
+                                   release_gate=attestation.token_verifier())
     assert admin is not None
     try:
-        attestation = AttestationService.open(kms.storage, kms.root_key, {"sgx": verifier},
-                                              issuer="https://as.test", now=NOW.timestamp)
-        kms.release_gate = attestation.token_verifier()
         ctx = RequestContext(appid=kms.enroll(RequestContext(appid=admin.appid)).appid)
         key = ECKey.generate_key("P-256", private=True)
         runtime = {"tee_public_key": key.as_dict(private=False)}

@@ -358,17 +358,17 @@ def test_serve_loads_recorded_collateral_with_the_shared_loader(tmp_path: Path) 
     from ppml.cli.serve import ServeOptions, open_attestation
     from ppml.core.evidence import Evidence
     from ppml.errors import AttestationFailed
-    from ppml.kms.service import KmsService
+    from ppml.store import open_database
 
     options = ServeOptions(data_dir=tmp_path / "kms", tls_dev=True,
                            dcap_collateral=((VECTORS / "tcbInfo.json", VECTORS / "enclaveIdentity.json"),))
-    kms, _ = KmsService.open(data_dir=options.data_dir)
+    storage, root = open_database(data_dir=options.data_dir)
     try:
-        attestation = open_attestation(kms, options)
+        attestation = open_attestation(storage, root, options)
         assert isinstance(attestation.verifiers["tdx"], DcapVerifier)
         assert attestation.verifiers["sgx"] is attestation.verifiers["tdx"]
         quote = Evidence(tee="tdx", data=(VECTORS / "tdx_quote_4.dat").read_bytes())
         with pytest.raises(AttestationFailed, match="FMSPC mismatch: .* 50806f000000 .* 00a06d080000"):
             attestation.verifiers["tdx"].verify(quote, now=datetime(2025, 11, 1, tzinfo=UTC))
     finally:
-        kms.close()
+        storage.dispose()

@@ -24,9 +24,10 @@ from typing import Any
 from sqlalchemy import Column, Connection, Engine, LargeBinary, MetaData, String, Table, create_engine, event, select
 from sqlalchemy import exc as sa_exc
 
-from ppml.errors import KmsRequestRejected, KmsUnavailable, UsageError
+from ppml.core.rootkey import RootKey, from_passphrase_file, load_or_create_key_file
+from ppml.errors import InvalidCiphertext, KmsRequestRejected, KmsUnavailable, RootKeyMismatch, UsageError
 
-__all__ = ["Storage", "meta"]
+__all__ = ["Storage", "meta", "open_database"]
 
 meta_metadata = MetaData()
 meta = Table("meta", meta_metadata, Column("name", String(64), primary_key=True),
@@ -87,11 +88,15 @@ class Storage:
     def display_url(self) -> str:
         return _redact(self.url)
 
+    def create_meta(self) -> None:
+        """Create the ``meta`` table (schema versions, sealed service secrets) if it is missing."""
+        meta_metadata.create_all(self.engine, checkfirst=True)
+
     def migrate(self, component: str, migrations: Mapping[int, Callable[[Connection], None]]) -> int:
         """Bring ``component``'s schema forward (versions 1..max of ``migrations``, each in its
         own transaction); returns the version now in place."""
         target = max(migrations)
-        meta_metadata.create_all(self.engine, checkfirst=True)
+        self.create_meta()
         name = f"schema_version:{component}"
         while True:
             with self.transaction() as conn:
@@ -280,3 +285,35 @@ def _describe(exc: Exception) -> str:
     orig = getattr(exc, "orig", None)
     text = str(orig or exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
+
+
+def open_database(*, data_dir: Path, db_url: str | None = None,
+                  passphrase_file: Path | None = None) -> tuple[Storage, RootKey]:
+    """The database (``db_url``, or SQLite in ``data_dir``) and the root key that seals its secrets
+    (a 0600 key file in ``data_dir``, or a passphrase through scrypt), checked against each other:
+    the services (KMS, attestation) then attach to both.
+
+    Raises:
+        RootKeyMismatch: the database was created under another root key.
+    """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    storage = Storage(db_url) if db_url else Storage.sqlite_in(data_dir)
+    storage.create_meta()
+    with storage.transaction() as conn:
+        if passphrase_file is not None:
+            salt = storage.get_meta(conn, "root_key_salt")
+            if salt is None:
+                salt = os.urandom(16)
+                storage.set_meta(conn, "root_key_salt", salt)
+            root = from_passphrase_file(passphrase_file, salt)
+        else:
+            root, _ = load_or_create_key_file(data_dir / "root.key")
+        check = storage.get_meta(conn, "root_key_check")
+        if check is None:
+            storage.set_meta(conn, "root_key_check", root.seal(b"ppml-root-key-check", "meta", "root_key_check"))
+        else:
+            try:
+                root.open(check, "meta", "root_key_check")
+            except InvalidCiphertext:
+                raise RootKeyMismatch(f"the database at {storage.display_url}") from None
+    return storage, root

@@ -19,7 +19,10 @@ from ppml.attestation.simulated import SimulatedVerifier
 from ppml.core.evidence import EvidenceVerifier
 from ppml.errors import UnsafeWarning, UsageError
 from ppml.kms.http import AppHooks, EhsmAction
+from ppml.core.rootkey import RootKey
 from ppml.kms.service import KmsService
+from ppml.kms.types import Credentials
+from ppml.store import Storage, open_database
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -65,8 +68,8 @@ class ServeOptions:
                              "and give --db postgresql://user@host/db")
 
 
-def open_attestation(service: KmsService, options: ServeOptions) -> AttestationService:
-    """The attestation service on the KMS's database, with the verifiers this host can run."""
+def open_attestation(storage: Storage, root: RootKey, options: ServeOptions) -> AttestationService:
+    """The attestation service on the shared database, with the verifiers this host can run."""
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -86,7 +89,7 @@ def open_attestation(service: KmsService, options: ServeOptions) -> AttestationS
         warnings.warn(f"the attestation service accepts SIMULATED TEE evidence from {len(keys)} platform key(s); "
                       "only policies with allow_simulated match it", UnsafeWarning, stacklevel=1)
         verifiers["simulated"] = SimulatedVerifier(keys)
-    return AttestationService.open(service.storage, service.root_key, verifiers,
+    return AttestationService.open(storage, root, verifiers,
                                    issuer=f"https://{options.host}:{options.port}")
 
 
@@ -115,8 +118,7 @@ def serve(options: ServeOptions) -> int:
     """Run the service until SIGINT/SIGTERM: in this process, or in ``options.workers`` forked
     worker processes sharing one listening socket and the database (like replicas)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    service, admin = KmsService.open(data_dir=options.data_dir, db_url=options.db_url,
-                                     passphrase_file=options.passphrase_file)
+    service, attestation, admin = _open_services(options)
     if admin is not None:
         log.info("ppml kms: first start; admin credentials written to %s (mode 0600)",
                  options.data_dir / "admin.credentials")
@@ -133,30 +135,38 @@ def serve(options: ServeOptions) -> int:
         assert options.tls_cert and options.tls_key
         cert, key = options.tls_cert, options.tls_key
     if options.workers == 1:
-        return _run(service, options, cert, key)
-    # The first open above created or migrated the schema, the root key check and the admin
+        return _run(service, attestation, options, cert, key)
+    # The first open above created or migrated the schemas, the root key check and the admin
     # credential; each worker opens its own engine after the fork (connections and threads
     # must not cross it).
-    open_attestation(service, options)
     service.close()
     from ppml.cli.workers import run_workers
 
     return run_workers(options.host, options.port, options.workers, lambda sock: _run_worker(options, cert, key, sock))
 
 
+def _open_services(options: ServeOptions) -> tuple[KmsService, AttestationService, Credentials | None]:
+    """The database and root key, the attestation service on them, and the KMS with the
+    attestation service's token verifier as its release gate."""
+    storage, root = open_database(data_dir=options.data_dir, db_url=options.db_url,
+                                  passphrase_file=options.passphrase_file)
+    attestation = open_attestation(storage, root, options)
+    service, admin = KmsService.attach(storage, root, data_dir=options.data_dir,
+                                       release_gate=attestation.token_verifier())
+    return service, attestation, admin
+
+
 def _run_worker(options: ServeOptions, cert: Path, key: Path, sock: socket.socket) -> int:
-    service, _ = KmsService.open(data_dir=options.data_dir, db_url=options.db_url,
-                                 passphrase_file=options.passphrase_file)
-    return _run(service, options, cert, key, sock)
+    service, attestation, _ = _open_services(options)
+    return _run(service, attestation, options, cert, key, sock)
 
 
-def _run(service: KmsService, options: ServeOptions, cert: Path, key: Path, sock: socket.socket | None = None) -> int:
+def _run(service: KmsService, attestation: AttestationService, options: ServeOptions, cert: Path, key: Path,
+         sock: socket.socket | None = None) -> int:
     import uvicorn
 
     from ppml.kms.http import create_app
 
-    attestation = open_attestation(service, options)
-    service.release_gate = attestation.token_verifier()
     service.storage.checkpoint_in_background()
 
     def extend(app: FastAPI, hooks: AppHooks) -> None:

@@ -37,7 +37,6 @@ from ppml.errors import (
     KmsRequestRejected,
     PermissionDenied,
     PpmlError,
-    RootKeyMismatch,
     TokenRejected,
     UsageError,
 )
@@ -61,8 +60,8 @@ from ppml.kms.types import (
     describe_row,
 )
 from ppml.kms.release import AttestedCaller, ReleaseGate, check_release, seal_for_tee, validate_release_policy
-from ppml.core.rootkey import RootKey, from_passphrase_file, load_or_create_key_file
-from ppml.store import Storage
+from ppml.core.rootkey import RootKey
+from ppml.store import Storage, open_database
 
 __all__ = ["KmsService"]
 
@@ -86,8 +85,7 @@ class KmsService:
         self.storage = storage
         self._root = root
         self._now = now
-        #: Verifies attestation tokens for keys with a release policy (None: such keys never release).
-        self.release_gate = release_gate
+        self._release_gate = release_gate
         self._materials: dict[tuple[str, int], AESGCM] = {}
         self._apikeys: dict[str, bytes] = {}
         self._lock = threading.Lock()
@@ -112,34 +110,23 @@ class KmsService:
         now: Callable[[], float] = time.time,
         release_gate: ReleaseGate | None = None,
     ) -> tuple[KmsService, Credentials | None]:
-        """Open (and on first start, initialise) the KMS in ``data_dir``.
-
-        Returns the service and, on first start, the admin credentials it wrote to
-        ``data_dir/admin.credentials`` (0600).
+        """Open (and on first start, initialise) the database, the root key and the KMS in
+        ``data_dir`` (:func:`ppml.store.open_database`, then :meth:`attach`).
 
         Raises:
             RootKeyMismatch: the database was created under another root key.
         """
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        storage = Storage(db_url) if db_url else Storage.sqlite_in(data_dir)
+        storage, root = open_database(data_dir=data_dir, db_url=db_url, passphrase_file=passphrase_file)
+        return cls.attach(storage, root, data_dir=data_dir, now=now, release_gate=release_gate)
+
+    @classmethod
+    def attach(cls, storage: Storage, root: RootKey, *, data_dir: Path, now: Callable[[], float] = time.time,
+               release_gate: ReleaseGate | None = None) -> tuple[KmsService, Credentials | None]:
+        """The KMS on an open database: migrates its tables and, on first start, writes the admin
+        credentials to ``data_dir/admin.credentials`` (0600), which it returns (None afterwards).
+        ``release_gate`` verifies attestation tokens for keys with a release policy (None: such
+        keys never release)."""
         db.migrate(storage)
-        with storage.transaction() as conn:
-            if passphrase_file is not None:
-                salt = storage.get_meta(conn, "root_key_salt")
-                if salt is None:
-                    salt = os.urandom(16)
-                    storage.set_meta(conn, "root_key_salt", salt)
-                root = from_passphrase_file(passphrase_file, salt)
-            else:
-                root, _ = load_or_create_key_file(data_dir / "root.key")
-            check = storage.get_meta(conn, "root_key_check")
-            if check is None:
-                storage.set_meta(conn, "root_key_check", root.seal(b"ppml-root-key-check", "meta", "root_key_check"))
-            else:
-                try:
-                    root.open(check, "meta", "root_key_check")
-                except InvalidCiphertext:
-                    raise RootKeyMismatch(f"the database at {storage.display_url}") from None
         service = cls(storage, root, now=now, release_gate=release_gate)
         admin = service._bootstrap_admin(data_dir / "admin.credentials")
         return service, admin
@@ -441,10 +428,10 @@ class KmsService:
                          durable=False)
 
     def _attested(self, ctx: RequestContext, token: str) -> tuple[RequestContext, AttestedCaller]:
-        if self.release_gate is None:
+        if self._release_gate is None:
             raise PermissionDenied("this KMS has no attestation service configured to verify tokens")
         try:
-            caller = self.release_gate.verify(token, now=self._now())
+            caller = self._release_gate.verify(token, now=self._now())
         except TokenRejected as exc:
             self._audit_failure(ctx, "VerifyToken", None, f"TokenRejected: {exc.reason}"[:48])
             raise
