@@ -24,16 +24,20 @@ Foreign exceptions (OS, HTTP, SQL, Spark) are mapped only at adapter boundaries,
     │   ├── PolicyNotFound                     no such policy (or another app's)
     │   ├── NonceRejected                      unknown, expired or already used nonce
     │   └── TokenRejected                      bad signature, expired, wrong audience/policy
+    ├── ServiceUnavailable            exit 6   a service (KMS, attestation) or its storage cannot be reached
+    │   └── KmsUnavailable                     … the key service (also a KeyServiceError)
+    ├── RequestRejected               exit 6   a service refused a request as malformed or out of bounds
+    │   └── KmsRequestRejected                 … the key service (also a KeyServiceError)
     └── KeyServiceError               exit 6   a key service (local store or remote KMS) failed
         ├── KeyNotFound                        unknown key id (or one of another tenant)
         ├── KeyDisabled                        the key exists but is disabled or pending deletion
         ├── KeyStoreUnreadable                 the key store or a key file cannot be read
         ├── RootKeyMismatch                    the KMS database was sealed with another root key
-        ├── KmsUnavailable                     the key service cannot be reached (or its storage)
+        ├── KmsUnavailable                     (see above)
         ├── AuthenticationFailed               unknown app, bad signature or apikey
         │   └── ReplayedRequest                a request (timestamp/nonce) seen before, or stale
         ├── PermissionDenied                   authenticated, but not allowed to do this
-        └── KmsRequestRejected                 the service refused the request as malformed
+        └── KmsRequestRejected                 (see above)
 
 Warnings: ``UnsafeWarning`` (a ``UserWarning``) is emitted on every use of an unsafe option.
 
@@ -56,7 +60,9 @@ __all__ = [
     "KmsRequestRejected",
     "PermissionDenied",
     "ReplayedRequest",
+    "RequestRejected",
     "RootKeyMismatch",
+    "ServiceUnavailable",
     "InputError",
     "InputNotFound",
     "InvalidCiphertext",
@@ -268,17 +274,37 @@ class PermissionDenied(KeyServiceError):
     """The caller is authenticated but may not perform this operation."""
 
 
-class KmsRequestRejected(KeyServiceError):
+class ServiceUnavailable(PpmlError):
+    """A service (the KMS, the attestation service) or its storage cannot be reached, or answered
+    with a server error. The neutral name for a fault every service shares."""
+
+    exit_code = 6
+
+    def __init__(self, service: str, reason: str) -> None:
+        self.service = service
+        self.reason = reason
+        super().__init__(f"{service} unavailable: {reason}")
+
+
+class RequestRejected(PpmlError):
+    """A service refused the request as malformed or out of bounds (the neutral name)."""
+
+    exit_code = 6
+
+
+class KmsRequestRejected(KeyServiceError, RequestRejected):
     """The key service refused the request as malformed or out of bounds."""
 
 
-class KmsUnavailable(KeyServiceError):
+class KmsUnavailable(KeyServiceError, ServiceUnavailable):
     """The key service cannot be reached or answered with a server error."""
 
     def __init__(self, kms: str, reason: str) -> None:
-        self.kms = kms
-        self.reason = reason
-        super().__init__(f"{kms} unavailable: {reason}")
+        ServiceUnavailable.__init__(self, kms, reason)
+
+    @property
+    def kms(self) -> str:
+        return self.service
 
 
 class UnsafeWarning(UserWarning):

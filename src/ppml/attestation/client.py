@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from ppml.core.evidence import Evidence
-from ppml.errors import AttestationFailed, KmsUnavailable, PolicyNotFound, UsageError
+from ppml.errors import AttestationFailed, ServiceUnavailable, PolicyNotFound, UsageError
 from ppml.transport import HttpClient
 
 __all__ = ["AttestationClient"]
@@ -49,9 +49,9 @@ class AttestationClient:
         try:
             data = response.json()
         except ValueError:
-            raise KmsUnavailable(self.uri, f"HTTP {response.status_code}, not JSON") from None
+            raise ServiceUnavailable(self.uri, f"HTTP {response.status_code}, not JSON") from None
         if response.status_code >= 500:
-            raise KmsUnavailable(self.uri, str(data.get("message", response.status_code)))
+            raise ServiceUnavailable(self.uri, str(data.get("message", response.status_code)))
         if response.status_code == 404 and data.get("error") == "PolicyNotFound":
             raise PolicyNotFound(path.rsplit("/", 1)[-1])
         if response.status_code >= 400:

@@ -30,7 +30,7 @@ from ppml.attestation.service import AttestationService
 from ppml.core.evidence import Claims, Evidence, report_data_for
 from ppml.core.policy import Measurements, parse_policy
 from ppml.core.signing import ehsm_sign_object
-from ppml.errors import AttestationFailed, KmsRequestRejected, PolicyNotFound
+from ppml.errors import AttestationFailed, RequestRejected, PolicyNotFound
 
 __all__ = ["QV_RESULT", "EhsmHandler", "add_attestation_routes", "qv_result_code"]
 
@@ -80,7 +80,7 @@ def _evidence(model: EvidenceModel) -> Evidence:
         data = base64.b64decode(model.data, validate=True)
         return Evidence(tee=model.tee, data=data)
     except (binascii.Error, ValueError) as exc:
-        raise KmsRequestRejected(f"evidence: {exc}") from None
+        raise RequestRejected(f"evidence: {exc}") from None
 
 
 def add_attestation_routes(
@@ -153,7 +153,7 @@ def add_attestation_routes(
     def upload_quote_policy(ctx: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
         mr_enclave, mr_signer = payload.get("mr_enclave"), payload.get("mr_signer")
         if not isinstance(mr_enclave, str) or not isinstance(mr_signer, str):
-            raise KmsRequestRejected("The mr_enclave and mr_signer must be of string type.")
+            raise RequestRejected("The mr_enclave and mr_signer must be of string type.")
         policy_id = service.register_policy(ctx.appid, Measurements(mr_enclave=mr_enclave, mr_signer=mr_signer))
         return {"policyId": policy_id}, "Upload quote policy success."
 
@@ -168,11 +168,11 @@ def add_attestation_routes(
     def verify_quote(ctx: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
         quote, nonce = payload.get("quote"), payload.get("nonce")
         if not isinstance(quote, str) or not isinstance(nonce, str) or not quote or not nonce:
-            raise KmsRequestRejected("The quote and nonce cannot be empty.")
+            raise RequestRejected("The quote and nonce cannot be empty.")
         try:
             data = base64.b64decode(quote, validate=True)
         except (binascii.Error, ValueError):
-            raise KmsRequestRejected("The quote not a vailed base64 string.") from None
+            raise RequestRejected("The quote not a vailed base64 string.") from None
         tee = "tdx" if len(data) > 4 and data[4:8] == b"\x81\x00\x00\x00" else "sgx"
         if data.startswith(b"PPMLSIM1"):
             tee = "simulated"
@@ -199,7 +199,7 @@ def add_attestation_routes(
     def generate_quote(ctx: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
         challenge = payload.get("challenge")
         if not isinstance(challenge, str) or not challenge:
-            raise KmsRequestRejected("The challenge cannot be empty.")
+            raise RequestRejected("The challenge cannot be empty.")
         if self_evidence is None:
             raise AttestationFailed("this service does not run in a TEE and cannot attest itself")
         evidence = self_evidence(report_data_for(challenge.encode(), {}))

@@ -125,7 +125,9 @@ _ERRORS: dict[str, type[PpmlError]] = {
     "PermissionDenied": PermissionDenied,
     "KeyDisabled": KeyDisabled,
     "KmsRequestRejected": KmsRequestRejected,
+    "RequestRejected": KmsRequestRejected,
     "KmsUnavailable": KmsUnavailable,
+    "ServiceUnavailable": KmsUnavailable,
 }
 
 

@@ -25,7 +25,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ppml.errors import KmsUnavailable, PpmlError
+from ppml.errors import PpmlError, ServiceUnavailable
 from ppml.kms.http.auth import Authenticator
 from ppml.kms.http.batching import GroupCommit
 from ppml.kms.http.ehsm import DATA_KEY_ACTIONS, EHSM_ACTIONS, EhsmAction, add_ehsm_routes, kms_actions
@@ -147,7 +147,7 @@ def create_app(
 
         try:
             await run_in_threadpool(probe)
-        except KmsUnavailable as exc:
+        except ServiceUnavailable as exc:
             return JSONResponse({"status": "unavailable", "reason": exc.reason}, status_code=503)
         return JSONResponse({"status": "ok"})
 

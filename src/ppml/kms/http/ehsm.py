@@ -49,8 +49,8 @@ from ppml.errors import (
     InvalidCiphertext,
     KeyDisabled,
     KeyNotFound,
-    KmsRequestRejected,
-    KmsUnavailable,
+    RequestRejected,
+    ServiceUnavailable,
     PermissionDenied,
     PpmlError,
     ReplayedRequest,
@@ -93,9 +93,9 @@ def ehsm_error_response(exc: PpmlError) -> JSONResponse:
         return ehsm_result(None, "keyid is disabled", 400)
     if isinstance(exc, InvalidCiphertext):
         return ehsm_result(None, _DECRYPT_FAILED, 400)
-    if isinstance(exc, KmsRequestRejected):
+    if isinstance(exc, RequestRejected):
         return ehsm_result(None, f"Parameter invalid, {exc}", 400)
-    if isinstance(exc, KmsUnavailable):
+    if isinstance(exc, ServiceUnavailable):
         return ehsm_result(None, _SERVER_ERROR, 500, http_status=503)
     return ehsm_result(None, _SERVER_ERROR, 500)
 

@@ -12,11 +12,11 @@ from ppml.errors import (
     InvalidCiphertext,
     KeyDisabled,
     KeyNotFound,
-    KmsRequestRejected,
-    KmsUnavailable,
     PermissionDenied,
     PpmlError,
     ReplayedRequest,
+    RequestRejected,
+    ServiceUnavailable,
     TokenRejected,
     UsageError,
 )
@@ -31,8 +31,8 @@ STATUS: Final[list[tuple[type[PpmlError], int]]] = [
     (KeyNotFound, 404),
     (KeyDisabled, 409),
     (InvalidCiphertext, 400),
-    (KmsRequestRejected, 400),
-    (KmsUnavailable, 503),
+    (RequestRejected, 400),    # the KMS's and the attestation service's
+    (ServiceUnavailable, 503),
     (TokenRejected, 403),
     (UsageError, 400),  # a request whose values fail validation (e.g. a policy's mr_enclave)
 ]
