@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from ppml.core import signing
 from ppml.core.keys import DATA_KEY_SIZE, DataKey, GeneratedDataKey, KeyInfo
 from ppml.errors import (
     AuthenticationFailed,
@@ -37,7 +38,6 @@ from ppml.errors import (
     TokenRejected,
     UsageError,
 )
-from ppml.core import signing
 from ppml.kms.remote import (
     AttestationCredential,
     ClientCredentials,

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
+from ppml.core import signing
 from ppml.core._files import write_private
 from ppml.core.keys import DATA_KEY_SIZE, SECRET_ACCESS, DataKey, GeneratedDataKey, KeyInfo
 from ppml.errors import (
@@ -40,7 +41,6 @@ from ppml.errors import (
     TokenRejected,
     UsageError,
 )
-from ppml.core import signing
 from ppml.transport import HttpClient
 
 __all__ = ["ClientCredentials", "KmsEndpoint", "RemoteKms", "load_credentials"]

@@ -11,7 +11,9 @@ from ppml.kms.types import RequestContext
 __all__ = ["stamp_rows"]
 
 
-def stamp_rows(contexts: Sequence[RequestContext]) -> tuple[list[bool], dict[tuple[str, str], int], list[dict[str, Any]]]:
+def stamp_rows(
+    contexts: Sequence[RequestContext],
+) -> tuple[list[bool], dict[tuple[str, str], int], list[dict[str, Any]]]:
     """(fresh so far, {(appid, hashed stamp): index}, insert parameters); a stamp repeated within
     ``contexts`` is a replay already."""
     fresh = [True] * len(contexts)

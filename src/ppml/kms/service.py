@@ -30,6 +30,7 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from ppml.core._files import write_private
 from ppml.core.keys import DATA_KEY_SIZE
+from ppml.core.rootkey import RootKey
 from ppml.errors import (
     InvalidCiphertext,
     KeyDisabled,
@@ -40,9 +41,10 @@ from ppml.errors import (
     TokenRejected,
     UsageError,
 )
-from ppml.kms import storage as db
 from ppml.kms import audit, wrapping
+from ppml.kms import storage as db
 from ppml.kms.dialects import KmsDialect, dialect_for
+from ppml.kms.release import AttestedCaller, ReleaseGate, check_release, seal_for_tee, validate_release_policy
 from ppml.kms.replay import stamp_rows
 from ppml.kms.types import (
     DISABLED,
@@ -59,8 +61,6 @@ from ppml.kms.types import (
     RequestContext,
     describe_row,
 )
-from ppml.kms.release import AttestedCaller, ReleaseGate, check_release, seal_for_tee, validate_release_policy
-from ppml.core.rootkey import RootKey
 from ppml.store import Storage, open_database
 
 __all__ = ["KmsService"]
@@ -494,7 +494,8 @@ class KmsService:
             # Unknown and foreign key ids look the same.
             raise KeyNotFound(key_id)
         described = describe_row(row)
-        if described.state == PENDING_DELETION and described.deletion_time and described.deletion_time <= self._datetime():
+        expired = described.deletion_time is not None and described.deletion_time <= self._datetime()
+        if described.state == PENDING_DELETION and expired:
             self._delete_key(conn, key_id)
             if prefetched is not None:
                 prefetched.pop(key_id, None)

@@ -173,7 +173,7 @@ def create_app(
     routes = {getattr(r, "path", ""): r for r in app.routes}
     fast = DataKeyRoutes(
         app, error=lambda request, exc: ppml_error_response(request.url.path, exc), native=hot,
-        native_routes={name: routes[f"/v1/keys/{{key_id}}/{name}"] for name in ("generate-data-key", "decrypt", "encrypt")},
+        native_routes={name: routes[f"/v1/keys/{{key_id}}/{name}"] for name in hot},
         ehsm=ehsm_post, ehsm_route=routes["/ehsm"],
     )
     return Observe(BodyLimit(fast, MAX_BODY), requests_total, latency)  # type: ignore[return-value]

@@ -50,7 +50,7 @@ class GroupCommit(Generic[RequestT, ResultT]):
         if self._inline:
             try:
                 results: Sequence[ResultT | BaseException] = self._run_batch(requests)
-            except Exception as exc:  # noqa: BLE001 (a bug, not a refusal: each waiting request fails with it)
+            except Exception as exc:
                 results = [exc] * len(batch)
             self._deliver(loop, batch, results)
             return

@@ -36,27 +36,27 @@ import dataclasses
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from urllib.parse import parse_qsl
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ppml import __version__
+from ppml.core import signing
 from ppml.errors import (
     AttestationFailed,
     AuthenticationFailed,
     InvalidCiphertext,
     KeyDisabled,
     KeyNotFound,
-    RequestRejected,
-    ServiceUnavailable,
     PermissionDenied,
     PpmlError,
     ReplayedRequest,
+    RequestRejected,
+    ServiceUnavailable,
     TokenRejected,
 )
-from ppml.core import signing
 from ppml.kms.http.auth import Authenticator, EhsmError
 from ppml.kms.service import KmsService
 from ppml.kms.types import ENABLED, DataKeyRequest, RequestContext
