@@ -19,7 +19,7 @@ from pathlib import Path
 from ppml.core.measurement import SGX_FLAGS_DEBUG, Sigstruct, measure_manifest, verify_sigstruct
 from ppml.errors import AttestationFailed, InputNotFound
 from ppml.tee.backends import SimulatedTee, default_platform_key_path, load_or_create_platform_key
-from ppml.tee.gramine import Manifest, manifest_settings, read_manifest_bytes
+from ppml.tee.gramine.manifest import Manifest, manifest_settings, read_manifest_bytes
 
 __all__ = ["simulated_from_enclave"]
 
