@@ -94,7 +94,7 @@ def open_attestation(service: KmsService, options: ServeOptions) -> AttestationS
 def _self_evidence(options: ServeOptions):  # type: ignore[no-untyped-def]
     if options.self_tee == "none":
         return None
-    from ppml.tee.backends import open_backend
+    from ppml.tee.registry import open_backend
 
     if options.self_tee == "simulated":
         if not (options.self_enclave_manifest and options.self_enclave_sig):
