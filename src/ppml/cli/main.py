@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_submit_commands(commands)
     try:
-        from ppml.tee.enclave_cli import add_enclave_commands
+        from ppml.cli.enclave import add_enclave_commands
     except ImportError:  # pragma: no cover - lands with enclave measurement
         pass
     else:
