@@ -38,6 +38,7 @@ from ppml.attestation.dcap import (
     fetch_from_pccs,
     parse_pck_extensions,
 )
+from ppml.attestation.dcap import collateral as dcap_collateral
 from ppml.attestation.intel_root import (
     INTEL_SGX_ROOT_CA_SHA256,
     INTEL_SGX_TCB_SIGNING_SHA256,
@@ -497,7 +498,7 @@ def test_collateral_is_parsed_and_checked_once(intel: FakeIntel, platform: FakeP
     def reparsed(*args: object) -> None:
         raise AssertionError("collateral parsed again during verify()")
 
-    monkeypatch.setattr(dcap, "_signed_json", reparsed)
+    monkeypatch.setattr(dcap_collateral, "_signed_json", reparsed)
     monkeypatch.setattr(TcbInfo, "from_json", reparsed)
     monkeypatch.setattr(QeIdentity, "from_json", reparsed)
     for _ in range(3):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ppml.cli.enclave import add_enclave_commands
 from ppml.core.measurement import (
     SGX_FLAGS_DEBUG,
     SGX_FLAGS_MODE64BIT,
@@ -24,7 +25,6 @@ from ppml.core.measurement import (
     verify_sigstruct,
 )
 from ppml.errors import AttestationFailed, InputNotFound, OutputExists, UnsafeWarning, UsageError
-from ppml.tee.enclave_cli import add_enclave_commands
 from ppml.tee.gramine import (
     SOURCE_GRAMINE,
     SOURCE_SIMULATED,

@@ -197,7 +197,7 @@ def test_unreachable_attestation_service_kills_the_app(world: World, tmp_path: P
 
 def test_attest_verify_cli(world: World, tmp_path: Path) -> None:
     """`ppml attest verify QUOTE_FILE --policy ID` on simulated evidence."""
-    from ppml.tee.simulated_loader import simulated_from_enclave
+    from ppml.tee.simulated import simulated_from_enclave
 
     tee = simulated_from_enclave(manifest=world.manifest, sigstruct=world.sig, platform_key_path=world.platform_key)
     quote = tmp_path / "quote.bin"

@@ -242,7 +242,7 @@ def _detect_backend() -> str:
 
 
 def cmd_simulated_platform(args: argparse.Namespace) -> int:
-    from ppml.tee.backends import load_or_create_platform_key
+    from ppml.tee.simulated import load_or_create_platform_key
 
     key_file = Path(args.key_file)
     if not key_file.parent.is_dir():
@@ -254,7 +254,7 @@ def cmd_simulated_platform(args: argparse.Namespace) -> int:
 
 
 def cmd_tee_run(args: argparse.Namespace) -> int:
-    from ppml.tee.backends import open_backend
+    from ppml.tee.registry import open_backend
     from ppml.tee.runtime import FAIL_MESSAGE, run_attested
 
     command = list(args.command)

@@ -123,7 +123,7 @@ def run_demo(*, workdir: Path, rows: int, seed: int | None = None) -> int:
     from ppml.core.keys import SECRET_ACCESS  # noqa: F401  (documents that no key is exported here)
     from ppml.datagen import generate_people
     from ppml.kms.remote import KmsEndpoint, RemoteKms, load_credentials, write_credentials
-    from ppml.tee.backends import load_or_create_platform_key
+    from ppml.tee.simulated import load_or_create_platform_key
 
     workdir = workdir.absolute()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -507,12 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ppml.cli.submit import add_commands as add_submit_commands
 
     add_submit_commands(commands)
-    try:
-        from ppml.tee.enclave_cli import add_enclave_commands
-    except ImportError:  # pragma: no cover - lands with enclave measurement
-        pass
-    else:
-        add_enclave_commands(commands)
+    from ppml.cli.enclave import add_enclave_commands
+
+    add_enclave_commands(commands)
 
     example = commands.add_parser("example", help="run an example job",
                                   description="Run an example job in this process (Spark local mode unless "

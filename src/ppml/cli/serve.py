@@ -96,7 +96,7 @@ def open_attestation(storage: Storage, root: RootKey, options: ServeOptions) -> 
 def _self_evidence(options: ServeOptions):  # type: ignore[no-untyped-def]
     if options.self_tee == "none":
         return None
-    from ppml.tee.backends import open_backend
+    from ppml.tee.registry import open_backend
 
     if options.self_tee == "simulated":
         if not (options.self_enclave_manifest and options.self_enclave_sig):

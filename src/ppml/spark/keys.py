@@ -43,7 +43,7 @@ def tee_session() -> Any:
     with _lock:
         if _session is None:
             from ppml.attestation.client import AttestationClient
-            from ppml.tee.backends import open_backend
+            from ppml.tee.registry import open_backend
             from ppml.tee.runtime import attest
 
             url, policy = os.environ.get("PPML_AS_URL"), os.environ.get("PPML_TEE_POLICY")

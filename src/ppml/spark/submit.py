@@ -335,7 +335,7 @@ def _common_flags(options: SubmitOptions) -> list[str]:
 def _gate(options: SubmitOptions) -> int:
     """local-tee/client/cluster: the driver side attests before anything is submitted."""
     from ppml.attestation.client import AttestationClient
-    from ppml.tee.backends import open_backend
+    from ppml.tee.registry import open_backend
     from ppml.tee.runtime import run_attested
 
     backend_options: dict[str, object] = {}

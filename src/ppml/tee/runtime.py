@@ -20,7 +20,7 @@ from ppml.attestation.client import AttestationClient
 from ppml.core.evidence import report_data_for
 from ppml.core.keys import SECRET_ACCESS
 from ppml.errors import PpmlError
-from ppml.tee.backends import TeeBackend
+from ppml.tee.interface import TeeBackend
 from ppml.tee.session import SESSION_FD_ENV, TeeSession
 
 __all__ = ["FAIL_MESSAGE", "SUCCESS_MESSAGE", "attest", "run_attested"]
