@@ -264,8 +264,9 @@ def bench_roundtrip(seconds: float, work: Path, access_log: bool) -> None:
         clients.append(owner)
         policy_id = owner.request("POST", "/v1/attestation/policies", {
             "mr_enclave": MR_ENCLAVE.hex(), "mr_signer": MR_SIGNER.hex(), "allow_simulated": True})["policy_id"]
+        release_policy = {"policy_ids": [policy_id], "allow_simulated": True}
         key_id = owner.request("POST", "/v1/keys", {"description": "bench attestation",
-                                                    "release_policy": {"policy_ids": [policy_id], "allow_simulated": True}})["key_id"]
+                                                    "release_policy": release_policy})["key_id"]
         generated = owner.generate_data_key(key_id)
         expected = generated.data_key.export(SECRET_ACCESS)
         release_body = {"ciphertext": base64.b64encode(generated.wrapped).decode(), "aad": ""}
@@ -339,7 +340,7 @@ def bench_roundtrip(seconds: float, work: Path, access_log: bool) -> None:
         for client in reversed(clients):
             try:
                 client.close()
-            except Exception:  # noqa: BLE001 - cleanup must reach server.stop()
+            except Exception:
                 pass
         server.stop()
 

@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=int, default=1024, help="input size in MiB (default 1024)")
     parser.add_argument("--dir", type=Path, default=here / ".data", help="data directory (default bench/.data)")
     parser.add_argument("--repeat", type=int, default=3, help="repeats; the best is reported (default 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first; the first one verifies (default 1)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed rounds first; the first one verifies (default 1)")
     parser.add_argument("--no-openssl", action="store_true", help="skip the `openssl speed` reference")
     args = parser.parse_args(argv)
     if args.size_mib < 1 or args.repeat < 1 or args.warmup < 1:

@@ -86,7 +86,7 @@ async def _connection(host: str, port: int, context: ssl.SSLContext, appid: str,
         timestamp = str(ts)
         body = {"appid": appid, "payload": payload, "timestamp": timestamp,
                 "sign": signing.ehsm_sign(apikey, appid=appid, payload=payload, timestamp=timestamp)}
-        status, data = await wire.request("POST", f"/ehsm?Action={action}", json.dumps(body).encode())
+        _status, data = await wire.request("POST", f"/ehsm?Action={action}", json.dumps(body).encode())
         answer = json.loads(data)
         if answer.get("code") != 200:
             raise RuntimeError(f"{action}: {answer}")
@@ -107,7 +107,8 @@ async def _connection(host: str, port: int, context: ssl.SSLContext, appid: str,
                 t1 = time.perf_counter()
                 await post_native(f"/v1/keys/{key_id}/decrypt", {"ciphertext": wrapped})
             else:
-                wrapped = (await post_ehsm("GenerateDataKeyWithoutPlaintext", {"keyid": key_id, "keylen": 32}))["ciphertext"]
+                generated = await post_ehsm("GenerateDataKeyWithoutPlaintext", {"keyid": key_id, "keylen": 32})
+                wrapped = generated["ciphertext"]
                 t1 = time.perf_counter()
                 await post_ehsm("Decrypt", {"keyid": key_id, "ciphertext": wrapped})
             latencies += [t1 - t0, time.perf_counter() - t1]
@@ -132,7 +133,7 @@ def _client_process(args: tuple[str, int, str, list[tuple[str, str, str]], float
 
     try:
         per_connection = uvloop.run(run())
-    except Exception as exc:  # noqa: BLE001 (reported to the parent, which fails the run)
+    except Exception as exc:
         out.put(("error", repr(exc)))
         return
     latencies = [x for lat in per_connection for x in lat]
@@ -196,7 +197,8 @@ def bench_backend(name: str, clients: int, seconds: float, surface: str, work: P
     if name == "postgres":
         cluster = PostgresCluster()
         db_url = cluster.create_database("bench")
-    server = KmsServer(work / f"kms-{name}", db_url=db_url, extra=["--workers", str(workers)] + ([] if access_log else ["--no-access-log"]))
+    extra = ["--workers", str(workers)] + ([] if access_log else ["--no-access-log"])
+    server = KmsServer(work / f"kms-{name}", db_url=db_url, extra=extra)
     try:
         admin = RemoteKms(KmsEndpoint.parse(server.uri()), load_credentials(server.admin_credentials))
         apps, key_ids = [], []

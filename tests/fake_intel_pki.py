@@ -418,13 +418,13 @@ class FakeIntel:
 
 
 __all__ = [
+    "NOW",
     "FakeIntel",
     "FakePlatform",
-    "NOW",
     "new_key",
     "pem",
     "raw_signature",
     "sgx_report_body",
-    "td_report_body",
     "tcb_level",
+    "td_report_body",
 ]

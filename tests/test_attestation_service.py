@@ -7,6 +7,7 @@ each failure and must fail too.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,11 @@ from joserfc.jwk import ECKey
 
 from fake_intel_pki import NOW, OUT_OF_DATE_COMPONENTS, FakeIntel
 from ppml.attestation.dcap import DcapVerifier
-from ppml.core.policy import Measurements
 from ppml.attestation.service import NONCE_TTL, AttestationService
 from ppml.attestation.simulated import SimulatedVerifier
 from ppml.attestation.tokens import TokenSigner, TokenVerifier
 from ppml.core.evidence import Claims, Evidence, report_data_for
+from ppml.core.policy import Measurements
 from ppml.core.simulated import SimulatedReport, sign_report
 from ppml.errors import (
     AttestationFailed,
@@ -32,8 +33,8 @@ from ppml.errors import (
     TokenRejected,
 )
 from ppml.kms.service import KmsService
-from ppml.store import open_database
 from ppml.kms.types import RequestContext
+from ppml.store import open_database
 from ppml.tee.session import TeeSession
 
 MR_ENCLAVE = hashlib.sha256(b"the approved enclave").digest()
@@ -59,7 +60,8 @@ def platform() -> ec.EllipticCurvePrivateKey:
 
 
 @pytest.fixture()
-def services(tmp_path: Path, clock: Clock, platform: ec.EllipticCurvePrivateKey) -> tuple[KmsService, AttestationService, str]:
+def services(tmp_path: Path, clock: Clock,
+             platform: ec.EllipticCurvePrivateKey) -> Iterator[tuple[KmsService, AttestationService, str]]:
     storage, root = open_database(data_dir=tmp_path / "kms")
     attestation = AttestationService.open(storage, root, {"simulated": SimulatedVerifier([platform.public_key()])},
                                           issuer="https://as.test", now=clock)
@@ -97,7 +99,7 @@ def _policy(attestation: AttestationService, owner: str, **fields: Any) -> str:
 
 
 def test_attest_issues_a_token_with_the_claims(services: Any, platform: Any, clock: Clock) -> None:
-    kms, attestation, appid = services
+    _kms, attestation, appid = services
     policy_id = _policy(attestation, appid)
     token, key = _attest(attestation, platform, [policy_id])
     verified = attestation.verify_token(token)
@@ -124,7 +126,7 @@ def test_attest_issues_a_token_with_the_claims(services: Any, platform: Any, clo
 )
 def test_policy_mismatch_is_rejected(services: Any, platform: Any, policy_fields: dict[str, Any],
                                      overrides: dict[str, Any], reason: str) -> None:
-    kms, attestation, appid = services
+    _kms, attestation, appid = services
     policy_id = _policy(attestation, appid, **policy_fields)
     with pytest.raises(AttestationFailed) as caught:
         _attest(attestation, platform, [policy_id], **overrides)
@@ -166,7 +168,8 @@ def test_report_data_must_bind_the_runtime_key(services: Any, platform: Any) -> 
     committed = ECKey.generate_key("P-256", private=True)
     substituted = ECKey.generate_key("P-256", private=True)
     nonce, _ = attestation.new_nonce()
-    evidence = _evidence(platform, report_data_for(nonce.encode(), {"tee_public_key": committed.as_dict(private=False)}))
+    committed_runtime = {"tee_public_key": committed.as_dict(private=False)}
+    evidence = _evidence(platform, report_data_for(nonce.encode(), committed_runtime))
     with pytest.raises(AttestationFailed, match="report data"):
         attestation.attest(evidence, nonce=nonce, runtime_data={"tee_public_key": substituted.as_dict(private=False)},
                            policy_ids=[policy_id])
@@ -232,7 +235,7 @@ def test_truncated_or_forged_simulated_evidence(services: Any, platform: Any, cu
 
 
 def test_unknown_tee_type_and_policy(services: Any, platform: Any) -> None:
-    _, attestation, appid = services
+    _, attestation, _appid = services
     nonce, _ = attestation.new_nonce()
     with pytest.raises(AttestationFailed, match="does not verify tdx"):
         attestation.attest(Evidence(tee="tdx", data=b"x" * 100), nonce=nonce, runtime_data={}, policy_ids=["p"])
@@ -243,7 +246,7 @@ def test_unknown_tee_type_and_policy(services: Any, platform: Any) -> None:
 
 
 def test_policies_are_private_to_their_owner(services: Any) -> None:
-    kms, attestation, appid = services
+    _kms, attestation, appid = services
     policy_id = _policy(attestation, appid)
     assert attestation.get_policy(policy_id, owner=appid).mr_enclave == MR_ENCLAVE.hex()
     with pytest.raises(PolicyNotFound):
@@ -251,7 +254,7 @@ def test_policies_are_private_to_their_owner(services: Any) -> None:
 
 
 def test_signing_key_survives_restart(tmp_path: Path, clock: Clock, platform: Any) -> None:
-    kms, admin = KmsService.open(data_dir=tmp_path / "kms", now=clock)
+    kms, _admin = KmsService.open(data_dir=tmp_path / "kms", now=clock)
     first = AttestationService.open(kms.storage, kms.root_key, {}, issuer="https://as.test", now=clock)
     kms.close()
     kms, _ = KmsService.open(data_dir=tmp_path / "kms", now=clock)

@@ -368,7 +368,7 @@ def test_serve_loads_recorded_collateral_with_the_shared_loader(tmp_path: Path) 
         assert isinstance(attestation.verifiers["tdx"], DcapVerifier)
         assert attestation.verifiers["sgx"] is attestation.verifiers["tdx"]
         quote = Evidence(tee="tdx", data=(VECTORS / "tdx_quote_4.dat").read_bytes())
-        with pytest.raises(AttestationFailed, match="FMSPC mismatch: .* 50806f000000 .* 00a06d080000"):
+        with pytest.raises(AttestationFailed, match=r"FMSPC mismatch: .* 50806f000000 .* 00a06d080000"):
             attestation.verifiers["tdx"].verify(quote, now=datetime(2025, 11, 1, tzinfo=UTC))
     finally:
         storage.dispose()

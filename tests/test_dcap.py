@@ -646,7 +646,7 @@ def test_real_tdx_quoting_enclaves_match_the_real_qe_identity(name: str) -> None
 
 def test_real_collateral_is_for_another_platform_than_the_real_quotes() -> None:
     verifier = DcapVerifier(collateral=_real_collateral())
-    with pytest.raises(AttestationFailed, match="FMSPC mismatch: .* 50806f000000"):
+    with pytest.raises(AttestationFailed, match=r"FMSPC mismatch: .* 50806f000000"):
         verifier.verify(_real("tdx_quote_4.dat"), now=REAL_NOW)
 
 

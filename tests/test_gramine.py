@@ -349,7 +349,7 @@ def test_measure_and_sign_use_gramine_sgx_sign_when_present(app: App, key_path: 
     assert result.mr_enclave == expected
     assert result.mr_signer == mr_signer(load_enclave_key(key_path))
 
-    sig, signed = sign(manifest_path, key_path, sig_path, tool=tool)
+    _sig, signed = sign(manifest_path, key_path, sig_path, tool=tool)
     assert signed.source == SOURCE_GRAMINE
     parsed = Sigstruct.from_bytes(sig_path.read_bytes())
     assert parsed.date_format == "binary" and parsed.enclave_hash == expected
@@ -360,7 +360,7 @@ def test_a_failing_gramine_sgx_sign_is_reported(app: App, key_path: Path, tmp_pa
     tool = _fake_gramine_sgx_sign(tmp_path / "bin", fail=True)
     manifest_path = tmp_path / "app.manifest"
     app.build().write(manifest_path)
-    with pytest.raises(UsageError, match="exit code 1: error: cannot open libpal.so"):
+    with pytest.raises(UsageError, match=r"exit code 1: error: cannot open libpal\.so"):
         measure(manifest_path, key_path, tool=tool)
 
 

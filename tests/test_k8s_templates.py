@@ -126,7 +126,7 @@ def walk(node: Any) -> Iterator[tuple[str, Any]]:
 
 
 def test_every_mode_renders_valid_driver_and_executor_pods(rendered: tuple[str, PodTemplates]) -> None:
-    tee, templates = rendered
+    _tee, templates = rendered
     pods = pods_of(templates)
     for role, pod in pods.items():
         assert kubernetes_validate.validate(pod, K8S_VERSION, strict=True) == "1.37"
@@ -328,7 +328,7 @@ def test_files_from_the_image_need_no_volume(host_dir: Path, tmp_path: Path) -> 
 def test_check_spark_conf(rendered: tuple[str, PodTemplates], host_dir: Path) -> None:
     tee, templates = rendered
     check_spark_conf(templates.spark_conf, templates)
-    with pytest.raises(UsageError, match="spark.authenticate.secret") as caught:
+    with pytest.raises(UsageError, match=r"spark\.authenticate\.secret") as caught:
         check_spark_conf({**templates.spark_conf, "spark.authenticate.secret": CANARIES[0]}, templates)
     assert CANARIES[0] not in str(caught.value)
     with pytest.raises(UsageError, match="environment variable"):

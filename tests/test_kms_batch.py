@@ -33,7 +33,7 @@ from ppml.errors import (
 from ppml.kms import storage as db
 from ppml.kms.service import KmsService
 from ppml.kms.types import DataKeyRequest, RequestContext
-from server_fixtures import new_database, pg_cluster  # noqa: F401  (pytest finds fixtures by name)
+from server_fixtures import new_database
 from servers import PostgresCluster
 
 

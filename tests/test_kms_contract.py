@@ -46,17 +46,16 @@ from ppml.errors import (
     KeyNotFound,
     KeyServiceError,
     KeyStoreUnreadable,
-    KmsRequestRejected,
 )
 from ppml.kms.ehsm_client import EhsmKms
+from ppml.kms.embedded import EmbeddedKms
 from ppml.kms.local import LocalKeyStore
 from ppml.kms.protocol import KeyManagementService
 from ppml.kms.registry import open_kms
 from ppml.kms.remote import KmsEndpoint, RemoteKms, load_credentials, write_credentials
-from ppml.kms.embedded import EmbeddedKms
 from ppml.kms.service import KmsService
-from ppml.kms.types import Credentials, RequestContext
 from ppml.kms.tls import client_context
+from ppml.kms.types import Credentials, RequestContext
 from server_fixtures import new_database
 from servers import KmsServer, PostgresCluster
 
@@ -456,7 +455,7 @@ def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerDe
 
 @pytest.fixture(scope="module")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory,
-                    pg_cluster: PostgresCluster) -> Iterator[ServerDeployment]:  # noqa: F811
+                    pg_cluster: PostgresCluster) -> Iterator[ServerDeployment]:
     directory = tmp_path_factory.mktemp("kms-postgres")
     server = KmsServer(directory / "data", db_url=new_database(pg_cluster))
     try:
@@ -696,7 +695,7 @@ class TestEhsmClient(ServerBackedContract):
             try:
                 for _ in range(150):
                     client.list_keys()
-            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            except BaseException as exc:
                 failures.append(exc)
 
         threads = [threading.Thread(target=hammer, args=(c,)) for c in clients]

@@ -210,7 +210,7 @@ def test_every_native_route_spends_its_stamp(deployment: Deployment) -> None:
         # a request whose attestation header is refused has still spent its stamp
         ("POST", f"/v1/keys/{key_id}/decrypt", {"ciphertext": wrapped}, {"X-PPML-Attestation": "a.b.c"}),
         ("POST", f"/v1/keys/{key_id}/rewrap", {"ciphertext": wrapped}, None),
-        ("POST", f"/v1/keys/{str(uuid.uuid4())}/enable", None, None),  # refused (unknown key): still spent
+        ("POST", f"/v1/keys/{uuid.uuid4()!s}/enable", None, None),  # refused (unknown key): still spent
     ]
     for method, path, payload, extra in routes:
         first, again = _native_replay(wire, app, method, path, payload, extra)
@@ -328,7 +328,8 @@ def test_deep_nesting_is_refused_in_ehsm_and_native_shapes(deployment: Deploymen
 
 
 _json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                     lambda inner: (st.lists(inner, max_size=4)
+                                    | st.dictionaries(st.text(max_size=8), inner, max_size=4)),
                      max_leaves=20)
 
 
@@ -388,7 +389,8 @@ def _sdk_params(payload: dict[str, Any] | None, appid: str, apikey: str) -> dict
 def test_ehsm_python_sdk_requests_work_unchanged(deployment: Deployment) -> None:
     # The SDK's client is httpx with base_url ".../ehsm" and url "": requests go to /ehsm/.
     app = deployment.app
-    with httpx.Client(base_url=f"{deployment.server.base_url}/ehsm", verify=client_context(deployment.server.ca)) as sdk:
+    sdk_base = f"{deployment.server.base_url}/ehsm"
+    with httpx.Client(base_url=sdk_base, verify=client_context(deployment.server.ca)) as sdk:
         version = sdk.get("", params={"Action": "GetVersion"})
         assert version.request.url.path == "/ehsm/" and version.status_code == 200 and version.json()["code"] == 200
 

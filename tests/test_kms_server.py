@@ -37,14 +37,14 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
+from ppml.core import signing
 from ppml.core.keys import DataKey
 from ppml.errors import KmsUnavailable, RootKeyMismatch
-from ppml.core import signing
 from ppml.kms.ehsm_client import EhsmKms
 from ppml.kms.remote import ClientCredentials, KmsEndpoint, RemoteKms
 from ppml.kms.service import KmsService
 from ppml.kms.tls import client_context
-from server_fixtures import new_database, pg_cluster  # noqa: F401  (pytest finds fixtures by name)
+from server_fixtures import new_database
 from servers import KmsServer, PostgresCluster, free_port
 
 PPML = [sys.executable, "-m", "ppml.cli.main"]
@@ -1212,7 +1212,7 @@ def test_sigkill_mid_traffic_loses_no_acknowledged_operation(tmp_path: Path) -> 
                     ledger.unavailable += 1
                     time.sleep(0.01)
                 n += 1
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:
             ledger.unexpected.append(exc)
         finally:
             kms_client.close()
@@ -1242,7 +1242,7 @@ def test_sigkill_mid_traffic_loses_no_acknowledged_operation(tmp_path: Path) -> 
             for key_id, wrapped, data_key in ledger.data_keys:
                 unwrapped = kms_client.unwrap_data_key(key_id, wrapped, associated_data=ledger.aad)
                 assert unwrapped == data_key
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:
             ledger.unexpected.append(exc)
         finally:
             kms_client.close()

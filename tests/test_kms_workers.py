@@ -88,7 +88,7 @@ def test_two_workers_serve_one_database_with_one_audit_chain(two_workers: KmsSer
                                               associated_data=f"w/{i}/{n}".encode()) == generated.data_key
                 operations[i] += 2
             operations[i] += 1
-        except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
+        except BaseException as exc:
             failures.append(exc)
         finally:
             client.close()

@@ -11,7 +11,6 @@ import stat
 import subprocess
 import sys
 import time
-
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -302,7 +301,7 @@ def test_cluster_status_counts_only_this_masters_json(tmp_path: Path) -> None:
                json.dumps({"url": spark_cluster.master_url, "status": "ALIVE", "workers": []}).encode()]
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             body = answers.pop(0)
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -393,7 +392,7 @@ def test_misconfiguration_fails_fast_and_says_what(cluster: tuple[StandaloneClus
                                 network_crypto=False, registration_timeout=120)
     code, output, elapsed = _run(options)
     assert code == 2, output[-3000:]
-    assert f"could not join the cluster: " in output and named in output
+    assert "could not join the cluster: " in output and named in output
     assert elapsed < 110, "it should fail on the first refused handshake, well before the timeout"
     assert "RESULT" not in output
 

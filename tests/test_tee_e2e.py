@@ -87,11 +87,13 @@ class World:
     def gated_job(self, policy_id: str) -> Path:
         """A primary key that releases only to ``policy_id``, and a data key wrapped under it."""
         owner = RemoteKms.from_uri(self.kms_uri)
-        key = owner.request("POST", "/v1/keys", {"release_policy": {"policy_ids": [policy_id], "allow_simulated": True}})
+        release_policy = {"policy_ids": [policy_id], "allow_simulated": True}
+        key = owner.request("POST", "/v1/keys", {"release_policy": release_policy})
         generated = owner.generate_data_key(key["key_id"])
         owner.close()
-        from ppml.core.keys import SECRET_ACCESS
         import base64
+
+        from ppml.core.keys import SECRET_ACCESS
 
         job = self.base / f"job-{policy_id[:8]}.json"
         job.write_text(json.dumps({"key_id": key["key_id"], "wrapped": base64.b64encode(generated.wrapped).decode(),

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from ppml.core.evidence import Evidence
-from ppml.errors import AttestationFailed, ServiceUnavailable, PolicyNotFound, UsageError
+from ppml.errors import AttestationFailed, PolicyNotFound, ServiceUnavailable, UsageError
 from ppml.transport import HttpClient
 
 __all__ = ["AttestationClient"]

@@ -32,8 +32,8 @@ from ppml.core.simulated import read_unverified_report
 from ppml.errors import AttestationFailed, QuoteFormatError
 
 __all__ = [
-    "EvidenceDescription",
     "NOT_VERIFIED",
+    "EvidenceDescription",
     "PckCertificateDescription",
     "describe_evidence",
     "detect_tee",

@@ -77,13 +77,13 @@ __all__ = [
     "CERTIFICATION_DATA_PCK_CHAIN",
     "CERTIFICATION_DATA_QE_REPORT",
     "MAX_QUOTE_SIZE",
+    "UNVERIFIED_TCB_STATUS",
     "QuoteHeader",
     "QuoteSignatureData",
     "SgxQuote",
     "SgxReportBody",
     "TdReportBody",
     "TdxQuote",
-    "UNVERIFIED_TCB_STATUS",
     "parse_quote",
 ]
 
@@ -116,7 +116,7 @@ _TD_BODY_SIZES = {BODY_TYPE_TD_REPORT_10: TD_REPORT_BODY_10_SIZE,
 class _Reader:
     """Reads a byte string front to back; every read is bounds-checked first."""
 
-    __slots__ = ("_data", "_offset", "_end", "_what")
+    __slots__ = ("_data", "_end", "_offset", "_what")
 
     def __init__(self, data: bytes, what: str, start: int = 0, end: int | None = None) -> None:
         self._data = data

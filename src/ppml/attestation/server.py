@@ -30,7 +30,7 @@ from ppml.attestation.service import AttestationService
 from ppml.core.evidence import Claims, Evidence, report_data_for
 from ppml.core.policy import Measurements, parse_policy
 from ppml.core.signing import ehsm_sign_object
-from ppml.errors import AttestationFailed, RequestRejected, PolicyNotFound
+from ppml.errors import AttestationFailed, PolicyNotFound, RequestRejected
 
 __all__ = ["QV_RESULT", "EhsmHandler", "add_attestation_routes", "qv_result_code"]
 
@@ -55,7 +55,9 @@ def qv_result_code(claims: Claims | None, failure: AttestationFailed | None = No
     if failure is not None:
         return QV_RESULT["Revoked"] if "revoked" in failure.reason.lower() else QV_RESULT["InvalidSignature"]
     assert claims is not None
-    return QV_RESULT.get(claims.tcb_status, QV_RESULT["Unspecified"]) if not claims.simulated else QV_RESULT["Unspecified"]
+    if claims.simulated:
+        return QV_RESULT["Unspecified"]
+    return QV_RESULT.get(claims.tcb_status, QV_RESULT["Unspecified"])
 
 
 class EvidenceModel(BaseModel):
@@ -203,7 +205,8 @@ def add_attestation_routes(
         if self_evidence is None:
             raise AttestationFailed("this service does not run in a TEE and cannot attest itself")
         evidence = self_evidence(report_data_for(challenge.encode(), {}))
-        return {"challenge": challenge, "quote": base64.b64encode(evidence.data).decode(), "tee": evidence.tee}, "success!"
+        quote = base64.b64encode(evidence.data).decode()
+        return {"challenge": challenge, "quote": quote, "tee": evidence.tee}, "success!"
 
     add_ehsm_action("UploadQuotePolicy", upload_quote_policy, frozenset({"mr_enclave", "mr_signer"}))
     add_ehsm_action("GetQuotePolicy", get_quote_policy, frozenset({"policyId"}))

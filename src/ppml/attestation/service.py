@@ -43,14 +43,14 @@ from sqlalchemy import (
     select,
 )
 
-from ppml.core.policy import ClaimsPolicy, parse_policy
 from ppml.attestation.tokens import DEFAULT_TOKEN_TTL, AttestationToken, TokenSigner, TokenVerifier
 from ppml.core.evidence import Claims, Evidence, EvidenceVerifier, report_data_for
+from ppml.core.policy import ClaimsPolicy, parse_policy
 from ppml.core.rootkey import RootKey
 from ppml.errors import AttestationFailed, NonceRejected, PolicyNotFound, QuoteFormatError, UsageError
 from ppml.store import Storage
 
-__all__ = ["AttestationResult", "AttestationService", "NONCE_TTL"]
+__all__ = ["NONCE_TTL", "AttestationResult", "AttestationService"]
 
 NONCE_TTL: Final = 300
 MAX_EVIDENCE: Final = 64 << 10

@@ -28,7 +28,7 @@ from joserfc.jwk import ECKey, KeySet
 from ppml.core.evidence import Claims
 from ppml.errors import TokenRejected
 
-__all__ = ["AttestationToken", "TokenSigner", "TokenVerifier", "DEFAULT_TOKEN_TTL"]
+__all__ = ["DEFAULT_TOKEN_TTL", "AttestationToken", "TokenSigner", "TokenVerifier"]
 
 DEFAULT_TOKEN_TTL: Final = 300
 _ALGORITHM: Final = "ES256"

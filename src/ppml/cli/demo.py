@@ -156,7 +156,7 @@ def run_demo(*, workdir: Path, rows: int, seed: int | None = None) -> int:
             write_credentials(credentials, app.appid, app.apikey.decode())
             return app.appid
 
-        appid = steps.run("enroll the application", enroll, lambda a: f"appid {a}, credentials in "
+        steps.run("enroll the application", enroll, lambda a: f"appid {a}, credentials in "
                           f"{credentials.name} (0600)")
         env["PPML_KMS_CREDENTIALS"] = str(credentials)
         kms_uri = f"ppml+https://127.0.0.1:{server.port}?ca={server.ca}&credentials={credentials}"
@@ -223,7 +223,7 @@ def run_demo(*, workdir: Path, rows: int, seed: int | None = None) -> int:
             return next((line for line in shown if line.startswith("Num of Developer")), "")
 
         answer = steps.run("submit SimpleQuery in local-tee mode (simulated TEE, local[2])", submit,
-                           lambda line: f"event log in spark-events/")
+                           lambda line: "event log in spark-events/")
         steps.run("decrypt the output (as the data owner)",
                   lambda: _ppml("decrypt", str(output), str(decrypted), "--kms", kms_uri, "--force", env=env),
                   lambda _: f"{decrypted.name}/ ({len(list(decrypted.glob('part-*')))} part files)")

@@ -8,8 +8,8 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from ppml import __version__
 from ppml.cli._args import integer

@@ -17,9 +17,9 @@ from ppml.attestation.server import EhsmHandler, add_attestation_routes
 from ppml.attestation.service import AttestationService
 from ppml.attestation.simulated import SimulatedVerifier
 from ppml.core.evidence import EvidenceVerifier
+from ppml.core.rootkey import RootKey
 from ppml.errors import UnsafeWarning, UsageError
 from ppml.kms.http import AppHooks, EhsmAction
-from ppml.core.rootkey import RootKey
 from ppml.kms.service import KmsService
 from ppml.kms.types import Credentials
 from ppml.store import Storage, open_database

@@ -86,7 +86,7 @@ def run_workers(host: str, port: int, count: int, target: Callable[[socket.socke
                         other.close()
                 os.environ["PPML_WORKER_INDEX"] = str(index)
                 code = target(own)
-            except BaseException:  # noqa: BLE001 (a worker must never return into the parent's code)
+            except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(code)

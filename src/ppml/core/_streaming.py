@@ -54,7 +54,7 @@ def derive_key(ikm: bytes, salt: bytes, associated_data: bytes) -> AESGCM:
 class Layout:
     """Where segments lie for one ciphertext segment size ``S``."""
 
-    __slots__ = ("segment_size", "first_plaintext", "plaintext")
+    __slots__ = ("first_plaintext", "plaintext", "segment_size")
 
     def __init__(self, segment_size: int) -> None:
         if segment_size <= HEADER_SIZE + TAG_SIZE:
@@ -157,7 +157,7 @@ class SegmentDecrypter:
         self.segment_count = self.layout.segment_count(ciphertext_size)
         self._prefix = bytes(stream_header[1 + KEY_SIZE :])
         self._aead = derive_key(ikm, bytes(stream_header[1 : 1 + KEY_SIZE]), associated_data)
-        last_start, last_length = self.layout.segment_span(self.segment_count - 1, ciphertext_size)
+        _last_start, last_length = self.layout.segment_span(self.segment_count - 1, ciphertext_size)
         self.plaintext_size = (
             self.layout.plaintext_start(self.segment_count - 1) + last_length - TAG_SIZE
         )

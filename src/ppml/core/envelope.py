@@ -47,10 +47,10 @@ from ppml.errors import InvalidCiphertext, KeyNotFound, NotAnEnvelope
 __all__ = [
     "ALGORITHM_AES256_GCM_HKDF_STREAMING",
     "DEFAULT_SEGMENT_SIZE",
+    "MAGIC",
     "EnvelopeHeader",
     "EnvelopeReader",
     "EnvelopeWriter",
-    "MAGIC",
     "decrypt_bytes",
     "decrypt_file",
     "encrypt_bytes",

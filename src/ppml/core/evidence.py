@@ -13,13 +13,13 @@ from datetime import datetime
 from typing import Any, Final, Literal, Protocol
 
 __all__ = [
-    "Claims",
-    "Evidence",
-    "EvidenceVerifier",
     "REPORT_DATA_SIZE",
     "TEE_SGX",
     "TEE_SIMULATED",
     "TEE_TDX",
+    "Claims",
+    "Evidence",
+    "EvidenceVerifier",
     "TcbStatus",
     "report_data_for",
 ]

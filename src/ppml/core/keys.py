@@ -15,8 +15,8 @@ from datetime import datetime
 from typing import Final, NoReturn, Protocol, runtime_checkable
 
 __all__ = [
-    "SECRET_ACCESS",
     "DATA_KEY_SIZE",
+    "SECRET_ACCESS",
     "DataKey",
     "DataKeyProvider",
     "GeneratedDataKey",

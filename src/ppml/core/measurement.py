@@ -46,7 +46,6 @@ from ppml.errors import (
 __all__ = [
     "DEFAULT_ATTRIBUTE_MASK",
     "DEFAULT_MISC_MASK",
-    "EnclaveMeasurement",
     "MANIFEST_MEASUREMENT_VERSION",
     "PAGE_SIZE",
     "SECINFO_PT_REG",
@@ -61,6 +60,7 @@ __all__ = [
     "SGX_RSA_KEY_SIZE",
     "SGX_XFRM_LEGACY",
     "SIGSTRUCT_SIZE",
+    "EnclaveMeasurement",
     "SgxAttributes",
     "Sigstruct",
     "enclave_attributes",
@@ -548,7 +548,7 @@ class EnclaveMeasurement:
     otherwise.
     """
 
-    __slots__ = ("_hash", "_size", "_added")
+    __slots__ = ("_added", "_hash", "_size")
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from ppml.core._files import create_private
 from ppml.errors import InvalidCiphertext, KeyStoreUnreadable, UsageError
 
-__all__ = ["RootKey", "canonical", "load_or_create_key_file", "from_passphrase_file"]
+__all__ = ["RootKey", "canonical", "from_passphrase_file", "load_or_create_key_file"]
 
 _ROOT_SIZE: Final = 32
 _NONCE: Final = 12
@@ -64,7 +64,7 @@ def _derive(root: bytes, info: bytes) -> bytes:
 class RootKey:
     """Seals and opens stored secrets; computes the audit-chain MAC. Never shows its bytes."""
 
-    __slots__ = ("_seal", "_audit_key")
+    __slots__ = ("_audit_key", "_seal")
 
     def __init__(self, material: bytes) -> None:
         if len(material) != _ROOT_SIZE:

@@ -9,6 +9,7 @@ replaces it); CRLs are the Root CA's and the PCK CAs', PEM or DER.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -136,7 +137,7 @@ class _ChainVerifier:
         except ValueError as exc:
             raise AttestationFailed(f"{what}: unreadable leaf extensions ({exc})") from exc
         crls_used: list[tuple[str, x509.CertificateRevocationList]] = []
-        for depth, (child, issuer) in enumerate(zip(certificates, certificates[1:])):
+        for depth, (child, issuer) in enumerate(itertools.pairwise(certificates)):
             issuer_name = _common_name(issuer.subject)
             try:
                 constraints = issuer.extensions.get_extension_for_class(
@@ -161,7 +162,7 @@ class _ChainVerifier:
                 _bounded_add(self._signed, (child, issuer))
         # revocation only once the whole path is authentic, so a foreign chain is reported as such
         if self._crls is not None:
-            for child, issuer in zip(certificates, certificates[1:]):
+            for child, issuer in itertools.pairwise(certificates):
                 crls_used.extend(self._check_revocation(child, issuer, what))
         return _CheckedChain(tuple(certificates), tuple(crls_used))
 

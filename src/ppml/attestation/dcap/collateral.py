@@ -105,8 +105,13 @@ class Collateral:
             did not make, or a TCB Info and QE Identity for different TEE types.
     """
 
-    __slots__ = ("tcb_info", "qe_identity", "tcb_info_signing_chain", "qe_identity_signing_chain",
-                 "tee")
+    __slots__ = (
+        "qe_identity",
+        "qe_identity_signing_chain",
+        "tcb_info",
+        "tcb_info_signing_chain",
+        "tee",
+    )
 
     def __init__(self, *, tcb_info: bytes | str, tcb_info_signing_chain: CertificateChain,
                  qe_identity: bytes | str, qe_identity_signing_chain: CertificateChain) -> None:

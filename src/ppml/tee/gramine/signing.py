@@ -166,7 +166,7 @@ def sign(
             isv_prod_id=settings.isv_prod_id,
             isv_svn=settings.isv_svn,
             attributes=enclave_attributes(debug=settings.debug),
-            date=date or datetime.datetime.now(datetime.timezone.utc).date(),
+            date=date or datetime.datetime.now(datetime.UTC).date(),
         )
         source = SOURCE_SIMULATED
     raw = sig.to_bytes()
