@@ -1,18 +1,51 @@
-"""HTTPS clients for ppml's services: verified TLS always, transport faults mapped to one error.
+"""HTTPS clients for ppml's services: verified TLS always, transport faults mapped to one error,
+and replies decoded in one place (:func:`decode`) for every client.
 
 Shared by the KMS clients and the attestation client (which must not import each other).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from ppml.errors import KmsUnavailable
+from ppml.errors import ServiceUnavailable
 
-__all__ = ["HttpClient", "client_context"]
+__all__ = ["HttpClient", "Reply", "client_context", "decode"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """A service's reply, decoded once for every client."""
+
+    status: int
+    #: The JSON body, or None when the body is not JSON.
+    body: Any
+    #: ``error`` of a JSON error body (the native API's error name), else "".
+    error: str
+    #: ``message`` of a JSON body, else the start of the raw body (for error messages).
+    message: str
+
+    @property
+    def is_json_object(self) -> bool:
+        return isinstance(self.body, dict)
+
+
+def decode(response: httpx.Response) -> Reply:
+    """Decode ``response`` (JSON or not) without raising."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        error, message = str(body.get("error", "") or ""), str(body.get("message", "") or "")
+    else:
+        error, message = "", response.text[:200] if body is None else ""
+    return Reply(response.status_code, body, error, message)
 
 
 def client_context(ca_file: Path | str | None) -> ssl.SSLContext:
@@ -23,11 +56,14 @@ def client_context(ca_file: Path | str | None) -> ssl.SSLContext:
 
 
 class HttpClient:
-    """An httpx client with verified TLS; transport faults become ``KmsUnavailable(uri, reason)``."""
+    """An httpx client with verified TLS; transport faults become ``unavailable(uri, reason)``
+    (``ServiceUnavailable``, or a service's own leaf of it)."""
 
     def __init__(self, base_url: str, *, uri: str, ca_path: Path | None, ca_hint: str = "ca=PATH",
-                 transport: httpx.BaseTransport | None = None, timeout: float = 30.0) -> None:
+                 transport: httpx.BaseTransport | None = None, timeout: float = 30.0,
+                 unavailable: type[ServiceUnavailable] = ServiceUnavailable) -> None:
         self.uri = uri
+        self._unavailable = unavailable
         self._ca_hint = ca_hint
         self.client = httpx.Client(
             base_url=base_url, verify=client_context(ca_path), timeout=timeout, transport=transport,
@@ -39,7 +75,7 @@ class HttpClient:
         try:
             return self.client.request(method, path, content=body or None, headers=headers, params=params)
         except httpx.TransportError as exc:
-            raise KmsUnavailable(self.uri, self._reason(exc)) from None
+            raise self._unavailable(self.uri, self._reason(exc)) from None
 
     def _reason(self, exc: httpx.TransportError) -> str:
         text = str(exc) or type(exc).__name__

@@ -12,7 +12,7 @@ import httpx
 
 from ppml.core.evidence import Evidence
 from ppml.errors import AttestationFailed, PolicyNotFound, ServiceUnavailable, UsageError
-from ppml.transport import HttpClient
+from ppml.transport import HttpClient, decode
 
 __all__ = ["AttestationClient"]
 
@@ -46,16 +46,16 @@ class AttestationClient:
                 raise UsageError("this call needs app credentials")
             headers.update(self._signer(method, path, body))
         response = self._http.send(method, path, body=body, headers=headers)
-        try:
-            data = response.json()
-        except ValueError:
-            raise ServiceUnavailable(self.uri, f"HTTP {response.status_code}, not JSON") from None
+        reply = decode(response)
+        if not reply.is_json_object:
+            raise ServiceUnavailable(self.uri, f"HTTP {response.status_code}, not JSON")
+        data = reply.body
         if response.status_code >= 500:
-            raise ServiceUnavailable(self.uri, str(data.get("message", response.status_code)))
-        if response.status_code == 404 and data.get("error") == "PolicyNotFound":
+            raise ServiceUnavailable(self.uri, reply.message or str(response.status_code))
+        if response.status_code == 404 and reply.error == "PolicyNotFound":
             raise PolicyNotFound(path.rsplit("/", 1)[-1])
         if response.status_code >= 400:
-            raise AttestationFailed(str(data.get("reason") or data.get("message") or f"HTTP {response.status_code}"))
+            raise AttestationFailed(str(data.get("reason") or reply.message or f"HTTP {response.status_code}"))
         return data
 
     def nonce(self) -> str:

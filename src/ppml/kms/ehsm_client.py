@@ -45,6 +45,7 @@ from ppml.kms.remote import (
     KmsEndpoint,
     load_credentials,
 )
+from ppml.transport import decode
 
 __all__ = ["EhsmKms"]
 
@@ -173,13 +174,16 @@ def _unb64(value: str) -> bytes:
 
 
 def _result(response: httpx.Response, uri: str, key_id: str | None) -> dict[str, Any]:
+    reply = decode(response)
     try:
-        body = response.json()
-        code, message = int(body.get("code", 0)), str(body.get("message", ""))
-    except (ValueError, TypeError, AttributeError):
-        raise KmsUnavailable(uri, f"HTTP {response.status_code}, not an eHSM reply") from None
+        code = int(reply.body.get("code", 0)) if reply.is_json_object else None
+    except (ValueError, TypeError):
+        code = None
+    if code is None:
+        raise KmsUnavailable(uri, f"HTTP {response.status_code}, not an eHSM reply")
+    message = reply.message
     if code == 200:
-        result = body.get("result")
+        result = reply.body.get("result")
         return result if isinstance(result, dict) else {}
     if code >= 500 or response.status_code >= 500:
         raise KmsUnavailable(uri, message or f"code {code}")

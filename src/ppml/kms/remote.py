@@ -41,7 +41,7 @@ from ppml.errors import (
     TokenRejected,
     UsageError,
 )
-from ppml.transport import HttpClient
+from ppml.transport import HttpClient, decode
 
 __all__ = ["ClientCredentials", "KmsEndpoint", "RemoteKms", "load_credentials"]
 
@@ -138,7 +138,8 @@ class HttpTransport(HttpClient):
                  timeout: float = 30.0) -> None:
         self.endpoint = endpoint
         super().__init__(endpoint.base_url, uri=endpoint.uri, ca_path=endpoint.ca_path,
-                         ca_hint=f"ca=PATH or ${CA_ENV}", transport=transport, timeout=timeout)
+                         ca_hint=f"ca=PATH or ${CA_ENV}", transport=transport, timeout=timeout,
+                         unavailable=KmsUnavailable)
 
 
 class AttestationCredential(Protocol):
@@ -279,16 +280,12 @@ def _segment(key_id: str) -> str:
 def _result(response: httpx.Response, uri: str, key_id: str | None) -> Any:
     if 300 <= response.status_code < 400:
         raise KmsRequestRejected(f"{uri}: unexpected redirect (HTTP {response.status_code})")
+    reply = decode(response)
     if response.status_code < 400:
-        try:
-            return response.json()
-        except ValueError:
-            raise KmsUnavailable(uri, f"HTTP {response.status_code} without a JSON body") from None
-    try:
-        body = response.json()
-        kind, message = str(body.get("error", "")), str(body.get("message", ""))
-    except ValueError:
-        kind, message = "", response.text[:200]
+        if reply.body is None:
+            raise KmsUnavailable(uri, f"HTTP {response.status_code} without a JSON body")
+        return reply.body
+    kind, message = reply.error, reply.message
     if response.status_code == 404 or kind == "KeyNotFound":
         raise KeyNotFound(key_id or "?", uri)
     if kind == "InvalidCiphertext":
