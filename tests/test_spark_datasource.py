@@ -1,4 +1,4 @@
-"""The ``ppml`` Spark data source (ppml.spark.datasource) on a real local[2] session.
+"""The ``ppml`` Spark data source (ppml.spark.source) on a real local[2] session.
 
 Inputs are encrypted with 4 KiB segments and read with tiny ``maxPartitionBytes``, so one small
 file splits across several tasks and every split boundary case (lines crossing splits, the CSV
@@ -26,7 +26,7 @@ from spark_fixtures import spark  # noqa: F401
 from ppml.core.envelope import EnvelopeHeader, decrypt_file, encrypt_file, is_envelope
 from ppml.datagen import PeopleSummary, write_people
 from ppml.kms.local import LocalKeyStore
-from ppml.spark.splits import list_input_files
+from ppml.spark.source.splits import list_input_files
 
 pytestmark = pytest.mark.spark
 
@@ -174,7 +174,7 @@ def test_text_round_trip_and_write(spark: Any, env: Env) -> None:
 
 
 def test_row_count_mode_counts_what_a_read_returns(spark: Any, env: Env) -> None:
-    from ppml.spark.datasource import count_rows
+    from ppml.spark.source import count_rows
 
     counted = ppml_reader(spark, env, header="true", rowCount="true").load(str(env.people_dir))
     assert counted.schema.simpleString() == "struct<rows:bigint>"
@@ -196,7 +196,7 @@ def test_row_count_mode_counts_what_a_read_returns(spark: Any, env: Env) -> None
 
 
 def test_row_count_mode_still_authenticates_and_checks_rows(spark: Any, env: Env) -> None:
-    from ppml.spark.datasource import count_rows
+    from ppml.spark.source import count_rows
 
     def flip(data: bytearray) -> None:
         data[len(data) // 2] ^= 0x01
@@ -295,7 +295,7 @@ def test_pushdown_takes_only_filters_arrow_evaluates_as_spark_does(tmp_path: Pat
         TimestampType,
     )
 
-    from ppml.spark.datasource import PpmlDataSource, PpmlPushdownReader
+    from ppml.spark.source import PpmlDataSource, PpmlPushdownReader
 
     types = {"i": IntegerType(), "s": StringType(), "b": BooleanType(), "d": DateType(),
              "x": DoubleType(), "t": TimestampType(),
@@ -537,7 +537,7 @@ def test_bigdl_legacy_files_read_one_task_per_file(spark: Any, env: Env) -> None
     expected = spark.read.csv([str(env.root / f"bigdl{i}.csv") for i in range(2)],
                               header=True, inferSchema=True)
     assert rows(df) == rows(expected)
-    from ppml.spark.datasource import count_rows
+    from ppml.spark.source import count_rows
 
     assert count_rows(spark, str(directory), mode="AES/CBC/PKCS5Padding", bigdlPrimaryKey=str(key_file),
                       header="true") == 1000
@@ -550,7 +550,7 @@ def test_splits_follow_the_session_parallelism(tmp_path: Path) -> None:
     from pyspark import cloudpickle
     from pyspark.sql.types import StringType, StructField, StructType
 
-    from ppml.spark.datasource import PpmlDataSource, register
+    from ppml.spark.source import PpmlDataSource, register
 
     store = LocalKeyStore(tmp_path / "keys")
     key_id = store.create_primary_key().key_id
@@ -602,7 +602,8 @@ def test_csv_fast_paths_parse_as_the_full_configuration(data: bytes) -> None:
     import pyarrow.csv as pa_csv
     from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
-    from ppml.spark.datasource import _Parser, _ReadOptions
+    from ppml.spark.source.options import ReadOptions as _ReadOptions
+    from ppml.spark.source.parse import Parser as _Parser
 
     schema = StructType([StructField("name", StringType()), StructField("age", IntegerType()),
                          StructField("job", StringType())])
@@ -623,7 +624,8 @@ def test_csv_with_invalid_utf8_fails_without_quoting_it() -> None:
     from pyspark.sql.types import StringType, StructField, StructType
 
     from ppml.errors import InputError
-    from ppml.spark.datasource import _Parser, _ReadOptions
+    from ppml.spark.source.options import ReadOptions as _ReadOptions
+    from ppml.spark.source.parse import Parser as _Parser
 
     schema = StructType([StructField("name", StringType())])
     parser = _Parser(_ReadOptions.parse({"path": "/x", "kms": "local:/x"}), schema)
