@@ -632,3 +632,47 @@ def test_csv_with_invalid_utf8_fails_without_quoting_it() -> None:
     with pytest.raises(InputError) as caught:
         parser.parse(bytearray(b"fine\nsecret\xff\xfe\n"), "x")
     assert "secret" not in str(caught.value)
+
+
+def test_the_driver_checks_the_schema_and_each_task_builds_one_parser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyspark.sql.types import IntegerType, StringType, StructField, StructType
+
+    from ppml.errors import UsageError
+    from ppml.spark.source import PpmlDataSource, PpmlPartition, read
+
+    store = LocalKeyStore(tmp_path / "keys")
+    key_id = store.create_primary_key().key_id
+    plain = tmp_path / "lines.txt"
+    plain.write_bytes(b"".join(b"line %06d\n" % i for i in range(100_000)))  # 1.2 MB
+    (tmp_path / "data").mkdir()
+    encrypt_file(plain, tmp_path / "data" / "lines.txt.ppml", kms=store, key_id=key_id,
+                 segment_size=64 << 10)
+    options = {"path": str(tmp_path / "data"), "kms": store.uri, "format": "text",
+               "maxPartitionBytes": "400000"}
+    with pytest.raises(UsageError, match="one string column"):
+        PpmlDataSource(options).reader(StructType([StructField("value", IntegerType())]))
+
+    built: list[object] = []
+
+    class CountedParser(read.Parser):
+        def __init__(self, *args: Any) -> None:
+            built.append(self)
+            super().__init__(*args)
+
+    monkeypatch.setattr(read, "Parser", CountedParser)
+    for extra in ({}, {"rowCount": "true"}):
+        built.clear()
+        source = PpmlDataSource({**options, **extra})
+        reader = source.reader(source.schema() if extra else
+                               StructType([StructField("value", StringType())]))
+        partitions = reader.partitions()
+        assert len(partitions) == 4 and not built, "the driver builds no parser"
+        lines = 0
+        for number, partition in enumerate(partitions, start=1):
+            assert isinstance(partition, PpmlPartition)
+            for batch in reader.read(partition):
+                lines += batch.column(0)[0].as_py() if extra else batch.num_rows
+            assert len(built) == number, "one parser per partition"
+        assert lines == 100_000

@@ -16,14 +16,41 @@ from ppml.errors import InputError, UsageError
 from ppml.spark.source.options import ReadOptions
 from ppml.spark.source.types import arrow_schema, conform, parsed_as
 
-__all__ = ["FALSE_VALUES", "TRUE_VALUES", "Parser"]
+__all__ = ["FALSE_VALUES", "TRUE_VALUES", "Parser", "check_schema"]
 
 TRUE_VALUES: Final = ["true", "True", "TRUE"]
 FALSE_VALUES: Final = ["false", "False", "FALSE"]
 
 
+def check_schema(options: ReadOptions, schema: StructType) -> None:
+    """Check, on the driver, that ``schema`` and the options suit the format, so that a
+    :class:`Parser` can be built for them in each task.
+
+    Raises:
+        UsageError: text with a schema other than one string column, csv with a nested column,
+            or a csv delimiter, quote or escape that is not ASCII.
+    """
+    target = arrow_schema(schema)
+    if options.format == "text" and (
+        len(target) != 1 or not pa.types.is_string(target[0].type)
+    ):
+        raise UsageError(
+            "format text reads one string column; its schema must be 'value STRING'"
+        )
+    if options.format == "csv":
+        for field in target:
+            if pa.types.is_nested(field.type):
+                raise UsageError(f"format csv cannot read nested column {field.name!r}")
+        for name, char in (("sep", options.delimiter), ("quote", options.quote),
+                           ("escape", options.escape)):
+            if char is not None and not char.isascii():
+                raise UsageError(f"option {name} must be an ASCII character, got {char!r}")
+
+
 class Parser:
     """Parses owned lines of one format into tables of exactly the Spark schema's Arrow type.
+
+    A task builds one for its partition; the schema must have passed :func:`check_schema`.
 
     csv blocks take a faster PyArrow configuration when it cannot change the result: a block
     without the quote (and escape) character is parsed with quoting off, and a block that is
@@ -37,20 +64,6 @@ class Parser:
         self._target = arrow_schema(schema)
         self._names = schema.fieldNames()
         fmt = options.format
-        if fmt == "text" and (
-            len(self._target) != 1 or not pa.types.is_string(self._target[0].type)
-        ):
-            raise UsageError(
-                "format text reads one string column; its schema must be 'value STRING'"
-            )
-        if fmt == "csv":
-            for field in self._target:
-                if pa.types.is_nested(field.type):
-                    raise UsageError(f"format csv cannot read nested column {field.name!r}")
-            for name, char in (("sep", options.delimiter), ("quote", options.quote),
-                               ("escape", options.escape)):
-                if char is not None and not char.isascii():
-                    raise UsageError(f"option {name} must be an ASCII character, got {char!r}")
         self._parse_schema = pa.schema(
             [pa.field(f.name, parsed_as(f.type, fmt), nullable=True) for f in self._target]
         )

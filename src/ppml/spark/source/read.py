@@ -16,7 +16,7 @@ from ppml.spark.source.filters import filter_expression, pushable
 from ppml.spark.source.legacy import legacy_blocks, legacy_partitions
 from ppml.spark.source.options import ReadOptions
 from ppml.spark.source.parquet import parquet_batches, parquet_partitions, parquet_rows
-from ppml.spark.source.parse import Parser
+from ppml.spark.source.parse import Parser, check_schema
 from ppml.spark.source.partitions import PpmlParquetPartition, PpmlPartition
 from ppml.spark.source.process import freeze_loaded_objects
 from ppml.spark.source.splits import list_input_files
@@ -32,7 +32,7 @@ class PpmlReader(DataSourceReader):
         self._options = options
         self._schema = schema
         if options.format != "parquet":
-            Parser(options, schema)  # validates the schema for the format on the driver
+            check_schema(options, schema)
         self._pushed: list[Predicate] = []
 
     def partitions(self) -> Sequence[InputPartition]:
