@@ -676,3 +676,79 @@ def test_the_driver_checks_the_schema_and_each_task_builds_one_parser(
                 lines += batch.column(0)[0].as_py() if extra else batch.num_rows
             assert len(built) == number, "one parser per partition"
         assert lines == 100_000
+
+
+def test_bigdl_legacy_files_stream_through_the_verifying_reader(tmp_path: Path) -> None:
+    """Without Spark: a multi-chunk legacy file reads as its plaintext (header skipped) and
+    infers its schema from the first MiB; a tampered one fails before it yields a batch."""
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from ppml.errors import InvalidCiphertext
+    from ppml.spark.source import PpmlDataSource
+
+    primary_key = os.urandom(32)
+    key_file = tmp_path / "bigdl-primary.key"
+    key_file.write_text(base64.b64encode(primary_key).decode())
+    lines = [b"name,age,job"] + [b"p%07d,%d,Engineer" % (i, i % 90) for i in range(200_000)]
+    plaintext = b"\n".join(lines) + b"\n"  # 4.4 MB: five 1 MiB chunks
+    vector = bigdl.write_bigdl_file(
+        plaintext, primary_key=primary_key, data_key_text=base64.b64encode(os.urandom(32)),
+        iv=os.urandom(16),
+    )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "people.csv.cbc").write_bytes(vector.data)
+    options = {"path": str(tmp_path / "data"), "mode": "AES/CBC/PKCS5Padding",
+               "bigdlPrimaryKey": str(key_file), "header": "true"}
+    source = PpmlDataSource(options)
+    schema = source.schema()
+    assert schema.fieldNames() == ["name", "age", "job"]
+    reader = source.reader(schema)
+    (partition,) = reader.partitions()
+    names = [name for batch in reader.read(partition) for name in batch.column(0).to_pylist()]
+    assert names == [line.split(b",")[0].decode() for line in lines[1:]]
+
+    tampered = bytearray(vector.data)
+    tampered[vector.ciphertext.start + 3 * (1 << 20) + 5] ^= 1  # in the fourth chunk
+    (tmp_path / "data" / "people.csv.cbc").write_bytes(tampered)
+    text = PpmlDataSource({**options, "format": "text", "header": "false"})
+    batches = text.reader(StructType([StructField("value", StringType())])).read(partition)
+    with pytest.raises(InvalidCiphertext):
+        next(iter(batches))
+
+
+def test_a_bigdl_legacy_file_is_read_in_blocks_not_whole(tmp_path: Path) -> None:
+    """A 64 MB legacy file never has its whole plaintext in memory: the task holds about two
+    blocks of 16 MiB (and the reader two 1 MiB chunks) at a time."""
+    import tracemalloc
+
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from ppml.spark.source import PpmlDataSource
+
+    primary_key = os.urandom(32)
+    key_file = tmp_path / "bigdl-primary.key"
+    key_file.write_text(base64.b64encode(primary_key).decode())
+    line = b"x" * 99 + b"\n"
+    size = 64 * 10**6
+    vector = bigdl.write_bigdl_file(
+        line * (size // len(line)), primary_key=primary_key,
+        data_key_text=base64.b64encode(os.urandom(32)), iv=os.urandom(16),
+    )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "lines.txt.cbc").write_bytes(vector.data)
+    del vector
+    source = PpmlDataSource({"path": str(tmp_path / "data"), "mode": "AES/CBC/PKCS5Padding",
+                             "bigdlPrimaryKey": str(key_file), "format": "text"})
+    reader = source.reader(StructType([StructField("value", StringType())]))
+    (partition,) = reader.partitions()
+    assert sum(batch.num_rows for batch in reader.read(partition)) == size // len(line)
+    rows = 0
+    tracemalloc.start()  # on the second read: the first one imported what parsing needs
+    try:
+        for batch in reader.read(partition):
+            rows += batch.num_rows
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rows == size // len(line)
+    assert peak < 48 << 20, f"peak {peak} bytes for {size} bytes of plaintext"

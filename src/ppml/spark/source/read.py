@@ -59,6 +59,7 @@ class PpmlReader(DataSourceReader):
         if partition.legacy_file is not None:
             for block in legacy_blocks(self._options, partition.legacy_file):
                 yield block, partition.legacy_file
+                del block  # the consumer is done with it: freed before the next decrypt
             return
         yield from envelope_blocks(self._options, partition.splits)
 
