@@ -17,7 +17,7 @@ def spark() -> Iterator[object]:
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
 
-    from ppml.spark.datasource import register
+    from ppml.spark.source import register
 
     session = (
         SparkSession.builder.master("local[2]")

@@ -1,9 +1,12 @@
 """BigDL PPML 2.x AES/CBC/PKCS5Padding files (ppml.core.legacy), against the independent writer
-and reader in tests/bigdl_vectors.py."""
+and reader in tests/bigdl_vectors.py: the file-to-file recipes, then the stream reader."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
+import itertools
 import os
 import pickle
 import random
@@ -17,6 +20,7 @@ import pytest
 from ppml.core.legacy import (
     MODE,
     BigDLPrimaryKey,
+    LegacyReader,
     decrypt_bigdl_file,
     encrypt_bigdl_file,
     is_bigdl_file,
@@ -609,3 +613,186 @@ def test_is_bigdl_file(tmp_path: Path, key: BigDLPrimaryKey) -> None:
 def test_is_bigdl_file_missing(tmp_path: Path) -> None:
     with pytest.raises(InputNotFound):
         is_bigdl_file(tmp_path / "nope")
+
+
+# --- the stream reader --------------------------------------------------------------------
+
+
+STREAM_CASES = [
+    (size, chunk_size)
+    for size in (0, 1, 15, 16, 17, 4095, 4096, 4097, MiB - 1, MiB, MiB + 1, 3 * MiB + 5)
+    for chunk_size in (16, 4096, MiB)
+    if chunk_size > 16 or size < 8192  # one-block chunks: small files are enough
+]
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_size"), STREAM_CASES, ids=[f"{s}B-chunk{c}" for s, c in STREAM_CASES]
+)
+def test_stream_reader_reads_what_the_independent_writer_wrote(
+    tmp_path: Path, key: BigDLPrimaryKey, size: int, chunk_size: int
+) -> None:
+    plaintext = data(size, seed=size)
+    src = tmp_path / "in.cbc"
+    write(src, plaintext)
+
+    with LegacyReader(src, primary_key=key, chunk_size=chunk_size) as reader:
+        assert reader.plaintext_size == size
+        assert reader.segment_count == max(1, -(-(size // 16 + 1) * 16 // chunk_size))
+        ranges = [reader.segment_plaintext_range(i) for i in range(reader.segment_count)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == size
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+        assert b"".join(bytes(view) for view in reader.iter_segments()) == plaintext
+        sink = io.BytesIO()
+        seen: list[int] = []
+        assert reader.copy_to(sink, progress=seen.append) == size
+        assert sink.getvalue() == plaintext and sum(seen) == size
+        third, half = size // 3, size // 2
+        assert reader.read_range(third, half) == plaintext[third : third + half]
+        assert reader.read_range(size, 10) == b""
+
+
+def test_stream_reader_reads_chunks_in_any_order(tmp_path: Path, key: BigDLPrimaryKey) -> None:
+    plaintext = data(10 * 4096 + 7, seed=5)
+    src = tmp_path / "in.cbc"
+    write(src, plaintext)
+    with LegacyReader(src, primary_key=key, chunk_size=4096) as reader:
+        out = memoryview(bytearray(4096))
+        for index in [7, 2, 2, 10, 0, 9, 3]:
+            start, end = reader.segment_plaintext_range(index)
+            assert reader.read_segment_into(index, out) == end - start
+            assert out[: end - start] == plaintext[start:end]
+        with pytest.raises(ValueError):
+            reader.read_segment_into(0, memoryview(bytearray(4095)))
+        with pytest.raises(IndexError):
+            reader.segment_plaintext_range(11)
+
+
+@pytest.mark.parametrize(
+    "where", ["ciphertext_first", "ciphertext_middle", "ciphertext_last", "tag_first", "tag_last",
+              "key_string_first", "filler"],
+)
+def test_stream_reader_refuses_tampering_before_any_plaintext(
+    tmp_path: Path, key: BigDLPrimaryKey, where: str
+) -> None:
+    """The tag is checked while the reader opens: a tampered file gives no reader at all, so
+    not one plaintext byte (the first chunk included) is handed out."""
+    vector = write(tmp_path / "orig.cbc", data(3 * MiB + 100, seed=3))
+    index = {
+        "ciphertext_first": vector.ciphertext.start,
+        "ciphertext_middle": vector.ciphertext.start + MiB + 5,
+        "ciphertext_last": vector.ciphertext.stop - 1,
+        "tag_first": vector.tag.start,
+        "tag_last": vector.tag.stop - 1,
+        "key_string_first": vector.key_string.start,
+        "filler": vector.filler.start + 10,
+    }[where]
+    src = tmp_path / "in.cbc"
+    src.write_bytes(flip(vector.data, index))
+    with pytest.raises(InvalidCiphertext) as caught:
+        LegacyReader(src, primary_key=key)
+    assert type(caught.value) is InvalidCiphertext
+    assert caught.value.source == str(src)
+
+
+@pytest.mark.parametrize("case", FORGED)
+def test_stream_reader_refuses_malformed_files(
+    tmp_path: Path, key: BigDLPrimaryKey, case: str
+) -> None:
+    src = tmp_path / "in.cbc"
+    src.write_bytes(_forge(case))
+    with pytest.raises(InvalidCiphertext) as caught:
+        LegacyReader(src, primary_key=key)
+    assert type(caught.value) is InvalidCiphertext
+
+
+@pytest.mark.parametrize("cut", [1, 16, 32, 48])
+def test_stream_reader_refuses_truncated_or_extended_files(
+    tmp_path: Path, key: BigDLPrimaryKey, cut: int
+) -> None:
+    vector = write(tmp_path / "orig.cbc", data(5000))
+    src = tmp_path / "in.cbc"
+    for content in (vector.data[:-cut], vector.data + bytes(cut)):
+        src.write_bytes(content)
+        with pytest.raises(InvalidCiphertext):
+            LegacyReader(src, primary_key=key)
+    with pytest.raises(InvalidCiphertext):
+        LegacyReader(src, primary_key=BigDLPrimaryKey.from_bytes(OTHER_PRIMARY_KEY))
+
+
+def test_stream_reader_refuses_a_file_changed_after_it_was_verified(
+    tmp_path: Path, key: BigDLPrimaryKey
+) -> None:
+    """Untrusted storage may serve other bytes on the second pass: a chunk that changed fails
+    before any of its plaintext exists, and the chunks before it read as verified."""
+    chunk = 4096
+    plaintext = data(6 * chunk, seed=9)
+    src = tmp_path / "in.cbc"
+    vector = write(src, plaintext)
+    with LegacyReader(src, primary_key=key, chunk_size=chunk) as reader:
+        out = memoryview(bytearray(chunk))
+        assert reader.read_segment_into(0, out) == chunk and out == plaintext[:chunk]
+        # A valid file of its own: same keys and IV, chunk 3 different. The tag is not the
+        # issue: the reader holds the checkpoints of the bytes it verified.
+        other = bytearray(plaintext)
+        other[3 * chunk + 10] ^= 1
+        swapped = write(tmp_path / "other.cbc", bytes(other))
+        with open(src, "r+b") as f:
+            f.write(swapped.data)
+        assert swapped.data != vector.data
+        assert reader.read_segment_into(1, out) == chunk and out == plaintext[chunk : 2 * chunk]
+        assert reader.read_segment_into(2, out) == chunk
+        out[:] = b"\xee" * chunk
+        with pytest.raises(InvalidCiphertext):
+            reader.read_segment_into(3, out)
+        assert out == b"\xee" * chunk, "no plaintext of the changed chunk may be written"
+        with pytest.raises(InvalidCiphertext):
+            reader.read_range(0, len(plaintext))
+        with pytest.raises(InvalidCiphertext):
+            b"".join(reader.iter_segments(3))
+
+
+def test_stream_reader_reads_in_bounded_memory(tmp_path: Path, key: BigDLPrimaryKey) -> None:
+    size = 24 * MiB
+    src = tmp_path / "in.cbc"
+    plaintext = data(size, seed=13)
+    write(src, plaintext)
+    expected = hashlib.sha256(plaintext).digest()
+    del plaintext
+    digest = hashlib.sha256()
+    tracemalloc.start()
+    try:
+        with LegacyReader(src, primary_key=key) as reader:
+            for view in reader.iter_segments():
+                digest.update(view)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert digest.digest() == expected
+    # Two chunk buffers (1 MiB each) and 32 bytes of checkpoint per chunk, not the file.
+    assert peak < 3 * MiB, f"peak {peak} bytes for a {size}-byte file"
+
+
+def test_stream_reader_refuses_weak_keys_unless_allowed_and_then_warns(
+    tmp_path: Path, key: BigDLPrimaryKey
+) -> None:
+    text, reason = WEAK["simple_kms_16_digits"]
+    src = tmp_path / "in.cbc"
+    write(src, text=text)
+    with pytest.raises(WeakLegacyKey) as caught:
+        LegacyReader(src, primary_key=key)
+    assert reason in caught.value.reason
+    with pytest.warns(UnsafeWarning, match="weak BigDL legacy key") as record:
+        reader = LegacyReader(src, primary_key=key, allow_weak_keys=True)
+    assert record[0].filename == __file__, "the warning points at the caller"
+    with reader:
+        assert reader.read_range(0, len(PLAINTEXT)) == PLAINTEXT
+
+
+def test_stream_reader_source_missing_or_a_directory(tmp_path: Path, key: BigDLPrimaryKey) -> None:
+    with pytest.raises(InputNotFound):
+        LegacyReader(tmp_path / "nope", primary_key=key)
+    with pytest.raises(NotAFile):
+        LegacyReader(tmp_path, primary_key=key)
+    with pytest.raises(ValueError):
+        LegacyReader(tmp_path / "nope", primary_key=key, chunk_size=100)

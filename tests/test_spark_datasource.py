@@ -1,4 +1,4 @@
-"""The ``ppml`` Spark data source (ppml.spark.datasource) on a real local[2] session.
+"""The ``ppml`` Spark data source (ppml.spark.source) on a real local[2] session.
 
 Inputs are encrypted with 4 KiB segments and read with tiny ``maxPartitionBytes``, so one small
 file splits across several tasks and every split boundary case (lines crossing splits, the CSV
@@ -26,7 +26,7 @@ from spark_fixtures import spark  # noqa: F401
 from ppml.core.envelope import EnvelopeHeader, decrypt_file, encrypt_file, is_envelope
 from ppml.datagen import PeopleSummary, write_people
 from ppml.kms.local import LocalKeyStore
-from ppml.spark.splits import list_input_files
+from ppml.spark.source.splits import list_input_files
 
 pytestmark = pytest.mark.spark
 
@@ -174,7 +174,7 @@ def test_text_round_trip_and_write(spark: Any, env: Env) -> None:
 
 
 def test_row_count_mode_counts_what_a_read_returns(spark: Any, env: Env) -> None:
-    from ppml.spark.datasource import count_rows
+    from ppml.spark.source import count_rows
 
     counted = ppml_reader(spark, env, header="true", rowCount="true").load(str(env.people_dir))
     assert counted.schema.simpleString() == "struct<rows:bigint>"
@@ -196,7 +196,7 @@ def test_row_count_mode_counts_what_a_read_returns(spark: Any, env: Env) -> None
 
 
 def test_row_count_mode_still_authenticates_and_checks_rows(spark: Any, env: Env) -> None:
-    from ppml.spark.datasource import count_rows
+    from ppml.spark.source import count_rows
 
     def flip(data: bytearray) -> None:
         data[len(data) // 2] ^= 0x01
@@ -295,7 +295,7 @@ def test_pushdown_takes_only_filters_arrow_evaluates_as_spark_does(tmp_path: Pat
         TimestampType,
     )
 
-    from ppml.spark.datasource import PpmlDataSource, PpmlPushdownReader
+    from ppml.spark.source import PpmlDataSource, PpmlPushdownReader
 
     types = {"i": IntegerType(), "s": StringType(), "b": BooleanType(), "d": DateType(),
              "x": DoubleType(), "t": TimestampType(),
@@ -537,7 +537,7 @@ def test_bigdl_legacy_files_read_one_task_per_file(spark: Any, env: Env) -> None
     expected = spark.read.csv([str(env.root / f"bigdl{i}.csv") for i in range(2)],
                               header=True, inferSchema=True)
     assert rows(df) == rows(expected)
-    from ppml.spark.datasource import count_rows
+    from ppml.spark.source import count_rows
 
     assert count_rows(spark, str(directory), mode="AES/CBC/PKCS5Padding", bigdlPrimaryKey=str(key_file),
                       header="true") == 1000
@@ -550,7 +550,7 @@ def test_splits_follow_the_session_parallelism(tmp_path: Path) -> None:
     from pyspark import cloudpickle
     from pyspark.sql.types import StringType, StructField, StructType
 
-    from ppml.spark.datasource import PpmlDataSource, register
+    from ppml.spark.source import PpmlDataSource, register
 
     store = LocalKeyStore(tmp_path / "keys")
     key_id = store.create_primary_key().key_id
@@ -602,7 +602,8 @@ def test_csv_fast_paths_parse_as_the_full_configuration(data: bytes) -> None:
     import pyarrow.csv as pa_csv
     from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
-    from ppml.spark.datasource import _Parser, _ReadOptions
+    from ppml.spark.source.options import ReadOptions as _ReadOptions
+    from ppml.spark.source.parse import Parser as _Parser
 
     schema = StructType([StructField("name", StringType()), StructField("age", IntegerType()),
                          StructField("job", StringType())])
@@ -623,10 +624,131 @@ def test_csv_with_invalid_utf8_fails_without_quoting_it() -> None:
     from pyspark.sql.types import StringType, StructField, StructType
 
     from ppml.errors import InputError
-    from ppml.spark.datasource import _Parser, _ReadOptions
+    from ppml.spark.source.options import ReadOptions as _ReadOptions
+    from ppml.spark.source.parse import Parser as _Parser
 
     schema = StructType([StructField("name", StringType())])
     parser = _Parser(_ReadOptions.parse({"path": "/x", "kms": "local:/x"}), schema)
     with pytest.raises(InputError) as caught:
         parser.parse(bytearray(b"fine\nsecret\xff\xfe\n"), "x")
     assert "secret" not in str(caught.value)
+
+
+def test_the_driver_checks_the_schema_and_each_task_builds_one_parser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyspark.sql.types import IntegerType, StringType, StructField, StructType
+
+    from ppml.errors import UsageError
+    from ppml.spark.source import PpmlDataSource, PpmlPartition, read
+
+    store = LocalKeyStore(tmp_path / "keys")
+    key_id = store.create_primary_key().key_id
+    plain = tmp_path / "lines.txt"
+    plain.write_bytes(b"".join(b"line %06d\n" % i for i in range(100_000)))  # 1.2 MB
+    (tmp_path / "data").mkdir()
+    encrypt_file(plain, tmp_path / "data" / "lines.txt.ppml", kms=store, key_id=key_id,
+                 segment_size=64 << 10)
+    options = {"path": str(tmp_path / "data"), "kms": store.uri, "format": "text",
+               "maxPartitionBytes": "400000"}
+    with pytest.raises(UsageError, match="one string column"):
+        PpmlDataSource(options).reader(StructType([StructField("value", IntegerType())]))
+
+    built: list[object] = []
+
+    class CountedParser(read.Parser):
+        def __init__(self, *args: Any) -> None:
+            built.append(self)
+            super().__init__(*args)
+
+    monkeypatch.setattr(read, "Parser", CountedParser)
+    for extra in ({}, {"rowCount": "true"}):
+        built.clear()
+        source = PpmlDataSource({**options, **extra})
+        reader = source.reader(source.schema() if extra else
+                               StructType([StructField("value", StringType())]))
+        partitions = reader.partitions()
+        assert len(partitions) == 4 and not built, "the driver builds no parser"
+        lines = 0
+        for number, partition in enumerate(partitions, start=1):
+            assert isinstance(partition, PpmlPartition)
+            for batch in reader.read(partition):
+                lines += batch.column(0)[0].as_py() if extra else batch.num_rows
+            assert len(built) == number, "one parser per partition"
+        assert lines == 100_000
+
+
+def test_bigdl_legacy_files_stream_through_the_verifying_reader(tmp_path: Path) -> None:
+    """Without Spark: a multi-chunk legacy file reads as its plaintext (header skipped) and
+    infers its schema from the first MiB; a tampered one fails before it yields a batch."""
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from ppml.errors import InvalidCiphertext
+    from ppml.spark.source import PpmlDataSource
+
+    primary_key = os.urandom(32)
+    key_file = tmp_path / "bigdl-primary.key"
+    key_file.write_text(base64.b64encode(primary_key).decode())
+    lines = [b"name,age,job"] + [b"p%07d,%d,Engineer" % (i, i % 90) for i in range(200_000)]
+    plaintext = b"\n".join(lines) + b"\n"  # 4.4 MB: five 1 MiB chunks
+    vector = bigdl.write_bigdl_file(
+        plaintext, primary_key=primary_key, data_key_text=base64.b64encode(os.urandom(32)),
+        iv=os.urandom(16),
+    )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "people.csv.cbc").write_bytes(vector.data)
+    options = {"path": str(tmp_path / "data"), "mode": "AES/CBC/PKCS5Padding",
+               "bigdlPrimaryKey": str(key_file), "header": "true"}
+    source = PpmlDataSource(options)
+    schema = source.schema()
+    assert schema.fieldNames() == ["name", "age", "job"]
+    reader = source.reader(schema)
+    (partition,) = reader.partitions()
+    names = [name for batch in reader.read(partition) for name in batch.column(0).to_pylist()]
+    assert names == [line.split(b",")[0].decode() for line in lines[1:]]
+
+    tampered = bytearray(vector.data)
+    tampered[vector.ciphertext.start + 3 * (1 << 20) + 5] ^= 1  # in the fourth chunk
+    (tmp_path / "data" / "people.csv.cbc").write_bytes(tampered)
+    text = PpmlDataSource({**options, "format": "text", "header": "false"})
+    batches = text.reader(StructType([StructField("value", StringType())])).read(partition)
+    with pytest.raises(InvalidCiphertext):
+        next(iter(batches))
+
+
+def test_a_bigdl_legacy_file_is_read_in_blocks_not_whole(tmp_path: Path) -> None:
+    """A 64 MB legacy file never has its whole plaintext in memory: the task holds about two
+    blocks of 16 MiB (and the reader two 1 MiB chunks) at a time."""
+    import tracemalloc
+
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from ppml.spark.source import PpmlDataSource
+
+    primary_key = os.urandom(32)
+    key_file = tmp_path / "bigdl-primary.key"
+    key_file.write_text(base64.b64encode(primary_key).decode())
+    line = b"x" * 99 + b"\n"
+    size = 64 * 10**6
+    vector = bigdl.write_bigdl_file(
+        line * (size // len(line)), primary_key=primary_key,
+        data_key_text=base64.b64encode(os.urandom(32)), iv=os.urandom(16),
+    )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "lines.txt.cbc").write_bytes(vector.data)
+    del vector
+    source = PpmlDataSource({"path": str(tmp_path / "data"), "mode": "AES/CBC/PKCS5Padding",
+                             "bigdlPrimaryKey": str(key_file), "format": "text"})
+    reader = source.reader(StructType([StructField("value", StringType())]))
+    (partition,) = reader.partitions()
+    assert sum(batch.num_rows for batch in reader.read(partition)) == size // len(line)
+    rows = 0
+    tracemalloc.start()  # on the second read: the first one imported what parsing needs
+    try:
+        for batch in reader.read(partition):
+            rows += batch.num_rows
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rows == size // len(line)
+    assert peak < 48 << 20, f"peak {peak} bytes for {size} bytes of plaintext"

@@ -36,7 +36,7 @@ from ppml.spark.parquet import (
     read_row_groups,
     write_encrypted_table,
 )
-from ppml.spark.splits import list_input_files
+from ppml.spark.source.splits import list_input_files
 
 pytestmark = pytest.mark.spark
 
@@ -186,7 +186,7 @@ def test_row_groups_become_partitions(spark: Any, env: Env) -> None:
     assert partitions((4 << 20) + 5 * max(sizes) // 2) == len(sizes) // 2
     assert partitions(128 << 20) == 1
     # rowCount: the footers' row counts, one row per partition.
-    from ppml.spark.datasource import count_rows
+    from ppml.spark.source import count_rows
 
     counted = reader(spark, env.kms, maxPartitionBytes="1", rowCount="true").load(str(env.people_dir)).collect()
     assert [row.rows for row in counted] == [ROW_GROUP] * len(sizes)
@@ -256,7 +256,7 @@ def test_an_explicit_schema_prunes_columns_through_spark(spark: Any, env: Env,
     assert df.filter(SIMPLE_QUERY).count() == env.people.developers_20_40
 
     # The inferred schema needs only the footer key; reading `name` needs the deleted key.
-    def full() -> Any:  # a fresh DataFrame per query (see the datasource docstring on pushdown)
+    def full() -> Any:  # a fresh DataFrame per query (see docs/spark-source.md on pushdown)
         return reader(spark, keyed.store.uri, filterPushdown="true").load(str(keyed.directory))
 
     assert full().columns == ["name", "age", "job"]

@@ -230,7 +230,7 @@ def secure_session(app_name: str, *, master: str | None = None, secret_file: Pat
         from pyspark.sql import SparkSession
     except ModuleNotFoundError:
         raise UsageError("Spark support needs pyspark: pip install 'ppml[spark]'") from None
-    from ppml.spark.datasource import register
+    from ppml.spark.source import register
 
     secret = read_secret_file(secret_file) if secret_file else None
     builder = SparkSession.builder.appName(app_name)

@@ -69,7 +69,7 @@ def count_people(spark: Any, args: argparse.Namespace) -> int:
     ppml source Spark 4.3 prunes nothing, so the source counts its records itself (rowCount)."""
     if args.inputEncryptModeValue == PLAIN:
         return int(read_people(spark, args).count())
-    from ppml.spark.datasource import count_rows
+    from ppml.spark.source import count_rows
 
     return count_rows(spark, args.inputPath, **_source_options(args))
 

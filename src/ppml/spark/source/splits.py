@@ -90,7 +90,7 @@ class FileSplit:
 
 class SegmentSource(Protocol):
     """What :func:`iter_owned_blocks` needs of a file: :class:`~ppml.core.envelope.EnvelopeReader`
-    is one; tests use an in-memory fake."""
+    and :class:`~ppml.core.legacy.LegacyReader` are two; tests use an in-memory fake."""
 
     @property
     def plaintext_size(self) -> int: ...
