@@ -139,8 +139,8 @@ def main() -> int:
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from ppml.spark.source import count_rows, register
     from ppml.spark.session import performance_conf, security_conf
+    from ppml.spark.source import count_rows, register
 
     builder = (SparkSession.builder.master("local[2]").appName("bench-simple-query").config("spark.ui.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false"))

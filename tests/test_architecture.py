@@ -39,3 +39,11 @@ def test_mypy_is_clean_on_the_package() -> None:
     result = subprocess.run([str(mypy), "src/ppml", "--no-incremental"], cwd=ROOT, capture_output=True,
                             text=True, check=False)
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_ruff_is_clean() -> None:
+    """STYLE.md 21: the lint rules of [tool.ruff] hold over the package, tests, benchmarks and examples."""
+    ruff = Path(sys.executable).with_name("ruff")
+    result = subprocess.run([str(ruff), "check", "--no-cache", "src", "tests", "bench", "examples"], cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

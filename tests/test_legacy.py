@@ -14,9 +14,9 @@ import tracemalloc
 import warnings
 from pathlib import Path
 
-import bigdl_vectors as bigdl
 import pytest
 
+import bigdl_vectors as bigdl
 from ppml.core.legacy import (
     MODE,
     BigDLPrimaryKey,

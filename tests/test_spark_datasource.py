@@ -17,12 +17,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import pytest
 
 import bigdl_vectors as bigdl
-import pytest
-from spark_fixtures import spark  # noqa: F401
-
 from ppml.core.envelope import EnvelopeHeader, decrypt_file, encrypt_file, is_envelope
 from ppml.datagen import PeopleSummary, write_people
 from ppml.kms.local import LocalKeyStore
@@ -220,7 +219,8 @@ def test_row_count_mode_still_authenticates_and_checks_rows(spark: Any, env: Env
         assert "ragged.csv.ppml" in str(failure.value) and "s3cr3t" not in str(failure.value)
     # With a schema or with pushdown the mode is refused, not half applied.
     with pytest.raises(Exception, match="rowCount"):
-        ppml_reader(spark, env, header="true", rowCount="true").schema("rows BIGINT").load(str(env.people_dir)).collect()
+        reader = ppml_reader(spark, env, header="true", rowCount="true").schema("rows BIGINT")
+        reader.load(str(env.people_dir)).collect()
     with pytest.raises(Exception, match="rowCount"):
         ppml_reader(spark, env, header="true", rowCount="true", filterPushdown="true").load(
             str(env.people_dir)).collect()
@@ -573,10 +573,10 @@ def test_splits_follow_the_session_parallelism(tmp_path: Path) -> None:
 
     class FakeSession:
         class sparkContext:  # noqa: N801 - SparkSession's attribute
-            defaultParallelism = 3
+            defaultParallelism = 3  # noqa: N815 - SparkContext's attribute
 
         class dataSource:  # noqa: N801
-            registered: list[type[PpmlDataSource]] = []
+            registered: ClassVar[list[type[PpmlDataSource]]] = []
 
             @classmethod
             def register(cls, source: type[PpmlDataSource]) -> None:

@@ -406,9 +406,9 @@ def test_plaintext_and_non_parquet_files_are_refused(spark: Any, env: Env) -> No
     directory = env.root / "plaintext"
     directory.mkdir()
     pq.write_table(env.table, directory / "plain.parquet")
-    with pytest.raises(Exception, match="plain.parquet: plaintext Parquet"):
+    with pytest.raises(Exception, match=r"plain\.parquet: plaintext Parquet"):
         reader(spark, env.kms).load(str(directory))
     os.remove(directory / "plain.parquet")
     shutil.copy(env.people_csv, directory / "people.csv")
-    with pytest.raises(Exception, match="people.csv: not a Parquet file"):
+    with pytest.raises(Exception, match=r"people\.csv: not a Parquet file"):
         reader(spark, env.kms).schema("a STRING").load(str(directory)).collect()

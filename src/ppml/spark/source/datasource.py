@@ -63,7 +63,7 @@ def count_rows(spark: Any, path: str, **options: str) -> int:
 def _default_parallelism(spark: Any) -> int | None:
     try:
         parallelism = int(spark.sparkContext.defaultParallelism)
-    except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext: plan without it
+    except Exception:
         return None
     return parallelism if parallelism > 0 else None
 
