@@ -30,8 +30,6 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 __all__ = [
-    "ATTESTATION_HEADER",
-    "EHSM_TOKEN_REJECTED",
     "REPLAY_WINDOW_MS",
     "ehsm_sign",
     "ehsm_sign_object",
@@ -43,11 +41,6 @@ __all__ = [
 ]
 
 REPLAY_WINDOW_MS: Final = 10 * 60 * 1000
-#: The header that carries an attestation token on data-key requests (native and eHSM surfaces).
-ATTESTATION_HEADER: Final = "X-PPML-Attestation"
-#: The eHSM reply message prefix for a refused attestation token (a ppml extension; clients map it
-#: to ``TokenRejected``).
-EHSM_TOKEN_REJECTED: Final = "Attestation token rejected: "
 HEADER_APP, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE = (
     "X-PPML-App", "X-PPML-Timestamp", "X-PPML-Nonce", "X-PPML-Signature",
 )

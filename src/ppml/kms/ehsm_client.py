@@ -15,7 +15,6 @@ release and answers as it always does).
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import secrets
@@ -38,6 +37,7 @@ from ppml.errors import (
     TokenRejected,
     UsageError,
 )
+from ppml.kms import wire
 from ppml.kms.remote import (
     AttestationCredential,
     ClientCredentials,
@@ -45,6 +45,7 @@ from ppml.kms.remote import (
     KmsEndpoint,
     load_credentials,
 )
+from ppml.kms.wire import b64decode, b64encode
 from ppml.transport import decode
 
 __all__ = ["EhsmKms"]
@@ -115,7 +116,7 @@ class EhsmKms:
                                          payload=payload, timestamp=timestamp, nonce=nonce)
         headers = {"Content-Type": "application/json"}
         if attested and self._attestation is not None:
-            headers[signing.ATTESTATION_HEADER] = self._attestation.token
+            headers[wire.ATTESTATION_HEADER] = self._attestation.token
         response = self._http.send("POST", "/ehsm", body=json.dumps(body).encode(), headers=headers,
                                    params={"Action": action})
         return _result(response, self.uri, key_id)
@@ -139,10 +140,10 @@ class EhsmKms:
     def generate_data_key(self, key_id: str, *, associated_data: bytes | None = None) -> GeneratedDataKey:
         payload: dict[str, Any] = {"keyid": key_id, "keylen": DATA_KEY_SIZE}
         if associated_data:
-            payload["aad"] = base64.b64encode(associated_data).decode()
+            payload["aad"] = b64encode(associated_data)
         result = self.call("GenerateDataKey", payload, key_id=key_id, attested=True)
         return GeneratedDataKey(key_id=key_id, data_key=DataKey(self._plaintext(result)),
-                                wrapped=_unb64(result["ciphertext"]))
+                                wrapped=b64decode(result["ciphertext"], "the key service's reply"))
 
     def _plaintext(self, result: dict[str, Any]) -> bytes:
         if "jwe" in result:
@@ -151,12 +152,12 @@ class EhsmKms:
             return self._attestation.decrypt_jwe(str(result["jwe"]))
         if "plaintext" not in result:
             raise KmsRequestRejected(f"{self.uri}: the key service answered without the data key")
-        return _unb64(result["plaintext"])
+        return b64decode(result["plaintext"], "the key service's reply")
 
     def unwrap_data_key(self, key_id: str, wrapped: bytes, *, associated_data: bytes | None = None) -> DataKey:
-        payload: dict[str, Any] = {"keyid": key_id, "ciphertext": base64.b64encode(wrapped).decode()}
+        payload: dict[str, Any] = {"keyid": key_id, "ciphertext": b64encode(wrapped)}
         if associated_data:
-            payload["aad"] = base64.b64encode(associated_data).decode()
+            payload["aad"] = b64encode(associated_data)
         plaintext = self._plaintext(self.call("Decrypt", payload, key_id=key_id, attested=True))
         if len(plaintext) != DATA_KEY_SIZE:
             raise InvalidCiphertext()
@@ -164,13 +165,6 @@ class EhsmKms:
 
     def close(self) -> None:
         self._http.close()
-
-
-def _unb64(value: str) -> bytes:
-    try:
-        return base64.b64decode(value, validate=True)
-    except ValueError:
-        raise KmsRequestRejected("the key service answered with invalid base64") from None
 
 
 def _result(response: httpx.Response, uri: str, key_id: str | None) -> dict[str, Any]:
@@ -195,8 +189,8 @@ def _result(response: httpx.Response, uri: str, key_id: str | None) -> dict[str,
         raise InvalidCiphertext()
     if message == "sign error":
         raise AuthenticationFailed(f"{uri}: the server rejected the request signature (check the credentials)")
-    if message.startswith(signing.EHSM_TOKEN_REJECTED):
-        raise TokenRejected(message.removeprefix(signing.EHSM_TOKEN_REJECTED))
+    if message.startswith(wire.EHSM_TOKEN_REJECTED):
+        raise TokenRejected(message.removeprefix(wire.EHSM_TOKEN_REJECTED))
     if message.startswith("Timestamp"):
         raise ReplayedRequest(f"{uri}: {message} (check the clock)")
     raise KmsRequestRejected(f"{uri}: eHSM code {code}: {message}")

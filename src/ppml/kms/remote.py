@@ -12,7 +12,6 @@ recorded with the data. TLS certificates are always verified.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
@@ -41,6 +40,8 @@ from ppml.errors import (
     TokenRejected,
     UsageError,
 )
+from ppml.kms import wire
+from ppml.kms.wire import b64decode, b64encode
 from ppml.transport import HttpClient, decode
 
 __all__ = ["ClientCredentials", "KmsEndpoint", "RemoteKms", "load_credentials"]
@@ -194,7 +195,7 @@ class RemoteKms:
         headers = signing.native_headers(self._credentials.appid, self._credentials.apikey, method=method,
                                          path=raw_path, body=body)
         if attested and self._attestation is not None:
-            headers[signing.ATTESTATION_HEADER] = self._attestation.token
+            headers[wire.ATTESTATION_HEADER] = self._attestation.token
         if body:
             headers["Content-Type"] = "application/json"
         response = self._http.send(method, path, body=body, headers=headers)
@@ -210,22 +211,22 @@ class RemoteKms:
 
     def generate_data_key(self, key_id: str, *, associated_data: bytes | None = None) -> GeneratedDataKey:
         result = self.request("POST", f"/v1/keys/{_segment(key_id)}/generate-data-key",
-                              {"length": DATA_KEY_SIZE, "aad": _b64(associated_data or b""), "include_plaintext": True},
-                              key_id=key_id, attested=True)
+                              {"length": DATA_KEY_SIZE, "aad": b64encode(associated_data or b""),
+                               "include_plaintext": True}, key_id=key_id, attested=True)
         return GeneratedDataKey(key_id=key_id, data_key=DataKey(self._plaintext(result)),
-                                wrapped=_unb64(result["ciphertext"]))
+                                wrapped=b64decode(result["ciphertext"], "the key service's reply"))
 
     def _plaintext(self, result: dict[str, Any]) -> bytes:
         if "jwe" in result:
             if self._attestation is None:
                 raise InvalidCiphertext()
             return self._attestation.decrypt_jwe(str(result["jwe"]))
-        return _unb64(result["plaintext"])
+        return b64decode(result["plaintext"], "the key service's reply")
 
     def unwrap_data_key(self, key_id: str, wrapped: bytes, *, associated_data: bytes | None = None) -> DataKey:
         result = self.request("POST", f"/v1/keys/{_segment(key_id)}/decrypt",
-                              {"ciphertext": _b64(wrapped), "aad": _b64(associated_data or b"")}, key_id=key_id,
-                              attested=True)
+                              {"ciphertext": b64encode(wrapped), "aad": b64encode(associated_data or b"")},
+                              key_id=key_id, attested=True)
         plaintext = self._plaintext(result)
         if len(plaintext) != DATA_KEY_SIZE:
             raise InvalidCiphertext()
@@ -238,8 +239,9 @@ class RemoteKms:
 
     def rewrap(self, key_id: str, wrapped: bytes, *, associated_data: bytes | None = None) -> bytes:
         result = self.request("POST", f"/v1/keys/{_segment(key_id)}/rewrap",
-                              {"ciphertext": _b64(wrapped), "aad": _b64(associated_data or b"")}, key_id=key_id)
-        return _unb64(result["ciphertext"])
+                              {"ciphertext": b64encode(wrapped), "aad": b64encode(associated_data or b"")},
+                              key_id=key_id)
+        return b64decode(result["ciphertext"], "the key service's reply")
 
     def set_enabled(self, key_id: str, enabled: bool) -> dict[str, Any]:
         action = "enable" if enabled else "disable"
@@ -307,17 +309,6 @@ def _key_info(record: dict[str, Any]) -> KeyInfo:
 
     return KeyInfo(key_id=record["key_id"], created=datetime.fromisoformat(record["created"]),
                    enabled=record["state"] == "Enabled", description=record.get("description", ""))
-
-
-def _b64(value: bytes) -> str:
-    return base64.b64encode(value).decode()
-
-
-def _unb64(value: str) -> bytes:
-    try:
-        return base64.b64decode(value, validate=True)
-    except ValueError:
-        raise KmsRequestRejected("the key service answered with invalid base64") from None
 
 
 __all__ += ["SECRET_ACCESS", "enroll_open", "write_credentials"]

@@ -57,9 +57,11 @@ from ppml.errors import (
     ServiceUnavailable,
     TokenRejected,
 )
+from ppml.kms import wire
 from ppml.kms.http.auth import Authenticator, EhsmError
 from ppml.kms.service import KmsService
 from ppml.kms.types import ENABLED, DataKeyRequest, RequestContext
+from ppml.kms.wire import b64encode
 
 __all__ = [
     "DATA_KEY_ACTIONS", "EHSM_ACTIONS", "MAX_JSON_DEPTH", "EhsmAction", "EhsmError",
@@ -80,7 +82,7 @@ def ehsm_result(result: dict[str, Any] | None = None, message: str = "success!",
 
 def ehsm_error_response(exc: PpmlError) -> JSONResponse:
     if isinstance(exc, TokenRejected):
-        return ehsm_result(None, f"{signing.EHSM_TOKEN_REJECTED}{exc.reason}", 400)
+        return ehsm_result(None, f"{wire.EHSM_TOKEN_REJECTED}{exc.reason}", 400)
     if isinstance(exc, AttestationFailed):
         return ehsm_result(None, exc.reason, 400)
     if isinstance(exc, ReplayedRequest):
@@ -156,10 +158,6 @@ def _const(payload: dict[str, Any], name: str, allowed: tuple[str, ...], *, requ
     if not isinstance(value, str) or value not in allowed:
         raise EhsmError(400, f"Parameter invalid, The {name} type is incorrect.")
     return value
-
-
-def _b64(value: bytes) -> str:
-    return base64.b64encode(value).decode()
 
 
 def _ms(value: Any) -> int:
@@ -255,10 +253,10 @@ def _decrypt(ctx: RequestContext, payload: dict[str, Any]) -> DataKeyRequest:
 
 def _data_key_result(request: DataKeyRequest, result: bytes) -> dict[str, Any]:
     if request.operation == "Decrypt":
-        return {"plaintext": _b64(result)}
+        return {"plaintext": b64encode(result)}
     if request.operation == "GenerateDataKey":
-        return {"plaintext": _b64(request.data), "ciphertext": _b64(result)}
-    return {"ciphertext": _b64(result)}
+        return {"plaintext": b64encode(request.data), "ciphertext": b64encode(result)}
+    return {"ciphertext": b64encode(result)}
 
 
 DATA_KEY_ACTIONS: dict[str, DataKeyAction] = {
@@ -365,7 +363,7 @@ def add_ehsm_routes(app: FastAPI, service: KmsService, *, auth: Authenticator, o
             return {"jwe": jwe}
         jwe, wrapped = await call(service.generate_data_key_for_tee, ctx, job.key_id, length=len(job.data),
                                   aad=job.aad, token=token)
-        return {"ciphertext": _b64(wrapped), "jwe": jwe}
+        return {"ciphertext": b64encode(wrapped), "jwe": jwe}
 
     @app.post("/ehsm", tags=["eHSM"])
     async def ehsm_post(request: Request) -> JSONResponse:
@@ -385,7 +383,7 @@ def add_ehsm_routes(app: FastAPI, service: KmsService, *, auth: Authenticator, o
                 return await call(enroll, ctx)
             if action in DATA_KEY_ACTIONS:
                 payload = _check_payload(action, payload, _DATA_KEY_FIELDS[action])
-                token = request.headers.get(signing.ATTESTATION_HEADER)
+                token = request.headers.get(wire.ATTESTATION_HEADER)
                 if token and action != "Encrypt":
                     return ehsm_result(await attested(ctx, action, payload, token), "success!")
                 job = DATA_KEY_ACTIONS[action](ctx, payload)

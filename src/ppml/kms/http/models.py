@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
 
-from ppml.errors import KmsRequestRejected
 from ppml.kms.http.errors import MalformedBody
 from ppml.kms.types import KeyDescription
+from ppml.kms.wire import b64decode, b64encode
 
 __all__ = [
     "CiphertextRequest", "CiphertextResponse", "CreateKeyRequest", "CredentialsResponse", "DataKeyResponse",
@@ -83,17 +81,6 @@ def key_json(key: KeyDescription) -> dict[str, Any]:
         "deletion_time": key.deletion_time.isoformat() if key.deletion_time else None,
         "release_policy": key.release_policy,
     }
-
-
-def b64decode(value: str, field: str) -> bytes:
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise KmsRequestRejected(f"{field} is not valid base64") from None
-
-
-def b64encode(value: bytes) -> str:
-    return base64.b64encode(value).decode()
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from ppml.core import signing
+from ppml.kms import wire
 from ppml.kms.http.auth import Authenticator
 from ppml.kms.http.batching import GroupCommit
 from ppml.kms.http.models import (
@@ -109,7 +110,7 @@ def add_native_routes(app: FastAPI, service: KmsService, *, auth: Authenticator,
         TEE public key in the token."""
         ctx = await auth.native(request)
         body = await json_body(request, GenerateDataKeyRequest, optional=True)
-        token = request.headers.get(signing.ATTESTATION_HEADER)
+        token = request.headers.get(wire.ATTESTATION_HEADER)
         if token:
             jwe, wrapped = await call(service.generate_data_key_for_tee, ctx, key_id, length=body.length,
                                       aad=b64decode(body.aad, "aad"), token=token)
@@ -128,7 +129,7 @@ def add_native_routes(app: FastAPI, service: KmsService, *, auth: Authenticator,
         public key in the token; keys with a release policy answer only that way."""
         ctx = await auth.native(request)
         body = await json_body(request, CiphertextRequest)
-        token = request.headers.get(signing.ATTESTATION_HEADER)
+        token = request.headers.get(wire.ATTESTATION_HEADER)
         if token:
             jwe = await call(service.release_to_tee, ctx, key_id, b64decode(body.ciphertext, "ciphertext"),
                              b64decode(body.aad, "aad"), token=token)
