@@ -27,8 +27,8 @@ from ppml.errors import (
     InvalidCiphertext,
     KeyDisabled,
     KeyNotFound,
-    KmsUnavailable,
     PermissionDenied,
+    ServiceUnavailable,
 )
 from ppml.kms import storage as db
 from ppml.kms.service import KmsService
@@ -146,7 +146,8 @@ def test_a_storage_fault_spends_no_stamp(service: KmsService) -> None:
     appid = service.enroll().appid
     contexts = [ctx(appid) for _ in range(3)]
 
-    with connection_drops_at(service, "INSERT INTO replay"), pytest.raises(KmsUnavailable):
+    with connection_drops_at(service, "INSERT INTO replay"), \
+            pytest.raises(ServiceUnavailable, match="storage unavailable"):
         service.spend_replay_stamps(contexts)
     assert service.spend_replay_stamps(contexts) == [True] * 3
 
@@ -174,7 +175,7 @@ def test_a_storage_fault_fails_the_whole_batch_and_writes_nothing(service: KmsSe
     # The connection drops at the batch's last statement, the audit append.
     with connection_drops_at(service, "INSERT INTO audit"):
         results = service.run_data_key_batch(requests)
-    assert all(isinstance(r, KmsUnavailable) for r in results), results
+    assert all(isinstance(r, ServiceUnavailable) and r.service == "storage" for r in results), results
     with service.storage.transaction() as conn:
         assert conn.execute(select(func.count()).select_from(db.audit)).scalar_one() == before
     # Nothing was written: the same requests go through once storage is back.

@@ -1129,7 +1129,7 @@ def test_database_outage_is_503_and_leaves_no_partial_state(pg_cluster: Postgres
             ]:
                 response = wire.native(app, method, path, payload)
                 assert response.status_code == 503, (path, response.text)
-                assert response.json()["error"] == "KmsUnavailable"
+                assert response.json()["error"] == "ServiceUnavailable"
                 assert "storage" in response.json()["message"]
                 assert "unavailable" in response.json()["message"]
             health = wire.http.get("/healthz")
@@ -1142,7 +1142,7 @@ def test_database_outage_is_503_and_leaves_no_partial_state(pg_cluster: Postgres
             # database too.
             assert wire.ehsm(cold, "ListKey", http_status=503) == outage
             refused = wire.native(cold, "GET", "/v1/keys")
-            assert refused.status_code == 503 and refused.json()["error"] == "KmsUnavailable"
+            assert refused.status_code == 503 and refused.json()["error"] == "ServiceUnavailable"
             assert kms.process is not None and kms.process.poll() is None
         finally:
             pg_cluster.start()

@@ -7,7 +7,8 @@ migrations; this module owns the engine, transactions and the ``meta`` table::
 Migrations run forward on start, one transaction per version. Write transactions are serialised
 (``BEGIN IMMEDIATE`` plus a thread lock and, across ``ppml serve --workers`` processes, a file lock
 on SQLite; row locks where needed on PostgreSQL).
-Database faults become ``KmsUnavailable`` (HTTP 503) at this boundary.
+Database faults become the neutral ``ServiceUnavailable`` (HTTP 503) at this boundary: the store is
+shared by the KMS and the attestation service.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sqlalchemy import Column, Connection, Engine, LargeBinary, MetaData, String
 from sqlalchemy import exc as sa_exc
 
 from ppml.core.rootkey import RootKey, from_passphrase_file, load_or_create_key_file
-from ppml.errors import InvalidCiphertext, KmsRequestRejected, KmsUnavailable, RootKeyMismatch, UsageError
+from ppml.errors import InvalidCiphertext, RequestRejected, RootKeyMismatch, ServiceUnavailable, UsageError
 
 __all__ = ["Storage", "meta", "open_database"]
 
@@ -126,7 +127,7 @@ class Storage:
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[Connection]:
-        """A read-write transaction; database faults become ``KmsUnavailable`` (HTTP 503).
+        """A read-write transaction; database faults become ``ServiceUnavailable`` (HTTP 503).
 
         ``durable=False`` commits without waiting for the disk (SQLite WAL synchronous=NORMAL,
         PostgreSQL synchronous_commit=off): the commit survives a killed server process but may be
@@ -165,9 +166,9 @@ class Storage:
                     with conn.begin():
                         yield conn
         except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
-            raise KmsUnavailable("storage", _describe(exc)) from None
+            raise ServiceUnavailable("storage", _describe(exc)) from None
         except sa_exc.DataError as exc:
-            raise KmsRequestRejected(f"a value does not fit the database: {_describe(exc)}") from None
+            raise RequestRejected(f"a value does not fit the database: {_describe(exc)}") from None
 
     @contextmanager
     def _process_lock(self) -> Iterator[None]:

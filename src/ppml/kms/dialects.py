@@ -20,7 +20,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from ppml.errors import KmsUnavailable, UsageError
+from ppml.errors import ServiceUnavailable, UsageError
 from ppml.kms import storage as db
 from ppml.store import Storage
 
@@ -124,7 +124,7 @@ class PostgresDialect(_Dialect):
             else:
                 keys[key["key_id"]] = _key_row(key)
         if head is None:
-            raise KmsUnavailable("storage", "the audit head row is missing")
+            raise ServiceUnavailable("storage", "the audit head row is missing")
         return keys, head
 
     def append_audit(self, conn: Connection, records: Sequence[Mapping[str, Any]], head: Head) -> None:

@@ -584,7 +584,7 @@ class KmsService:
         route and whatever happens to the request afterwards; operations never look at stamps.
 
         Raises:
-            KmsUnavailable: the storage is down (no stamp was spent).
+            ServiceUnavailable: the storage is down (no stamp was spent).
         """
         if not any(ctx.replay_stamp is not None for ctx in contexts):
             return [True] * len(contexts)
