@@ -3,8 +3,10 @@
 ``ppml tee run --policy ID -- CMD …``: make a fresh P-256 TEE key, fetch a nonce, bind
 SHA-512(nonce ‖ {"tee_public_key": JWK}) into the evidence's report data, send the evidence, and
 on a token print ``Attestation Success!`` and start CMD with the session (token and TEE key) on an
-inherited pipe. On any failure print ``Attestation Fail! Application killed!`` and exit 1 without
-starting CMD. There is no switch that lets a failed attestation continue.
+inherited pipe, and a key agent (:mod:`ppml.tee.agent`) serving data keys to CMD's processes
+through that session for as long as CMD runs. On any failure print
+``Attestation Fail! Application killed!`` and exit 1 without starting CMD. There is no switch
+that lets a failed attestation continue.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ppml.attestation.client import AttestationClient
 from ppml.core.evidence import report_data_for
 from ppml.core.keys import SECRET_ACCESS
 from ppml.errors import PpmlError
+from ppml.tee.agent import KeyAgent
 from ppml.tee.interface import TeeBackend
 from ppml.tee.session import SESSION_FD_ENV, TeeSession
 
@@ -64,7 +67,13 @@ def run_attested(command: Sequence[str], *, backend: TeeBackend, client: Attesta
         os.write(write_end, payload)
     finally:
         os.close(write_end)
-    env = {**os.environ, SESSION_FD_ENV: str(read_end)}
+    from ppml.kms.registry import open_kms
+
+    # The key agent answers the workload's processes (the JVM, Python workers) through this
+    # session: they get data keys without holding the token, the TEE key or KMS credentials.
+    tee = str(session.claims.get("tee", ""))
+    agent = KeyAgent(lambda uri: open_kms(uri, attestation=session), tee=tee).start()
+    env = {**os.environ, SESSION_FD_ENV: str(read_end), **agent.environment()}
     try:
         completed = subprocess.run(list(command), pass_fds=(read_end,), env=env, check=False)
     except FileNotFoundError:
@@ -72,4 +81,5 @@ def run_attested(command: Sequence[str], *, backend: TeeBackend, client: Attesta
         return 127
     finally:
         os.close(read_end)
+        agent.stop()
     return completed.returncode
