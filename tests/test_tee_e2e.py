@@ -128,6 +128,41 @@ def test_attested_workload_receives_its_key(world: World, tmp_path: Path) -> Non
     assert marker.exists()
 
 
+AGENT_APP = textwrap.dedent("""
+    import base64, json, os
+    from pathlib import Path
+    from ppml.core.keys import SECRET_ACCESS
+    from ppml.tee.agent import AgentKms
+    assert "PPML_KMS_CREDENTIALS" not in os.environ
+    job = json.loads(Path(os.environ["JOB"]).read_text())
+    kms = AgentKms(os.environ["KMS_URI_NO_CREDENTIALS"])
+    key = kms.unwrap_data_key(job["key_id"], base64.b64decode(job["wrapped"]))
+    print("AGENT UNWRAPPED", key.export(SECRET_ACCESS).hex() == job["expected"])
+""")
+
+
+def test_the_workload_gets_its_key_through_the_key_agent(world: World, tmp_path: Path) -> None:
+    """Under `ppml tee run` the workload asks the runtime's key agent: it holds no KMS credential,
+    no token and no TEE key, and the gated key still reaches it (released to the attested session)."""
+    policy_id = world.register("--allow-simulated")
+    job = world.gated_job(policy_id)
+    agent_uri = world.server.uri()  # no credentials: the agent's own environment has them
+    env = {**world.env, "JOB": str(job), "KMS_URI_NO_CREDENTIALS": agent_uri}
+    script = tmp_path / "agent_app.py"
+    script.write_text(AGENT_APP)
+    result = run("tee", "run", "--backend", "simulated", "--policy", policy_id,
+                 "--enclave-manifest", str(world.manifest), "--enclave-sig", str(world.sig),
+                 "--platform-key", str(world.platform_key), "--",
+                 "env", "-u", "PPML_KMS_CREDENTIALS", sys.executable, str(script), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "AGENT UNWRAPPED True" in result.stdout
+    # Outside the gate there is no agent, and the message says how to get one.
+    outside = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False,
+                             env={k: v for k, v in env.items() if k != "PPML_KMS_CREDENTIALS"})
+    assert outside.returncode != 0 and "UNWRAPPED" not in outside.stdout
+    assert "no key agent: $PPML_KEY_AGENT is not set" in outside.stderr
+
+
 def test_the_same_workload_outside_the_gate_gets_nothing(world: World, tmp_path: Path) -> None:
     policy_id = world.register("--allow-simulated")
     job, marker = world.gated_job(policy_id), tmp_path / "ran"
