@@ -3,6 +3,7 @@ a standalone cluster (every executor's Python workers attest themselves), and th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -93,6 +94,12 @@ class Deployment:
         with sqlite3.connect(self.server.data_dir / "kms.db") as db:
             return [row[0] for row in db.execute("SELECT operation FROM audit ORDER BY seq")]
 
+    def audit_claims(self) -> list[tuple[str, str]]:
+        import sqlite3
+
+        with sqlite3.connect(self.server.data_dir / "kms.db") as db:
+            return [(row[0], row[1] or "{}") for row in db.execute("SELECT operation, claims FROM audit ORDER BY seq")]
+
     def count_output(self, output: Path) -> int:
         decrypted = output.parent / (output.name + ".plain")
         result = ppml_run("decrypt", str(output), str(decrypted), "--kms", self.kms, "--force", env=self.env)
@@ -118,6 +125,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 @pytest.mark.spark
 def test_simple_query_in_local_tee_mode(deployment: Deployment, tmp_path: Path) -> None:
     output = tmp_path / "out"
+    before = len(deployment.audit_operations())
     result = deployment.submit(output)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.splitlines()[0] == "Attestation Success!"
@@ -126,6 +134,11 @@ def test_simple_query_in_local_tee_mode(deployment: Deployment, tmp_path: Path) 
     assert deployment.count_output(output) == deployment.expected
     operations = deployment.audit_operations()
     assert "DecryptForTee" in operations and "GenerateDataKeyForTee" in operations
+    # Every key reached the job's processes through the runtime's key agent, i.e. through the one
+    # session that attested at the gate: one token behind every release (workers did not attest).
+    tokens = {json.loads(claims)["token_id"] for operation, claims in deployment.audit_claims()[before:]
+              if operation.endswith("ForTee")}
+    assert len(tokens) == 1, tokens
 
 
 @pytest.mark.slow

@@ -1,8 +1,11 @@
 """How Spark code (driver and Python workers) reaches the KMS.
 
 A data source option names the KMS by URI (``local:DIR``, ``ppml+https://HOST:PORT?ca=…&
-credentials=…``, ``ehsm+https://…``); URIs carry paths, never secrets. Inside a TEE mode, each
-Python worker process attests on its own the first time it needs a key (``PPML_TEE_BACKEND``,
+credentials=…``, ``ehsm+https://…``); URIs carry paths, never secrets. Where the attested runtime's
+key agent is in reach (``PPML_KEY_AGENT``: the driver side of ``ppml submit`` and ``ppml tee run``
+and every process they start), keys come from it, through the session that attested. Elsewhere in
+a TEE mode (executors on a cluster), each Python worker process attests on its own the first time
+it needs a key (``PPML_TEE_BACKEND``,
 ``PPML_AS_URL``, ``PPML_TEE_POLICY`` and the enclave files come from the executor's environment),
 so data keys reach it as JWE to its own TEE key and never cross Spark's RPC in the clear.
 One KMS client per URI per process.
@@ -64,14 +67,19 @@ def tee_session() -> Any:
 def kms_for(uri: str) -> DataKeyProvider:
     """The KMS client for ``uri`` in this process (attested when in a TEE mode)."""
     with _lock:
-        client = _clients.get(uri)
-    if client is not None:
-        return client
+        cached = _clients.get(uri)
+    if cached is not None:
+        return cached
     from ppml.kms.registry import open_kms
+    from ppml.tee.agent import AGENT_ENV, AgentKms
 
-    # Every remote scheme goes through the attested path: the session's token rides on data-key
-    # requests and keys arrive as JWE to this TEE's key. A local store has no such gate.
-    client = open_kms(uri, attestation=None if uri.startswith("local:") else tee_session())
+    if os.environ.get(AGENT_ENV) and not uri.startswith("local:"):
+        # A process of an attested TEE: keys come from the runtime's key agent, through its session.
+        client: DataKeyProvider = AgentKms(uri)
+    else:
+        # Every remote scheme goes through the attested path: the session's token rides on data-key
+        # requests and keys arrive as JWE to this TEE's key. A local store has no such gate.
+        client = open_kms(uri, attestation=None if uri.startswith("local:") else tee_session())
     with _lock:
         _clients.setdefault(uri, client)
         return _clients[uri]

@@ -29,6 +29,7 @@ each such signature and for the "registered with the master" line, and stops the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -44,10 +45,13 @@ import urllib.parse
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ppml.errors import UsageError
 from ppml.spark.launch import quiet_log_options, spark_home
+
+if TYPE_CHECKING:
+    from ppml.tee.agent import KeyAgent
 from ppml.spark.session import (
     performance_conf,
     python_environment,
@@ -332,11 +336,13 @@ def _common_flags(options: SubmitOptions) -> list[str]:
     return argv
 
 
-def _gate(options: SubmitOptions) -> int:
-    """local-tee/client/cluster: the driver side attests before anything is submitted."""
+def _gate(options: SubmitOptions) -> KeyAgent | None:
+    """local-tee/client: the driver side attests before anything is submitted; returns the key
+    agent (not started) that serves the driver's processes through the session, or None when the
+    attestation failed (already reported)."""
     from ppml.attestation.client import AttestationClient
     from ppml.tee.registry import open_backend
-    from ppml.tee.runtime import run_attested
+    from ppml.tee.runtime import attest_or_report, key_agent_for
 
     backend_options: dict[str, object] = {}
     if options.tee == "simulated":
@@ -345,7 +351,8 @@ def _gate(options: SubmitOptions) -> int:
             backend_options["platform_key_path"] = options.platform_key
     backend = open_backend(options.tee, **backend_options)
     client = AttestationClient(options.attestation_url or "", ca_path=options.attestation_ca)
-    return run_attested([], backend=backend, client=client, policy_ids=list(options.policy))
+    session = attest_or_report(backend, client, list(options.policy))
+    return None if session is None else key_agent_for(session)
 
 
 def submit(options: SubmitOptions, *, out: object = None) -> int:
@@ -356,13 +363,22 @@ def submit(options: SubmitOptions, *, out: object = None) -> int:
         argv, _ = build_submission(options, options.render_only)
         print(shlex.join(argv))
         return 0
-    if options.tee != "none" and not options.master.startswith("k8s://"):
-        # On Kubernetes the driver pod attests itself; here the gate runs on this machine.
-        code = _gate(options)
-        if code != 0:
-            return code
+    agent_env: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        if options.tee != "none" and not options.master.startswith("k8s://"):
+            # On Kubernetes the driver pod attests itself; here the gate runs on this machine, and
+            # its key agent serves the driver's processes (executors on a cluster attest themselves).
+            agent = _gate(options)
+            if agent is None:
+                return 1
+            agent_env = stack.enter_context(agent).environment()
+        return _submit(options, agent_env)
+
+
+def _submit(options: SubmitOptions, agent_env: dict[str, str]) -> int:
     with tempfile.TemporaryDirectory(prefix="ppml-submit-") as work:
         argv, env = build_submission(options, Path(work))
+        env.update(agent_env)
         # Spark takes seconds to start and, quiet, says nothing meanwhile.
         print(f"ppml: starting Spark ({options.mode} mode, master {options.master}); the job's output follows",
               file=sys.stderr, flush=True)

@@ -190,8 +190,8 @@ class KeyAgent:
 
 
 class KeyAgentClient:
-    """A connection to the agent named by ``PPML_KEY_AGENT`` (or ``path``). Not thread-safe: one
-    per thread."""
+    """A connection to the agent named by ``PPML_KEY_AGENT`` (or ``path``); requests from several
+    threads take turns on it."""
 
     def __init__(self, path: Path | str | None = None) -> None:
         path = path or os.environ.get(AGENT_ENV)
@@ -207,11 +207,13 @@ class KeyAgentClient:
             error.hint = "run the job under `ppml submit` or `ppml tee run`, which start the agent"
             raise error from None
         self._file = self._socket.makefile("rwb")
+        self._lock = threading.Lock()
 
     def request(self, request: dict[str, Any]) -> dict[str, Any]:
-        self._file.write(json.dumps(request).encode() + b"\n")
-        self._file.flush()
-        line = self._file.readline(MAX_FRAME + 1)
+        with self._lock:
+            self._file.write(json.dumps(request).encode() + b"\n")
+            self._file.flush()
+            line = self._file.readline(MAX_FRAME + 1)
         if not line:
             raise KeyServiceError(f"the key agent at {self.path} closed the connection")
         reply = json.loads(line)

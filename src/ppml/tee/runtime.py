@@ -26,7 +26,7 @@ from ppml.tee.agent import KeyAgent
 from ppml.tee.interface import TeeBackend
 from ppml.tee.session import SESSION_FD_ENV, TeeSession
 
-__all__ = ["FAIL_MESSAGE", "SUCCESS_MESSAGE", "attest", "run_attested"]
+__all__ = ["FAIL_MESSAGE", "SUCCESS_MESSAGE", "attest", "attest_or_report", "key_agent_for", "run_attested"]
 
 SUCCESS_MESSAGE = "Attestation Success!"
 FAIL_MESSAGE = "Attestation Fail! Application killed!"
@@ -43,19 +43,35 @@ def attest(backend: TeeBackend, client: AttestationClient, policy_ids: Sequence[
                       policy_ids=list(result["policy_ids"]), attestation_url=client.base_url)
 
 
-def run_attested(command: Sequence[str], *, backend: TeeBackend, client: AttestationClient,
-                 policy_ids: Sequence[str]) -> int:
-    """Attest, then run ``command`` with the session; returns the exit code to use."""
+def attest_or_report(backend: TeeBackend, client: AttestationClient, policy_ids: Sequence[str]) -> TeeSession | None:
+    """Attest and print the outcome: ``Attestation Success!`` (and a SIMULATED warning) with the
+    session, or the reason and ``Attestation Fail! Application killed!`` with None."""
     try:
         session = attest(backend, client, policy_ids)
     except (PpmlError, OSError, ValueError) as exc:
         detail = exc.diagnostics() if isinstance(exc, PpmlError) else str(exc)
         print(f"ppml: {detail}", file=sys.stderr)
         print(FAIL_MESSAGE, flush=True)
-        return 1
+        return None
     print(SUCCESS_MESSAGE, flush=True)
     if session.claims.get("simulated"):
         print("ppml: warning: SIMULATED TEE: the workload runs without hardware protection", file=sys.stderr)
+    return session
+
+
+def key_agent_for(session: TeeSession) -> KeyAgent:
+    """A key agent (not yet started) answering through ``session``'s attested KMS clients."""
+    from ppml.kms.registry import open_kms
+
+    return KeyAgent(lambda uri: open_kms(uri, attestation=session), tee=str(session.claims.get("tee", "")))
+
+
+def run_attested(command: Sequence[str], *, backend: TeeBackend, client: AttestationClient,
+                 policy_ids: Sequence[str]) -> int:
+    """Attest, then run ``command`` with the session and a key agent; returns the exit code to use."""
+    session = attest_or_report(backend, client, policy_ids)
+    if session is None:
+        return 1
     if not command:
         return 0
     read_end, write_end = os.pipe()
@@ -67,12 +83,9 @@ def run_attested(command: Sequence[str], *, backend: TeeBackend, client: Attesta
         os.write(write_end, payload)
     finally:
         os.close(write_end)
-    from ppml.kms.registry import open_kms
-
     # The key agent answers the workload's processes (the JVM, Python workers) through this
     # session: they get data keys without holding the token, the TEE key or KMS credentials.
-    tee = str(session.claims.get("tee", ""))
-    agent = KeyAgent(lambda uri: open_kms(uri, attestation=session), tee=tee).start()
+    agent = key_agent_for(session).start()
     env = {**os.environ, SESSION_FD_ENV: str(read_end), **agent.environment()}
     try:
         completed = subprocess.run(list(command), pass_fds=(read_end,), env=env, check=False)
