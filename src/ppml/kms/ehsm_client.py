@@ -45,7 +45,7 @@ from ppml.kms.remote import (
     KmsEndpoint,
     load_credentials,
 )
-from ppml.kms.wire import b64decode, b64encode
+from ppml.kms.wire import b64decode, b64encode, data_key_of
 from ppml.transport import decode
 
 __all__ = ["EhsmKms"]
@@ -142,23 +142,16 @@ class EhsmKms:
         if associated_data:
             payload["aad"] = b64encode(associated_data)
         result = self.call("GenerateDataKey", payload, key_id=key_id, attested=True)
-        return GeneratedDataKey(key_id=key_id, data_key=DataKey(self._plaintext(result)),
+        data_key = DataKey(data_key_of(result, self._attestation, self.uri))
+        return GeneratedDataKey(key_id=key_id, data_key=data_key,
                                 wrapped=b64decode(result["ciphertext"], "the key service's reply"))
-
-    def _plaintext(self, result: dict[str, Any]) -> bytes:
-        if "jwe" in result:
-            if self._attestation is None:
-                raise InvalidCiphertext()
-            return self._attestation.decrypt_jwe(str(result["jwe"]))
-        if "plaintext" not in result:
-            raise KmsRequestRejected(f"{self.uri}: the key service answered without the data key")
-        return b64decode(result["plaintext"], "the key service's reply")
 
     def unwrap_data_key(self, key_id: str, wrapped: bytes, *, associated_data: bytes | None = None) -> DataKey:
         payload: dict[str, Any] = {"keyid": key_id, "ciphertext": b64encode(wrapped)}
         if associated_data:
             payload["aad"] = b64encode(associated_data)
-        plaintext = self._plaintext(self.call("Decrypt", payload, key_id=key_id, attested=True))
+        result = self.call("Decrypt", payload, key_id=key_id, attested=True)
+        plaintext = data_key_of(result, self._attestation, self.uri)
         if len(plaintext) != DATA_KEY_SIZE:
             raise InvalidCiphertext()
         return DataKey(plaintext)

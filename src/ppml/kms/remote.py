@@ -41,7 +41,7 @@ from ppml.errors import (
     UsageError,
 )
 from ppml.kms import wire
-from ppml.kms.wire import b64decode, b64encode
+from ppml.kms.wire import b64decode, b64encode, data_key_of
 from ppml.transport import HttpClient, decode
 
 __all__ = ["ClientCredentials", "KmsEndpoint", "RemoteKms", "load_credentials"]
@@ -213,21 +213,15 @@ class RemoteKms:
         result = self.request("POST", f"/v1/keys/{_segment(key_id)}/generate-data-key",
                               {"length": DATA_KEY_SIZE, "aad": b64encode(associated_data or b""),
                                "include_plaintext": True}, key_id=key_id, attested=True)
-        return GeneratedDataKey(key_id=key_id, data_key=DataKey(self._plaintext(result)),
+        data_key = DataKey(data_key_of(result, self._attestation, self.uri))
+        return GeneratedDataKey(key_id=key_id, data_key=data_key,
                                 wrapped=b64decode(result["ciphertext"], "the key service's reply"))
-
-    def _plaintext(self, result: dict[str, Any]) -> bytes:
-        if "jwe" in result:
-            if self._attestation is None:
-                raise InvalidCiphertext()
-            return self._attestation.decrypt_jwe(str(result["jwe"]))
-        return b64decode(result["plaintext"], "the key service's reply")
 
     def unwrap_data_key(self, key_id: str, wrapped: bytes, *, associated_data: bytes | None = None) -> DataKey:
         result = self.request("POST", f"/v1/keys/{_segment(key_id)}/decrypt",
                               {"ciphertext": b64encode(wrapped), "aad": b64encode(associated_data or b"")},
                               key_id=key_id, attested=True)
-        plaintext = self._plaintext(result)
+        plaintext = data_key_of(result, self._attestation, self.uri)
         if len(plaintext) != DATA_KEY_SIZE:
             raise InvalidCiphertext()
         return DataKey(plaintext)
