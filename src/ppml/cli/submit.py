@@ -116,6 +116,20 @@ class _SubmitParser(argparse.ArgumentParser):
         return namespace, extras
 
 
+def cmd_jvm_build(args: argparse.Namespace) -> int:
+    from ppml.spark.jvm import build_library
+
+    print(build_library(force=args.force))
+    return 0
+
+
+def cmd_jvm_classpath(args: argparse.Namespace) -> int:
+    from ppml.spark.jvm import library_jar
+
+    print(library_jar())
+    return 0
+
+
 def add_commands(commands: Any) -> None:
     p = commands.add_parser(
         "submit", help="submit a Spark application (spark-submit with ppml's security and TEE modes)",
@@ -191,3 +205,14 @@ def add_commands(commands: Any) -> None:
                    "the UI has no authentication)")
     p.add_argument("--verbose", action="store_true", help="Spark's INFO logging")
     p.set_defaults(func=cmd_history_server)
+
+    jvm = commands.add_parser("jvm", help="ppml's JVM library (codec, Parquet KmsClient, key agent client)",
+                              description="ppml's JVM library for Spark's own readers and JVM applications.")
+    jvm_commands = jvm.add_subparsers(dest="jvm_command", metavar="COMMAND", required=True)
+    p = jvm_commands.add_parser("build", help="compile it with javac against pyspark's jars (make venv does)",
+                                description="Compile jvm/ with javac against pyspark's jars into the package.")
+    p.add_argument("--force", action="store_true", help="rebuild even if the sources did not change")
+    p.set_defaults(func=cmd_jvm_build)
+    p = jvm_commands.add_parser("classpath", help="print the jar's path (for --jars / extraClassPath)",
+                                description="Print the path of ppml's JVM library jar, building it if needed.")
+    p.set_defaults(func=cmd_jvm_classpath)
