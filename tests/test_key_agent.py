@@ -166,3 +166,30 @@ def test_no_agent_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(AGENT_ENV, raising=False)
     with pytest.raises(UsageError, match=AGENT_ENV):
         KeyAgentClient()
+
+
+def test_the_executor_launcher_runs_its_command_under_an_agent_of_its_own(
+        store: tuple[LocalKeyStore, str, str], tmp_path: Path) -> None:
+    """``python -m ppml.tee.launcher CMD`` (the executors' bin/java on a standalone cluster): with no
+    TEE backend in the environment (``--tee none``) CMD gets keys through an agent that uses the
+    app's own credentials, and the agent is gone when CMD exits."""
+    _, uri, key_id = store
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PPML_")}
+    probe = CHILD + "import os; print(os.environ['PPML_KEY_AGENT'])\n"
+    result = subprocess.run([sys.executable, "-m", "ppml.tee.launcher", sys.executable, "-c", probe, uri, key_id],
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    reply_line, socket_path = result.stdout.splitlines()
+    reply = json.loads(reply_line)
+    assert reply["key"] == reply["again"]
+    assert not Path(socket_path).exists()
+
+
+def test_the_executor_launcher_refuses_a_half_configured_tee_without_running_the_command(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PPML_")}, "PPML_TEE_BACKEND": "simulated"}
+    result = subprocess.run([sys.executable, "-m", "ppml.tee.launcher", "touch", str(marker)], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
+    assert "PPML_AS_URL" in result.stderr
+    assert not marker.exists()

@@ -1,5 +1,6 @@
 """SimpleQuery through `ppml submit` (and `ppml example`), for real: local-tee mode, client mode on
-a standalone cluster (every executor's Python workers attest themselves), and the ways it must fail."""
+a standalone cluster (every executor attests under ppml's launcher and serves its processes through its own
+key agent), and the ways it must fail."""
 
 from __future__ import annotations
 
@@ -193,10 +194,11 @@ def test_tampered_input_fails_naming_the_file_and_commits_nothing(deployment: De
 @pytest.mark.slow
 @pytest.mark.spark
 def test_simple_query_in_client_mode_on_a_standalone_cluster(deployment: Deployment, tmp_path: Path) -> None:
-    """The driver passes the gate here; the cluster's executors' Python workers attest on their own."""
+    """The driver passes the gate here; each executor starts under ppml's launcher, which attests
+    its TEE and serves the JVM and its Python workers through a key agent of its own."""
     secret = tmp_path / "rpc-secret"
     write_secret_file(secret)
-    before = deployment.audit_operations()
+    before = len(deployment.audit_operations())
     with StandaloneCluster(tmp_path / "cluster", secret_file=secret, worker_memory="1g") as cluster:
         output = tmp_path / "out"
         result = deployment.submit(output, master=cluster.master_url,
@@ -204,8 +206,13 @@ def test_simple_query_in_client_mode_on_a_standalone_cluster(deployment: Deploym
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"Num of Developer age between 20,40 is {deployment.expected}" in result.stdout
     assert deployment.count_output(output) == deployment.expected
-    released = [op for op in deployment.audit_operations()[len(before):] if op.endswith("ForTee")]
+    executor_logs = [p.read_text(errors="replace") for p in (tmp_path / "cluster").glob("worker-*/app-*/*/stdout")]
+    assert executor_logs and all("Attestation Success!" in log for log in executor_logs), executor_logs
+    released = [(op, json.loads(claims)) for op, claims in deployment.audit_claims()[before:] if op.endswith("ForTee")]
     assert released, "the executors received no data key through attestation"
+    # One session per TEE: the driver's gate and one per executor (Python workers did not attest).
+    tokens = {claims["token_id"] for _, claims in released}
+    assert len(tokens) <= 1 + len(executor_logs), tokens
 
 
 

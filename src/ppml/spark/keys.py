@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 from ppml.core.keys import DataKeyProvider
-from ppml.errors import UsageError
+from ppml.tee.launcher import TEE_ENV, attestation_from_environment
 
 __all__ = ["TEE_ENV", "kms_for", "tee_session"]
-
-TEE_ENV = ("PPML_TEE_BACKEND", "PPML_AS_URL", "PPML_AS_CA", "PPML_TEE_POLICY", "PPML_ENCLAVE_MANIFEST",
-           "PPML_ENCLAVE_SIG", "PPML_SIM_PLATFORM_KEY")
 
 _lock = threading.Lock()
 _clients: dict[str, DataKeyProvider] = {}
@@ -40,27 +36,14 @@ def tee_session() -> Any:
     inherited = current_session()
     if inherited is not None:
         return inherited
-    backend = os.environ.get("PPML_TEE_BACKEND", "")
-    if not backend or backend == "none":
-        return None
     with _lock:
         if _session is None:
-            from ppml.attestation.client import AttestationClient
-            from ppml.tee.registry import open_backend
             from ppml.tee.runtime import attest
 
-            url, policy = os.environ.get("PPML_AS_URL"), os.environ.get("PPML_TEE_POLICY")
-            if not url or not policy:
-                raise UsageError("PPML_TEE_BACKEND is set but PPML_AS_URL or PPML_TEE_POLICY is not")
-            options: dict[str, Any] = {}
-            if backend == "simulated":
-                options = {"manifest": Path(os.environ["PPML_ENCLAVE_MANIFEST"]),
-                           "sigstruct": Path(os.environ["PPML_ENCLAVE_SIG"])}
-                if os.environ.get("PPML_SIM_PLATFORM_KEY"):
-                    options["platform_key_path"] = Path(os.environ["PPML_SIM_PLATFORM_KEY"])
-            ca = os.environ.get("PPML_AS_CA")
-            client = AttestationClient(url, ca_path=Path(ca) if ca else None)
-            _session = attest(open_backend(backend, **options), client, policy.split(","))
+            attestation = attestation_from_environment(os.environ)
+            if attestation is None:
+                return None
+            _session = attest(*attestation)
         return _session
 
 

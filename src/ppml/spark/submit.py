@@ -5,11 +5,13 @@ Modes (DESIGN.md step 5), chosen by ``--tee`` and the master/deploy mode:
 ===========  ======================  ====================================================
 mode         how to ask              what runs where
 ===========  ======================  ====================================================
-local        ``--tee none``          no TEE; Spark's authentication and encryption still on
+local        ``--tee none``          no TEE; Spark's authentication and encryption still on;
+                                     a key agent with the app's credentials serves the JVM
 local-tee    ``--tee X``, local[N]   the driver (and its executor threads and Python workers)
-                                     pass the gate, then every Python worker attests itself
-client       ``--tee X``, spark://…  driver passes the gate locally; each executor's Python
-             deploy-mode client      workers attest themselves (``spark.executorEnv.PPML_*``)
+                                     pass the gate; they get keys from its key agent
+client       ``--tee X``, spark://…  driver passes the gate locally; each executor starts under
+             deploy-mode client      ppml's launcher, which attests it and runs its key agent
+                                     (``spark.executorEnv.JAVA_HOME``, :mod:`ppml.tee.launcher`)
 cluster      ``--tee X``, k8s://…    driver and executors in TEE pods (pod templates)
              deploy-mode cluster
 ===========  ======================  ====================================================
@@ -36,6 +38,7 @@ import os
 import queue
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from ppml.errors import UsageError
+from ppml.spark.jvm import classpath_conf
 from ppml.spark.launch import quiet_log_options, spark_home
 
 if TYPE_CHECKING:
@@ -61,10 +65,12 @@ from ppml.spark.session import (
     write_properties_file,
 )
 
-__all__ = ["MISMATCH_SIGNATURES", "SubmitOptions", "build_submission", "pod_problems", "spark_submit_path",
-           "submit"]
+__all__ = ["EXECUTOR_JAVA_HOME", "MISMATCH_SIGNATURES", "SubmitOptions", "build_submission", "executor_launcher_conf",
+           "pod_problems", "real_java", "spark_submit_path", "submit"]
 
 TEES: Final = ("none", "simulated", "sgx-gramine", "tdx")
+#: The executors' ``JAVA_HOME`` on a standalone cluster: its ``bin/java`` is ppml's TEE launcher.
+EXECUTOR_JAVA_HOME: Final = Path(__file__).with_name("executor_java_home")
 
 #: Driver log lines that mean the submission's security settings do not match the cluster's.
 MISMATCH_SIGNATURES: Final = (
@@ -299,7 +305,10 @@ def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str],
     for name, value in tee_env.items():
         conf[f"spark.executorEnv.{name}"] = value
     conf["spark.executorEnv.PYSPARK_PYTHON"] = sys.executable
+    if options.master.startswith("spark://"):
+        conf.update(executor_launcher_conf())
     conf.update(user_conf)
+    conf.update(classpath_conf(user_conf))
     properties = write_properties_file(conf, work_dir / "spark-ppml.properties")
 
     argv = [str(spark_submit_path()), "--master", options.master, "--deploy-mode", options.deploy_mode,
@@ -307,6 +316,29 @@ def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str],
     env = {**os.environ, **tee_env, **python_environment()}
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     return argv, _log_environment(options, env)
+
+
+def real_java() -> Path:
+    """The java that Spark's launcher would run here: ``$JAVA_HOME/bin/java``, else ``java`` on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    candidate = Path(home) / "bin" / "java" if home else None
+    if candidate is None or not candidate.is_file():
+        found = shutil.which("java")
+        if not found:
+            raise UsageError("no java: install a Java 17 runtime or set JAVA_HOME")
+        candidate = Path(found)
+    return candidate.resolve()
+
+
+def executor_launcher_conf() -> dict[str, str]:
+    """Standalone executors start under ppml's TEE runtime (:mod:`ppml.tee.launcher`): their
+    ``JAVA_HOME`` is a directory whose ``bin/java`` attests the executor's TEE (as its
+    ``PPML_TEE_*`` environment says; with the app's credentials under ``--tee none``) and runs the
+    real JVM with a key agent, one per executor. Paths only: the workers must see this machine's
+    ppml installation at the same place (they do on one machine, and in ppml's images)."""
+    return {"spark.executorEnv.JAVA_HOME": str(EXECUTOR_JAVA_HOME),
+            "spark.executorEnv.PPML_PYTHON": sys.executable,
+            "spark.executorEnv.PPML_JAVA": str(real_java())}
 
 
 def _log_environment(options: SubmitOptions, env: dict[str, str]) -> dict[str, str]:
@@ -339,11 +371,17 @@ def _common_flags(options: SubmitOptions) -> list[str]:
 def _gate(options: SubmitOptions) -> KeyAgent | None:
     """local-tee/client: the driver side attests before anything is submitted; returns the key
     agent (not started) that serves the driver's processes through the session, or None when the
-    attestation failed (already reported)."""
+    attestation failed (already reported). Under ``--tee none`` the agent uses the app's own
+    credentials, so the JVM and Python workers get keys the same way in every mode."""
     from ppml.attestation.client import AttestationClient
+    from ppml.tee.agent import KeyAgent
     from ppml.tee.registry import open_backend
     from ppml.tee.runtime import attest_or_report, key_agent_for
 
+    if options.tee == "none":
+        from ppml.kms.registry import open_kms
+
+        return KeyAgent(open_kms, tee="none")
     backend_options: dict[str, object] = {}
     if options.tee == "simulated":
         backend_options = {"manifest": options.enclave_manifest, "sigstruct": options.enclave_sig}
@@ -365,9 +403,10 @@ def submit(options: SubmitOptions, *, out: object = None) -> int:
         return 0
     agent_env: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
-        if options.tee != "none" and not options.master.startswith("k8s://"):
+        if not options.master.startswith("k8s://"):
             # On Kubernetes the driver pod attests itself; here the gate runs on this machine, and
-            # its key agent serves the driver's processes (executors on a cluster attest themselves).
+            # its key agent serves the driver's processes (each standalone executor has its own:
+            # executor_launcher_conf). Under --tee none the agent answers with the app's credentials.
             agent = _gate(options)
             if agent is None:
                 return 1

@@ -211,9 +211,15 @@ class KeyAgentClient:
 
     def request(self, request: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            self._file.write(json.dumps(request).encode() + b"\n")
-            self._file.flush()
-            line = self._file.readline(MAX_FRAME + 1)
+            try:
+                self._file.write(json.dumps(request).encode() + b"\n")
+                self._file.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the agent refuses a peer before reading its request: its one reply says why
+            try:
+                line = self._file.readline(MAX_FRAME + 1)
+            except ConnectionResetError:
+                line = b""
         if not line:
             raise KeyServiceError(f"the key agent at {self.path} closed the connection")
         reply = json.loads(line)

@@ -110,8 +110,12 @@ public final class KeyAgentClient implements AutoCloseable {
     }
     ByteBuffer out = ByteBuffer.wrap(line);
     try {
-      while (out.hasRemaining()) {
-        channel.write(out);
+      try {
+        while (out.hasRemaining()) {
+          channel.write(out);
+        }
+      } catch (IOException e) {
+        // The agent refuses a peer before reading its request; its one reply line says why.
       }
       JsonNode reply = JSON.readTree(readLine());
       if (!reply.path("ok").asBoolean(false)) {
