@@ -119,7 +119,9 @@ class _Server:
                 self.process.kill()
 
 
-def run_demo(*, workdir: Path, rows: int, seed: int | None = None) -> int:
+def run_demo(*, workdir: Path, rows: int, seed: int | None = None, jvm: bool = False) -> int:
+    """The workflow; with ``jvm`` the job is the Java SimpleQuery (ppml's JVM library through
+    ``ppml submit --class``: Spark's own csv reader and writer over envelopes), else the Python one."""
     from ppml.core.keys import SECRET_ACCESS  # noqa: F401  (documents that no key is exported here)
     from ppml.datagen import generate_people
     from ppml.kms.remote import KmsEndpoint, RemoteKms, load_credentials, write_credentials
@@ -203,13 +205,19 @@ def run_demo(*, workdir: Path, rows: int, seed: int | None = None) -> int:
 
         def submit() -> str:
             events = workdir / "spark-events"
+            if jvm:
+                from ppml.spark.jvm import library_jar
+
+                app = ["--class", "org.ppml.examples.SimpleQuery", str(library_jar())]
+            else:
+                app = [str(_example_path())]
             result = subprocess.run(
                 [sys.executable, "-m", "ppml.cli.main", "submit", "--master", "local[2]", "--tee", "simulated",
                  "--policy", policy_id, "--attestation-url", url, "--attestation-ca", str(server.ca),
                  "--enclave-manifest", str(manifest), "--enclave-sig", str(sig), "--platform-key", str(platform_key),
                  "--event-log-dir", str(events), "--name", "SimpleQuery",
                  "--conf", "spark.ui.showConsoleProgress=false",
-                 str(_example_path()), "--inputPath", str(encrypted), "--inputEncryptModeValue", "ppml",
+                 *app, "--inputPath", str(encrypted), "--inputEncryptModeValue", "ppml",
                  "--outputPath", str(output), "--outputEncryptModeValue", "ppml", "--outputPartitionNum", "2",
                  "--kms", kms_uri, "--primaryKey", output_key],
                 env={**env, "SPARK_LOCAL_IP": "127.0.0.1"}, text=True, capture_output=True, check=False)
@@ -222,7 +230,8 @@ def run_demo(*, workdir: Path, rows: int, seed: int | None = None) -> int:
                 raise SystemExit(f"SimpleQuery failed (exit {result.returncode}); see {workdir / 'submit.log'}")
             return next((line for line in shown if line.startswith("Num of Developer")), "")
 
-        answer = steps.run("submit SimpleQuery in local-tee mode (simulated TEE, local[2])", submit,
+        answer = steps.run(f"submit {'the Java ' if jvm else ''}SimpleQuery in local-tee mode (simulated TEE, "
+                           "local[2])", submit,
                            lambda line: "event log in spark-events/")
         steps.run("decrypt the output (as the data owner)",
                   lambda: _ppml("decrypt", str(output), str(decrypted), "--kms", kms_uri, "--force", env=env),

@@ -341,7 +341,7 @@ def cmd_example_simple_query(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ppml.cli.demo import run_demo
 
-    return run_demo(workdir=Path(args.workdir), rows=args.rows, seed=args.seed)
+    return run_demo(workdir=Path(args.workdir), rows=args.rows, seed=args.seed, jvm=args.jvm)
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -519,6 +519,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     add_help=False)
     p.add_argument("example_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_example_simple_query)
+    p = example_commands.add_parser(
+        "simple-query-jvm", help="the Java SimpleQuery end to end: Spark's own csv reader over envelopes",
+        description="The whole workflow (as ppml demo) with the Java SimpleQuery of ppml's JVM library, run "
+        "by ppml submit --class: Spark's own csv reader and writer over ppml envelopes, keys from the key agent.")
+    p.add_argument("--workdir", default=".demo-jvm", help="where the example keeps its files")
+    p.add_argument("--rows", type=_non_negative_int, default=100_000)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_demo, jvm=True)
 
     p = commands.add_parser(
         "demo",
@@ -528,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=".demo", help="where the demo keeps its files")
     p.add_argument("--rows", type=_non_negative_int, default=1_000_000)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--jvm", action="store_true", help="run the Java SimpleQuery (Spark's own csv reader over "
+                   "envelopes) instead of the Python one")
     p.set_defaults(func=cmd_demo)
     return parser
 
