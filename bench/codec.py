@@ -115,7 +115,7 @@ def main() -> int:
             results = {}
             for which, df in frames.items():
                 query(df)  # warm-up (JIT, page cache)
-                results[which] = best(args.repeat, lambda: query(df))  # noqa: B023
+                results[which] = best(args.repeat, lambda: query(df))
             if results["plain"][1] != results["ppml"][1]:
                 print(f"  WRONG RESULT for {name}: {results['plain'][1]!r} vs {results['ppml'][1]!r}")
                 return 1

@@ -154,7 +154,7 @@ def crafted_texts() -> list[bytes]:
     for ending in (b"\n", b"\r", b"\r\n"):
         for shift in (0, 1, 2):
             line = b"y" * (first - len(ending) + shift - 1)
-            texts.append(b"a\n" * 0 + line + b"x" + ending + b"next line\n" + b"z" * 4079 + ending + b"tail")
+            texts.append(line + b"x" + ending + b"next line\n" + b"z" * 4079 + ending + b"tail")
     return texts
 
 
@@ -163,7 +163,8 @@ def expected_lines(text: bytes) -> Counter[str]:
 
 
 @pytest.fixture(scope="module")
-def split_corpus(tmp_path_factory: pytest.TempPathFactory, store: tuple[LocalKeyStore, str]) -> tuple[Path, dict[str, bytes]]:
+def split_corpus(tmp_path_factory: pytest.TempPathFactory,
+                 store: tuple[LocalKeyStore, str]) -> tuple[Path, dict[str, bytes]]:
     root = tmp_path_factory.mktemp("codec-splits")
     texts = {f"random-{seed}": random_text(random.Random(seed)) for seed in range(40)}
     texts.update({f"crafted-{i}": text for i, text in enumerate(crafted_texts())})
@@ -246,11 +247,16 @@ def test_writing_without_a_key_id_says_which_setting(
 
 
 def alterations(envelope: bytes) -> dict[str, bytes]:
-    n = EnvelopeHeader.read_from(io.BytesIO(envelope))[1].__len__()
+    n = len(EnvelopeHeader.read_from(io.BytesIO(envelope))[1])
     body = n + 40
-    seg = lambda i: n + i * SEGMENT  # noqa: E731  # segment i's ciphertext (i >= 1)
+
+    def seg(i: int) -> int:  # where segment i >= 1 starts
+        return n + i * SEGMENT
+
+    def flipped(at: int) -> bytes:
+        return envelope[:at] + bytes([envelope[at] ^ 1]) + envelope[at + 1:]
+
     last = seg((len(envelope) - n - 1) // SEGMENT)
-    flipped = lambda at: envelope[:at] + bytes([envelope[at] ^ 1]) + envelope[at + 1:]  # noqa: E731
     return {
         "header byte": flipped(20),
         "body byte": flipped(body + 100),
