@@ -51,28 +51,15 @@ def main() -> int:
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ["PYSPARK_PYTHON"] = sys.executable
-    from ppml.core.envelope import encrypt_file
-    from ppml.datagen import generate_people
-    from ppml.kms.local import LocalKeyStore
+    from simple_query import people_data  # bench/ is on sys.path: this script's directory
+
     from ppml.kms.registry import open_kms
     from ppml.spark.jvm import classpath_conf, library_jar
     from ppml.spark.launch import spark_home
     from ppml.tee.agent import AGENT_ENV, KeyAgent
 
-    data = args.data
-    data.mkdir(parents=True, exist_ok=True)
-    store = LocalKeyStore(data / "keys")
-    key_id = next((k.key_id for k in store.list_keys() if k.description == "bench"), None) or \
-        store.create_primary_key(description="bench").key_id
-    plain = data / f"people-{args.rows}.csv"
-    expected_file = plain.with_suffix(".expected")
-    if not plain.exists() or not expected_file.exists():
-        print(f"generating {args.rows:,} rows ...", flush=True)
-        expected_file.write_text(str(generate_people(plain, args.rows, seed=42).developers_20_40))
-    expected = int(expected_file.read_text())
-    encrypted = plain.with_suffix(".csv.ppml")  # the same file simple_query.py reads through format("ppml")
-    if not encrypted.exists():
-        encrypt_file(plain, encrypted, kms=store, key_id=key_id)
+    # the same files simple_query.py reads (its envelope is what it reads through format("ppml"))
+    store, _, plain, expected, encrypted = people_data(args.data, args.rows)
 
     classpath = os.pathsep.join([str(library_jar()), str(spark_home() / "jars" / "*")])
     micro = subprocess.run(["java", "-cp", classpath, "org.ppml.envelope.Throughput"], capture_output=True,
