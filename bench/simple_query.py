@@ -32,6 +32,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ppml.kms.local import LocalKeyStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = "name STRING, age INT, job STRING"
@@ -98,6 +102,29 @@ def register_floor_source(spark: object, rows: int) -> None:
     spark.dataSource.register(FloorSource)  # type: ignore[attr-defined]
 
 
+def people_data(data: Path, rows: int) -> tuple[LocalKeyStore, str, Path, int, Path]:
+    """The benchmarks' people.csv under ``data`` (generated once, seed 42) and the same file as a
+    ppml envelope (1 MiB segments) under the store's "bench" key: (store, key id, plaintext path,
+    developers aged 20-40, envelope path)."""
+    from ppml.core.envelope import encrypt_file
+    from ppml.datagen import generate_people
+    from ppml.kms.local import LocalKeyStore
+
+    data.mkdir(parents=True, exist_ok=True)
+    store = LocalKeyStore(data / "keys")
+    key_id = next((k.key_id for k in store.list_keys() if k.description == "bench"), None) or \
+        store.create_primary_key(description="bench").key_id
+    plain = data / f"people-{rows}.csv"
+    expected_file = plain.with_suffix(".expected")
+    if not plain.exists() or not expected_file.exists():
+        print(f"generating {rows:,} rows ...", flush=True)
+        expected_file.write_text(str(generate_people(plain, rows, seed=42).developers_20_40))
+    encrypted = plain.with_suffix(".csv.ppml")
+    if not encrypted.exists():
+        encrypt_file(plain, encrypted, kms=store, key_id=key_id)
+    return store, key_id, plain, int(expected_file.read_text()), encrypted
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=8_000_000)
@@ -110,25 +137,10 @@ def main() -> int:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from ppml.core.envelope import encrypt_file
-    from ppml.datagen import generate_people
-    from ppml.kms.local import LocalKeyStore
     from ppml.spark.parquet import decryption_properties, read_encrypted_table, write_encrypted_table
 
     data = args.data
-    data.mkdir(parents=True, exist_ok=True)
-    store = LocalKeyStore(data / "keys")
-    key_id = next((k.key_id for k in store.list_keys() if k.description == "bench"), None) or \
-        store.create_primary_key(description="bench").key_id
-    plain = data / f"people-{args.rows}.csv"
-    expected_file = plain.with_suffix(".expected")
-    if not plain.exists() or not expected_file.exists():
-        print(f"generating {args.rows:,} rows ...", flush=True)
-        expected_file.write_text(str(generate_people(plain, args.rows, seed=42).developers_20_40))
-    expected = int(expected_file.read_text())
-    encrypted = plain.with_suffix(".csv.ppml")
-    if not encrypted.exists():
-        encrypt_file(plain, encrypted, kms=store, key_id=key_id)
+    store, key_id, plain, expected, encrypted = people_data(data, args.rows)
     plain_parquet, pme_parquet = plain.with_suffix(".parquet"), plain.with_suffix(".pme.parquet")
     if not plain_parquet.exists() or not pme_parquet.exists():
         table = pacsv.read_csv(plain)
