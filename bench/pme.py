@@ -8,7 +8,7 @@ written by PyArrow twice with the same layout (one file, 1 Mi-row row groups, Sn
 and as PME with every column encrypted under one primary key of a local key store (ppml's PyArrow
 ``KmsClient``, double wrapping, encrypted footer). One Spark session (local[2]) with
 ``native_session_conf`` and a key agent in this process (app credentials, no TEE: what ``ppml
-submit --tee none`` gives a job) times, best of --repeat after a warm-up:
+submit --tee none`` gives a job) times, best of --repeat rounds that alternate the readers, after a warm-up:
 
 * filtered count: the developers aged 20-40 (SimpleQuery's filter);
 * group-by: rows and mean age per job.
@@ -70,14 +70,18 @@ def prepare(data: Path, rows: int) -> Data:
     return Data(f"local:{data / 'keys'}", key_id, plain, pme, store)
 
 
-def best(repeat: int, action: Callable[[], Any]) -> tuple[float, Any]:
-    action()  # warm-up: JIT, KEK caches, page cache
-    rounds = []
+def best_interleaved(repeat: int, actions: dict[str, Callable[[], Any]]) -> dict[str, tuple[float, Any]]:
+    """Each action's fastest round; rounds alternate between the actions (after one warm-up
+    each: JIT, KEK caches, page cache), so a machine whose speed drifts is compared with itself."""
+    for action in actions.values():
+        action()
+    rounds: dict[str, list[tuple[float, Any]]] = {name: [] for name in actions}
     for _ in range(repeat):
-        started = time.perf_counter()
-        result = action()
-        rounds.append((time.perf_counter() - started, result))
-    return min(rounds, key=lambda r: r[0])
+        for name, action in actions.items():
+            started = time.perf_counter()
+            result = action()
+            rounds[name].append((time.perf_counter() - started, result))
+    return {name: min(timed, key=lambda r: r[0]) for name, timed in rounds.items()}
 
 
 def main() -> int:
@@ -124,8 +128,9 @@ def main() -> int:
     try:
         results: dict[tuple[str, str], tuple[float, Any]] = {}
         for query, run in queries.items():
-            for reader, read in readers.items():
-                results[(query, reader)] = best(args.repeat, lambda run=run, read=read: run(read()))
+            timed = best_interleaved(args.repeat, {reader: (lambda run=run, read=read: run(read()))
+                                                   for reader, read in readers.items()})
+            results.update({(query, reader): value for reader, value in timed.items()})
         print(f"\nPME Parquet vs plaintext, {args.rows:,} rows, local[2], one file of "
               f"{ROW_GROUP:,}-row groups, best of {args.repeat}  (load {os.getloadavg()[0]:.1f})")
         print(f"{'query':<16}{'reader':<36}{'seconds':>9}{'ratio':>8}")
