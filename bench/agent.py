@@ -107,9 +107,8 @@ def main() -> int:
             open_client: Callable[[], Any] = lambda: store  # noqa: E731
             label = "local key store"
         else:
-            from servers import KmsServer
-
             from ppml.kms.remote import KmsEndpoint, RemoteKms, load_credentials, write_credentials
+            from servers import KmsServer
 
             server = KmsServer(work / "kms", extra=["--no-access-log"])
             admin = RemoteKms(KmsEndpoint.parse(server.uri()), load_credentials(server.admin_credentials))
