@@ -39,13 +39,16 @@ ROW_GROUP = 1 << 20
 class Data:
     kms_uri: str
     key_id: str
-    plain: Path
-    pme: Path
     store: Any
+    csv: Path  # people.csv
+    developers: int  # SimpleQuery's answer on it
+    plain: Path  # the same rows, plaintext Parquet
+    pme: Path  # and PME Parquet
 
 
 def prepare(data: Path, rows: int) -> Data:
-    """The plaintext and PME Parquet copies of ``rows`` people (made once, then reused)."""
+    """``rows`` people as CSV and as plaintext and PME Parquet copies (made once under ``data``,
+    then reused; bench/simple_query.py reads the same files)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -67,7 +70,8 @@ def prepare(data: Path, rows: int) -> Data:
         table = pacsv.read_csv(csv)
         pq.write_table(table, plain, row_group_size=ROW_GROUP)
         write_encrypted_table(table, pme, kms=store, footer_key=key_id, row_group_size=ROW_GROUP)
-    return Data(f"local:{data / 'keys'}", key_id, plain, pme, store)
+    return Data(kms_uri=f"local:{data / 'keys'}", key_id=key_id, store=store, csv=csv,
+                developers=int(expected.read_text()), plain=plain, pme=pme)
 
 
 def best_interleaved(repeat: int, actions: dict[str, Callable[[], Any]]) -> dict[str, tuple[float, Any]]:

@@ -108,34 +108,17 @@ def main() -> int:
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ["PYSPARK_PYTHON"] = sys.executable
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
+    from pme import prepare
 
     from ppml.core.envelope import encrypt_file
-    from ppml.datagen import generate_people
-    from ppml.kms.local import LocalKeyStore
-    from ppml.spark.parquet import write_encrypted_table
 
-    data = args.data
-    data.mkdir(parents=True, exist_ok=True)
-    store = LocalKeyStore(data / "keys")
-    key_id = next((k.key_id for k in store.list_keys() if k.description == "bench"), None) or \
-        store.create_primary_key(description="bench").key_id
-    plain = data / f"people-{args.rows}.csv"
-    expected_file = plain.with_suffix(".expected")
-    if not plain.exists() or not expected_file.exists():
-        print(f"generating {args.rows:,} rows ...", flush=True)
-        expected_file.write_text(str(generate_people(plain, args.rows, seed=42).developers_20_40))
-    expected = int(expected_file.read_text())
+    prepared = prepare(args.data, args.rows)
+    store, key_id, kms_uri = prepared.store, prepared.key_id, prepared.kms_uri
+    plain, expected = prepared.csv, prepared.developers
+    plain_parquet, pme_parquet = prepared.plain, prepared.pme
     encrypted = plain.with_suffix(".csv.ppml")
     if not encrypted.exists():
         encrypt_file(plain, encrypted, kms=store, key_id=key_id)
-    plain_parquet, pme_parquet = plain.with_suffix(".parquet"), plain.with_suffix(".pme.parquet")
-    if not plain_parquet.exists() or not pme_parquet.exists():
-        table = pacsv.read_csv(plain)
-        pq.write_table(table, plain_parquet, row_group_size=1 << 20)
-        write_encrypted_table(table, pme_parquet, kms=store, footer_key=key_id, row_group_size=1 << 20)
-    kms_uri = f"local:{data / 'keys'}"
 
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
