@@ -30,6 +30,8 @@ bench: venv
 	$(PY) bench/attestation.py
 	$(PY) bench/simple_query.py
 	$(PY) bench/codec.py
+	$(PY) bench/pme.py
+	$(PY) bench/agent.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache build src/*.egg-info

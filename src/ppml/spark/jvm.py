@@ -22,14 +22,20 @@ from typing import Final
 from ppml.errors import UsageError
 from ppml.spark.launch import spark_home
 
-__all__ = ["CODEC_CLASS", "JAR_NAME", "KMS_CLIENT_CLASS", "build_library", "classpath_conf", "javac",
-           "library_jar", "source_dir"]
+__all__ = ["CODEC_CLASS", "CRYPTO_FACTORY_CLASS", "ENCRYPTION_REQUIRED", "JAR_NAME", "KMS_CLIENT_CLASS",
+           "build_library", "classpath_conf", "javac", "library_jar", "native_session_conf", "source_dir"]
 
 JAR_NAME: Final = "ppml-jvm.jar"
 #: The Hadoop codec for ``.ppml`` envelope files (registered by the jar's service file).
 CODEC_CLASS: Final = "org.ppml.codec.PpmlCodec"
 #: parquet-mr's ``parquet.encryption.kms.client.class`` for PME keys wrapped by a ppml KMS.
 KMS_CLIENT_CLASS: Final = "org.ppml.parquet.PpmlKmsClient"
+#: parquet-mr's ``parquet.crypto.factory.class``: its properties-driven factory, made to write
+#: what ppml writes and to refuse plaintext files where a read requires encryption.
+CRYPTO_FACTORY_CLASS: Final = "org.ppml.parquet.PpmlCryptoFactory"
+#: The Hadoop setting (or DataFrame option) by which a read refuses any file that is not PME with
+#: an encrypted footer; also implied by naming a key (``parquet.encryption.footer.key``) on a read.
+ENCRYPTION_REQUIRED: Final = "ppml.parquet.encryption.required"
 _JAVA_RELEASE: Final = "17"
 
 
@@ -117,4 +123,34 @@ def classpath_conf(user_conf: Mapping[str, str] | None = None) -> dict[str, str]
     for name in ("spark.driver.extraClassPath", "spark.executor.extraClassPath"):
         existing = user_conf.get(name, "")
         conf[name] = os.pathsep.join(p for p in (jar, existing) if p)
+    return conf
+
+
+def native_session_conf(kms_uri: str | None = None) -> dict[str, str]:
+    """Spark settings for Parquet Modular Encryption through Spark's own Parquet reader and
+    writer (``spark.read.parquet``, ``df.write.option("parquet.encryption.footer.key", id)``),
+    keyed through ppml's key agent: :func:`classpath_conf`, ppml's crypto factory and
+    ``KmsClient``, and parquet-mr settings that make Spark write what ppml writes (256-bit data
+    keys and KEKs, double wrapping, encrypted footer, key material inside the file).
+
+    ``kms_uri`` is the KMS the keys come from, as ``parquet.encryption.kms.instance.id``. It is
+    the only KMS the client asks: the one stored in a file's key material is never used (see
+    docs/jvm-parquet.md). Without it, each read or write names its KMS with that option.
+
+    The JVM gets keys only from the key agent (``PPML_KEY_AGENT``): run the job under
+    ``ppml submit`` or ``ppml tee run``.
+    """
+    conf = classpath_conf()
+    hadoop = {
+        "parquet.crypto.factory.class": CRYPTO_FACTORY_CLASS,
+        "parquet.encryption.kms.client.class": KMS_CLIENT_CLASS,
+        "parquet.encryption.data.key.length.bits": "256",
+        "parquet.encryption.kek.length.bits": "256",
+        "parquet.encryption.double.wrapping": "true",
+        "parquet.encryption.plaintext.footer": "false",
+        "parquet.encryption.key.material.store.internally": "true",
+    }
+    if kms_uri:
+        hadoop["parquet.encryption.kms.instance.id"] = kms_uri
+    conf.update({f"spark.hadoop.{name}": value for name, value in hadoop.items()})
     return conf

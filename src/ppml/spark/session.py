@@ -220,9 +220,13 @@ def _unescape(text: str, position: int, path: Path) -> tuple[int, str]:
 
 
 def secure_session(app_name: str, *, master: str | None = None, secret_file: Path | None = None,
-                   conf: Mapping[str, str] | None = None, ui_tls: UiTls | None = None) -> Any:
-    """A SparkSession with ppml's security settings, its :func:`performance_conf` (``conf``
-    overrides both) and the ``ppml`` data source registered.
+                   conf: Mapping[str, str] | None = None, ui_tls: UiTls | None = None,
+                   kms_uri: str | None = None) -> Any:
+    """A SparkSession with ppml's security settings, its :func:`performance_conf`, ppml's JVM
+    library on the class path (``conf`` overrides all three) and the ``ppml`` data source
+    registered. With ``kms_uri``, Spark's own Parquet reader and writer also do Parquet Modular
+    Encryption with keys from that KMS through the key agent
+    (:func:`ppml.spark.jvm.native_session_conf`).
 
     Needs ``pip install 'ppml[spark]'``.
     """
@@ -230,13 +234,19 @@ def secure_session(app_name: str, *, master: str | None = None, secret_file: Pat
         from pyspark.sql import SparkSession
     except ModuleNotFoundError:
         raise UsageError("Spark support needs pyspark: pip install 'ppml[spark]'") from None
+    from ppml.spark.jvm import classpath_conf, native_session_conf
     from ppml.spark.source import register
 
     secret = read_secret_file(secret_file) if secret_file else None
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
-    settings = {**performance_conf(), **security_conf(secret=secret, ui_tls=ui_tls), **(conf or {})}
+    jvm_conf = native_session_conf(kms_uri) if kms_uri else classpath_conf()
+    user_conf = dict(conf or {})
+    for name in ("spark.driver.extraClassPath", "spark.executor.extraClassPath"):
+        if user_conf.get(name):
+            jvm_conf[name] = os.pathsep.join((jvm_conf[name], user_conf.pop(name)))
+    settings = {**performance_conf(), **security_conf(secret=secret, ui_tls=ui_tls), **jvm_conf, **user_conf}
     for name, value in settings.items():
         builder = builder.config(name, value)
     session = builder.getOrCreate()
