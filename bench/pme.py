@@ -52,7 +52,6 @@ def prepare(data: Path, rows: int) -> Data:
     then reused; bench/simple_query.py reads the same files)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
-
     from simple_query import people_data  # bench/ is on sys.path: this script's directory
 
     from ppml.spark.parquet import write_encrypted_table

@@ -138,7 +138,7 @@ def main() -> int:
     from pme import prepare
 
     prepared = prepare(args.data, args.rows)
-    store, key_id, kms_uri = prepared.store, prepared.key_id, prepared.kms_uri
+    key_id, kms_uri = prepared.key_id, prepared.kms_uri
     plain, expected = prepared.csv, prepared.developers
     plain_parquet, pme_parquet = prepared.plain, prepared.pme
     encrypted = prepared.envelope
