@@ -535,16 +535,17 @@ def storage_for(path: str | Path, settings: S3Settings | None = None) -> Storage
     return LocalStorage()
 
 
-def publish(storage: Storage, staging: str, target: str, names: Sequence[str], *, replace: bool) -> None:
-    """Move the staged files ``names`` (relative to ``staging``) to the same names under
-    ``target``; with ``replace``, then remove the data files of ``target`` that were not among
-    them (an overwrite). Readers see the new files appear one by one (S3 has no rename of a
-    prefix), never a partial file."""
+def publish(storage: Storage, staging: str, target: str, moves: Sequence[tuple[str, str]], *,
+            replace: bool) -> None:
+    """Move each staged file (``moves``: its name relative to ``staging``, then its name
+    relative to ``target``) into ``target``; with ``replace``, then remove the data files of
+    ``target`` that were not among them (an overwrite). Readers see the new files appear one by
+    one (S3 has no rename of a prefix), never a partial file."""
     previous = [entry.path for entry in storage.list_files(target)] if replace and storage.kind(target) else []
     published = set()
-    for name in names:
+    for staged, name in moves:
         destination = storage.join(target, name)
-        storage.move(storage.join(staging, name), destination)
+        storage.move(storage.join(staging, staged), destination)
         published.add(destination)
     for old in previous:
         if old not in published:
@@ -584,7 +585,7 @@ def staged_directory(storage: Storage, target: str, *, overwrite: bool) -> Itera
 
     try:
         yield staged
-        publish(storage, staging, target, names, replace=overwrite)
+        publish(storage, staging, target, [(name, name) for name in names], replace=overwrite)
     finally:
         storage.delete_tree(staging)
         storage.remove_if_empty(storage.join(target, "_temporary"))
