@@ -52,6 +52,7 @@ __all__ = [
     "S3Settings",
     "S3Storage",
     "Storage",
+    "is_connection_failure",
     "is_object_url",
     "publish",
     "staged_directory",
@@ -65,6 +66,13 @@ _OPTION_PREFIX: Final = "s3."
 def is_object_url(path: str | Path) -> bool:
     """True for ``s3://`` URLs (anything else is a local path)."""
     return str(path).startswith(S3_SCHEME)
+
+
+def is_connection_failure(error: OSError) -> bool:
+    """Whether PyArrow's ``error`` says the object store could not be reached (as opposed to a
+    refused request or a malformed file)."""
+    message = str(error)
+    return "NETWORK_CONNECTION" in message or "curlCode" in message
 
 
 def _is_hidden(name: str) -> bool:
@@ -146,13 +154,11 @@ class Storage(Protocol):
 # -- local ----------------------------------------------------------------------------------------
 
 
-class _LocalStaged:
-    """A file created in a staging directory: exclusive ("x"), so a removed directory (an
-    aborted job) or a clash makes no stray file."""
+class _StagedFile:
+    """A file written in place inside a staging area: commit closes it, discard closes and
+    removes it (closing may fail the way the write did: that must not keep the file)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.file: BinaryIO = open(path, "xb")
+    file: BinaryIO
 
     def commit(self) -> None:
         self.file.close()
@@ -163,7 +169,22 @@ class _LocalStaged:
         except OSError:
             pass
         finally:
-            self.path.unlink(missing_ok=True)
+            self._remove()
+
+    def _remove(self) -> None:
+        raise NotImplementedError
+
+
+class _LocalStaged(_StagedFile):
+    """Created exclusive ("x"), so a removed directory (an aborted job) or a clash makes no
+    stray file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = open(path, "xb")
+
+    def _remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 class LocalStorage:
@@ -355,28 +376,23 @@ class _S3Input:
         self._file.close()
 
 
-class _S3Staged:
-    """An upload to its final key (inside a staging prefix): visible once closed."""
+class _S3Staged(_StagedFile):
+    """An upload to its final key (inside a staging prefix): visible once closed. Discarding
+    closes it, which completes the upload (PyArrow cannot abort one), then deletes the object."""
 
     def __init__(self, storage: S3Storage, url: str) -> None:
         self._storage = storage
         self.url = url
         with storage.mapped(url):
-            self.file: BinaryIO = storage.filesystem().open_output_stream(storage.key(url))
+            self.file = storage.filesystem().open_output_stream(storage.key(url))
 
     def commit(self) -> None:
         with self._storage.mapped(self.url):
             self.file.close()
 
-    def discard(self) -> None:
-        # Closing completes the upload (PyArrow cannot abort it): the object is then removed.
-        try:
-            self.file.close()
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError, InputError, ServiceUnavailable):
-                self._storage.delete(self.url)
+    def _remove(self) -> None:
+        with contextlib.suppress(OSError, InputError, ServiceUnavailable):
+            self._storage.delete(self.url)
 
 
 class _S3AtomicOutput:
@@ -429,9 +445,8 @@ class S3Storage:
         except FileNotFoundError:
             raise InputNotFound(url) from None
         except OSError as exc:
-            message = str(exc)
-            reason = message.split("; Details:")[0].strip()
-            if "NETWORK_CONNECTION" in message or "curlCode" in message:
+            reason = str(exc).split("; Details:")[0].strip()
+            if is_connection_failure(exc):
                 endpoint = self.settings.effective_endpoint() or "AWS S3"
                 error = ServiceUnavailable(f"object storage at {endpoint}", reason)
                 error.hint = "check s3.endpoint or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, and that the service runs"

@@ -40,7 +40,7 @@ from typing import BinaryIO, Final
 
 from ppml.core import _streaming
 from ppml.core._files import AtomicOutput, AtomicSink, Readable, open_input, read_exactly
-from ppml.core.keys import SECRET_ACCESS, DataKey, DataKeyProvider
+from ppml.core.keys import SECRET_ACCESS, DataKey, DataKeyProvider, GeneratedDataKey
 from ppml.core.random_access import LocalInput, RandomAccessInput, SequentialView
 from ppml.errors import InvalidCiphertext, KeyNotFound, NotAnEnvelope
 
@@ -404,6 +404,21 @@ def _unwrap(kms: DataKeyProvider, header: EnvelopeHeader, path: str | None) -> D
         raise InvalidCiphertext(path) from None
 
 
+def _fresh_header(
+    kms: DataKeyProvider, key_id: str, segment_size: int, associated_data: bytes
+) -> tuple[EnvelopeHeader, GeneratedDataKey]:
+    """A new data key under ``key_id`` and the header that carries it wrapped."""
+    generated = kms.generate_data_key(key_id)
+    header = EnvelopeHeader(
+        kms=kms.uri,
+        key_id=generated.key_id,
+        wrapped_data_key=generated.wrapped,
+        segment_size=segment_size,
+        associated_data=associated_data,
+    )
+    return header, generated
+
+
 def encrypt_file(
     src: Path | str,
     dst: Path | str,
@@ -444,14 +459,7 @@ def encrypt_stream(
     makes once the data key exists; the sink is committed after the last segment, discarded on
     any failure. :func:`encrypt_file` is this with a local file and a local atomic output.
     """
-    generated = kms.generate_data_key(key_id)
-    header = EnvelopeHeader(
-        kms=kms.uri,
-        key_id=generated.key_id,
-        wrapped_data_key=generated.wrapped,
-        segment_size=segment_size,
-        associated_data=associated_data,
-    )
+    header, generated = _fresh_header(kms, key_id, segment_size, associated_data)
     out = output()
     try:
         with EnvelopeWriter(out.file, header=header, data_key=generated.data_key) as writer:
@@ -521,14 +529,7 @@ def encrypt_bytes(
     segment_size: int = DEFAULT_SEGMENT_SIZE,
 ) -> bytes:
     """Encrypt an in-memory value into a complete envelope (small data; files use encrypt_file)."""
-    generated = kms.generate_data_key(key_id)
-    header = EnvelopeHeader(
-        kms=kms.uri,
-        key_id=generated.key_id,
-        wrapped_data_key=generated.wrapped,
-        segment_size=segment_size,
-        associated_data=associated_data,
-    )
+    header, generated = _fresh_header(kms, key_id, segment_size, associated_data)
     sink = io.BytesIO()
     with EnvelopeWriter(sink, header=header, data_key=generated.data_key) as writer:
         writer.write(plaintext)

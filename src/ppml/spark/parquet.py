@@ -60,8 +60,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ppml.core.keys import SECRET_ACCESS, DataKeyProvider
-from ppml.errors import InputError, InputNotFound, InvalidCiphertext, KeyNotFound, PpmlError
-from ppml.filesystem import LocalStorage, Storage
+from ppml.errors import InputError, InputNotFound, InvalidCiphertext, KeyNotFound, PpmlError, ServiceUnavailable
+from ppml.filesystem import LocalStorage, Storage, is_connection_failure
 
 __all__ = [
     "ENCRYPTED_FOOTER_MAGIC",
@@ -231,7 +231,11 @@ def _failures_name(path: Path | str) -> Iterator[None]:
         raise
     except FileNotFoundError:
         raise InputNotFound(path) from None
-    except (OSError, pa.ArrowInvalid):
+    except OSError as exc:
+        if is_connection_failure(exc):
+            raise ServiceUnavailable(f"object storage, reading {path}", str(exc).split("; Details:")[0]) from None
+        raise InvalidCiphertext(path) from None
+    except pa.ArrowInvalid:
         raise InvalidCiphertext(path) from None
 
 
