@@ -273,6 +273,7 @@ class EnvelopeReader:
         self.name = self._input.name
         """Where the file is (a path or a URL): what errors name."""
         self.path = Path(self.name)
+        """The local path (kept for callers of local files; a URL does not survive ``Path``)."""
         try:
             stream = SequentialView(self._input)
             try:
