@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from servers import PostgresCluster
+from servers import MotoS3Server, PostgresCluster
 
 _names = itertools.count(1)
 
@@ -26,3 +26,13 @@ def pg_cluster() -> Iterator[PostgresCluster]:
 def new_database(cluster: PostgresCluster, prefix: str = "kms") -> str:
     """A fresh, empty database on the session cluster; returns its URL."""
     return cluster.create_database(f"{prefix}_{next(_names)}")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoS3Server]:
+    """One S3-compatible server (moto's, as a process on loopback) for the whole session."""
+    server = MotoS3Server()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -174,3 +174,43 @@ class KmsServer:
 
     def admin(self) -> dict[str, str]:
         return dict(json.loads(self.admin_credentials.read_text()))
+
+
+class MotoS3Server:
+    """moto's standalone server, an S3-compatible endpoint, as a process on 127.0.0.1:<free port>
+    (its HTTP API, not moto's in-process patching): the object storage the tests talk to."""
+
+    def __init__(self, timeout: float = 30.0) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._log = tempfile.NamedTemporaryFile(prefix="ppml-test-moto-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"moto_server exited {self.process.returncode}: {self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto_server did not listen within {timeout} s: {self.log()}") from None
+                time.sleep(0.1)
+
+    def log(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        Path(self._log.name).unlink(missing_ok=True)

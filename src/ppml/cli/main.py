@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -13,8 +14,9 @@ from typing import Any
 
 from ppml import __version__
 from ppml.cli._args import integer
-from ppml.core._files import atomic_directory, require_output_directory
+from ppml.core._files import AtomicOutput, AtomicSink, require_output_directory
 from ppml.errors import InputNotFound, NotAFile, OutputExists, PpmlError, UnsafeWarning, UsageError
+from ppml.filesystem import FileEntry, Storage, is_object_url, staged_directory, storage_for
 from ppml.progress import Progress
 
 __all__ = ["build_parser", "main"]
@@ -114,11 +116,6 @@ def cmd_key_list(args: argparse.Namespace) -> int:
 # -- encrypt / decrypt -------------------------------------------------------------------------
 
 
-def _is_hidden(path: Path) -> bool:
-    """Hadoop's convention: names starting with '.' or '_' are metadata, not data."""
-    return path.name.startswith((".", "_"))
-
-
 ENVELOPE_SUFFIX = ".ppml"
 
 
@@ -132,49 +129,49 @@ def _strip_suffix(name: str) -> str:
     return name[: -len(ENVELOPE_SUFFIX)] if name.endswith(ENVELOPE_SUFFIX) and name != ENVELOPE_SUFFIX else name
 
 
-def _plan(src: Path, dst: Path, rename: Callable[[str], str] | None = None) -> list[tuple[Path, Path]]:
-    """(input, output) pairs: ``src`` to ``dst``, or every data file under the directory ``src``
-    to the same place under ``dst``, its file name passed through ``rename``."""
-    if not src.exists():
-        raise InputNotFound(src)
-    if not src.is_dir():
-        if not src.is_file():
+def _plan(source: Storage, src: str, rename: Callable[[str], str] | None = None) -> list[tuple[FileEntry, str]]:
+    """(input, output name) pairs: ``src`` alone (output name ""), or every data file under
+    the directory or prefix ``src`` with its relative name, its file name passed through
+    ``rename``."""
+    kind = source.kind(src)
+    if kind is None:
+        if Path(src).exists() and not is_object_url(src):
             raise NotAFile(src, "not a regular file")
-        return [(src, dst)]
-    plan: list[tuple[Path, Path]] = []
-    inputs_of: dict[Path, Path] = {}
-    for path in sorted(src.rglob("*")):
-        relative = path.relative_to(src)
-        if not path.is_file() or _is_hidden(path) or any(_is_hidden(p) for p in relative.parents if p.name):
-            continue
-        target = dst / relative
-        if rename is not None:
-            target = target.with_name(rename(target.name))
+        raise InputNotFound(src)
+    if kind == "file":
+        return [(source.list_files(src)[0], "")]
+    plan: list[tuple[FileEntry, str]] = []
+    inputs_of: dict[str, str] = {}
+    for entry in source.list_files(src):
+        folder, _, name = entry.relative.rpartition("/")
+        target = "/".join(filter(None, [folder, rename(name) if rename is not None else name]))
         if target in inputs_of:
-            raise UsageError(f"{inputs_of[target]} and {path} would both be written to {target}; "
+            raise UsageError(f"{inputs_of[target]} and {entry.path} would both be written to {target}; "
                              "rename one of them")
-        inputs_of[target] = path
-        plan.append((path, target))
+        inputs_of[target] = entry.path
+        plan.append((entry, target))
     return plan
 
 
-def _run_files(
-    args: argparse.Namespace, verb: str, one: Callable[[Path, Path, Callable[[int], None] | None], object],
-    rename: Callable[[str], str] | None = None,
-) -> int:
-    src, dst = Path(args.src), Path(args.dst)
-    plan = _plan(src, dst, rename)
-    total = sum(s.stat().st_size for s, _ in plan)
+FileJob = Callable[[Storage, str, Callable[[], AtomicSink], Callable[[int], None] | None], object]
+"""Does one file: (its storage, its path, the output to make, a progress callback)."""
+
+
+def _run_files(args: argparse.Namespace, verb: str, one: FileJob, rename: Callable[[str], str] | None = None) -> int:
+    """Run ``one`` for ``args.src`` to ``args.dst`` (each a local path or an s3:// URL; a
+    directory or prefix maps file by file), outputs appearing only when all are complete."""
+    src, dst = str(args.src), str(args.dst)
+    source, target = storage_for(src), storage_for(dst)
+    plan = _plan(source, src, rename)
+    total = sum(entry.size for entry, _ in plan)
     with Progress(verb, total=total, unit="B") as bar:
         progress = bar.update
-        if src.is_dir():
-            with atomic_directory(dst, overwrite=args.force) as staging:
-                for s, d in plan:
-                    target = staging / d.relative_to(dst)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    one(s, target, progress)
+        if source.kind(src) == "directory":
+            with staged_directory(target, dst, overwrite=args.force) as output:
+                for entry, relative in plan:
+                    one(source, entry.path, functools.partial(output, relative), progress)
         else:
-            one(src, dst, progress)
+            one(source, src, lambda: target.atomic_output(dst, overwrite=args.force), progress)
     noun = "file" if len(plan) == 1 else "files"
     print(f"{verb} {len(plan)} {noun} ({total} bytes): {src} -> {dst}", file=sys.stderr)
     return 0
@@ -185,7 +182,26 @@ def _legacy_key(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     if not args.bigdl_primary_key:
         raise UsageError(f"--mode {LEGACY_MODE} needs --bigdl-primary-key FILE")
+    if is_object_url(args.src) or is_object_url(args.dst):
+        raise UsageError(f"--mode {LEGACY_MODE} reads and writes local files only (migrate them, then upload)")
     return BigDLPrimaryKey.load(args.bigdl_primary_key)
+
+
+def _local(job: Callable[[Path, Path, Callable[[int], None] | None], object]) -> FileJob:
+    """A job on local paths (the legacy format's), as a FileJob: its output's temporary file
+    stands in for the output (the legacy recipes make their own atomic output beside it)."""
+    def run(_: Storage, path: str, output: Callable[[], AtomicSink],
+            progress: Callable[[int], None] | None) -> object:
+        sink = output()
+        assert isinstance(sink, AtomicOutput)
+        try:
+            job(Path(path), sink.tmp, progress)
+            sink.commit()
+        except BaseException:
+            sink.discard()
+            raise
+        return None
+    return run
 
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
@@ -196,22 +212,21 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         return _run_files(
             args,
             "encrypted (legacy BigDL format)",
-            lambda s, d, p: encrypt_bigdl_file(s, d, primary_key=primary, overwrite=args.force, progress=p),
+            _local(lambda s, d, p: encrypt_bigdl_file(s, d, primary_key=primary, overwrite=True, progress=p)),
         )
-    from ppml.core.envelope import encrypt_file
+    from ppml.core.envelope import encrypt_stream
 
     if not args.key:
         raise UsageError("encrypt needs --key KEY_ID (create one with `ppml key create`)")
     kms = _kms(args)
-    return _run_files(
-        args,
-        "encrypted",
-        lambda s, d, p: encrypt_file(
-            s, d, kms=kms, key_id=args.key, segment_size=args.segment_size, overwrite=args.force,
-            progress=p,
-        ),
-        rename=_add_suffix,
-    )
+
+    def encrypt(source: Storage, path: str, output: Callable[[], AtomicSink],
+                progress: Callable[[int], None] | None) -> object:
+        with source.open_input(path) as stream:
+            return encrypt_stream(stream, output, kms=kms, key_id=args.key, segment_size=args.segment_size,
+                                  progress=progress)
+
+    return _run_files(args, "encrypted", encrypt, rename=_add_suffix)
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
@@ -222,22 +237,22 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         return _run_files(
             args,
             "decrypted (legacy BigDL format)",
-            lambda s, d, p: decrypt_bigdl_file(
+            _local(lambda s, d, p: decrypt_bigdl_file(
                 s, d, primary_key=primary, allow_weak_keys=args.unsafe_allow_weak_legacy_keys,
-                overwrite=args.force, progress=p,
-            ),
+                overwrite=True, progress=p,
+            )),
         )
     if args.unsafe_allow_weak_legacy_keys:
         raise UsageError(f"--unsafe-allow-weak-legacy-keys applies only to --mode {LEGACY_MODE}")
-    from ppml.core.envelope import decrypt_file
+    from ppml.core.envelope import decrypt_stream
 
     kms = _kms(args)
-    return _run_files(
-        args,
-        "decrypted",
-        lambda s, d, p: decrypt_file(s, d, kms=kms, overwrite=args.force, progress=p),
-        rename=_strip_suffix,
-    )
+
+    def decrypt(source: Storage, path: str, output: Callable[[], AtomicSink],
+                progress: Callable[[int], None] | None) -> object:
+        return decrypt_stream(source.open_random_access(path), output, kms=kms, progress=progress)
+
+    return _run_files(args, "decrypted", decrypt, rename=_strip_suffix)
 
 
 # -- serve and kms operator commands -----------------------------------------------------------

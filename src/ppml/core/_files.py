@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from ppml.errors import InputNotFound, NotAFile, OutputDirectoryMissing, OutputExists
 
@@ -33,6 +33,22 @@ def require_output_directory(path: Path) -> Path:
     if not parent.is_dir():
         raise OutputDirectoryMissing(parent)
     return parent
+
+
+class AtomicSink(Protocol):
+    """An output that becomes visible only on :meth:`commit`: :class:`AtomicOutput` for a local
+    file, a staged object for object storage (``ppml.filesystem``)."""
+
+    @property
+    def file(self) -> BinaryIO: ...
+
+    def commit(self) -> None:
+        """Close the output and make it visible under its final name."""
+        ...
+
+    def discard(self) -> None:
+        """Close and remove whatever was written (called while another error propagates)."""
+        ...
 
 
 class AtomicOutput:
@@ -103,7 +119,13 @@ def atomic_directory(
         raise
 
 
-def read_exactly(raw: BinaryIO, size: int) -> bytes:
+class Readable(Protocol):
+    """Anything with ``read(size)``: a binary file, or a view of a random-access input."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+def read_exactly(raw: Readable, size: int) -> bytes:
     """Up to ``size`` bytes: fewer only at end of file (``read`` may return short counts)."""
     chunks = []
     remaining = size

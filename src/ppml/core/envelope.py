@@ -33,15 +33,15 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
 
 from ppml.core import _streaming
-from ppml.core._files import AtomicOutput, open_input, read_exactly
-from ppml.core.keys import SECRET_ACCESS, DataKey, DataKeyProvider
+from ppml.core._files import AtomicOutput, AtomicSink, Readable, open_input, read_exactly
+from ppml.core.keys import SECRET_ACCESS, DataKey, DataKeyProvider, GeneratedDataKey
+from ppml.core.random_access import LocalInput, RandomAccessInput, SequentialView
 from ppml.errors import InvalidCiphertext, KeyNotFound, NotAnEnvelope
 
 __all__ = [
@@ -53,8 +53,10 @@ __all__ = [
     "EnvelopeWriter",
     "decrypt_bytes",
     "decrypt_file",
+    "decrypt_stream",
     "encrypt_bytes",
     "encrypt_file",
+    "encrypt_stream",
     "is_envelope",
 ]
 
@@ -140,7 +142,7 @@ class EnvelopeHeader:
             raise InvalidCiphertext() from None
 
     @classmethod
-    def read_from(cls, raw: BinaryIO) -> tuple[EnvelopeHeader, bytes]:
+    def read_from(cls, raw: Readable) -> tuple[EnvelopeHeader, bytes]:
         """Read and parse the header at the current position; returns it and its exact bytes."""
         prefix = read_exactly(raw, _PREFIX.size)
         if len(prefix) < 4 or prefix[:4] != MAGIC:
@@ -252,30 +254,38 @@ class EnvelopeWriter:
 class EnvelopeReader:
     """Random-access, verified reads of one ppml envelope file.
 
-    Opening reads and parses the header and asks ``kms`` to unwrap the data key. Reads use
+    ``source`` is a local path, or a :class:`~ppml.core.random_access.RandomAccessInput` opened
+    by the caller (an object in S3, say), which the reader then owns and closes. Opening reads
+    and parses the header and asks ``kms`` to unwrap the data key. A local file is read with
     ``os.preadv`` into reused buffers, so one reader may serve many ranges without seeking.
     """
 
     def __init__(
         self,
-        path: Path | str,
+        source: Path | str | RandomAccessInput,
         *,
         kms: DataKeyProvider,
         associated_data: bytes | None = None,
     ) -> None:
-        self.path = Path(path)
-        self._file = open_input(self.path)
+        self._input: RandomAccessInput = (
+            LocalInput(source) if isinstance(source, (Path, str)) else source
+        )
+        self.name = self._input.name
+        """Where the file is (a path or a URL): what errors name."""
+        self.path = Path(self.name)
+        """The local path (kept for callers of local files; a URL does not survive ``Path``)."""
         try:
+            stream = SequentialView(self._input)
             try:
-                self.header, header_bytes = EnvelopeHeader.read_from(self._file)
+                self.header, header_bytes = EnvelopeHeader.read_from(stream)
             except InvalidCiphertext as exc:
-                raise type(exc)(self.path) from None
+                raise type(exc)(self.name) from None
             if associated_data is not None and associated_data != self.header.associated_data:
-                raise InvalidCiphertext(self.path)
-            size = os.fstat(self._file.fileno()).st_size
+                raise InvalidCiphertext(self.name)
+            size = self._input.size()
             self._body_offset = len(header_bytes)
-            stream_header = read_exactly(self._file, _streaming.HEADER_SIZE)
-            data_key = _unwrap(kms, self.header, self.path)
+            stream_header = read_exactly(stream, _streaming.HEADER_SIZE)
+            data_key = _unwrap(kms, self.header, self.name)
             try:
                 self._decrypter = _streaming.SegmentDecrypter(
                     data_key.export(SECRET_ACCESS),
@@ -285,9 +295,9 @@ class EnvelopeReader:
                     size - self._body_offset,
                 )
             except InvalidCiphertext:
-                raise InvalidCiphertext(self.path) from None
+                raise InvalidCiphertext(self.name) from None
         except BaseException:
-            self._file.close()
+            self._input.close()
             raise
         layout = self._decrypter.layout
         self._sealed = memoryview(bytearray(layout.segment_size))
@@ -326,13 +336,13 @@ class EnvelopeReader:
         if len(out) < length - _streaming.TAG_SIZE:
             raise ValueError("the output buffer is smaller than the segment's plaintext")
         sealed = self._sealed[: max(length, 0)]
-        got = os.preadv(self._file.fileno(), [sealed], self._body_offset + start)
+        got = self._input.read_into(sealed, self._body_offset + start)
         if got != length:
-            raise InvalidCiphertext(self.path)
+            raise InvalidCiphertext(self.name)
         try:
             return len(self._decrypter.open_into(index, sealed, out))
         except InvalidCiphertext:
-            raise InvalidCiphertext(self.path) from None
+            raise InvalidCiphertext(self.name) from None
 
     def iter_segments(self, first: int = 0, stop: int | None = None) -> Iterator[memoryview]:
         """Yield the verified plaintext of segments ``first`` .. ``stop``-1 (views are reused)."""
@@ -370,7 +380,7 @@ class EnvelopeReader:
         return total
 
     def close(self) -> None:
-        self._file.close()
+        self._input.close()
 
     def __enter__(self) -> EnvelopeReader:
         return self
@@ -379,7 +389,7 @@ class EnvelopeReader:
         self.close()
 
 
-def _unwrap(kms: DataKeyProvider, header: EnvelopeHeader, path: Path | None) -> DataKey:
+def _unwrap(kms: DataKeyProvider, header: EnvelopeHeader, path: str | None) -> DataKey:
     try:
         return kms.unwrap_data_key(header.key_id, header.wrapped_data_key)
     except KeyNotFound as exc:
@@ -393,6 +403,21 @@ def _unwrap(kms: DataKeyProvider, header: EnvelopeHeader, path: Path | None) -> 
         raise error from None
     except InvalidCiphertext:
         raise InvalidCiphertext(path) from None
+
+
+def _fresh_header(
+    kms: DataKeyProvider, key_id: str, segment_size: int, associated_data: bytes
+) -> tuple[EnvelopeHeader, GeneratedDataKey]:
+    """A new data key under ``key_id`` and the header that carries it wrapped."""
+    generated = kms.generate_data_key(key_id)
+    header = EnvelopeHeader(
+        kms=kms.uri,
+        key_id=generated.key_id,
+        wrapped_data_key=generated.wrapped,
+        segment_size=segment_size,
+        associated_data=associated_data,
+    )
+    return header, generated
 
 
 def encrypt_file(
@@ -413,24 +438,37 @@ def encrypt_file(
         OutputExists: ``dst`` exists and ``overwrite`` is false.
         KeyServiceError: the key service failed or does not know ``key_id``.
     """
-    src, dst = Path(src), Path(dst)
-    with open_input(src) as source:
-        generated = kms.generate_data_key(key_id)
-        header = EnvelopeHeader(
-            kms=kms.uri,
-            key_id=generated.key_id,
-            wrapped_data_key=generated.wrapped,
-            segment_size=segment_size,
-            associated_data=associated_data,
+    dst = Path(dst)
+    with open_input(Path(src)) as source:
+        return encrypt_stream(
+            source, lambda: AtomicOutput(dst, overwrite=overwrite), kms=kms, key_id=key_id,
+            associated_data=associated_data, segment_size=segment_size, progress=progress,
         )
-        out = AtomicOutput(dst, overwrite=overwrite)
-        try:
-            with EnvelopeWriter(out.file, header=header, data_key=generated.data_key) as writer:
-                writer.copy_from(source, progress)
-            out.commit()
-        except BaseException:
-            out.discard()
-            raise
+
+
+def encrypt_stream(
+    source: BinaryIO,
+    output: Callable[[], AtomicSink],
+    *,
+    kms: DataKeyProvider,
+    key_id: str,
+    associated_data: bytes = b"",
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    progress: ProgressCallback | None = None,
+) -> EnvelopeHeader:
+    """Encrypt everything ``source`` yields (it needs ``readinto``) into the sink ``output()``
+    makes once the data key exists; the sink is committed after the last segment, discarded on
+    any failure. :func:`encrypt_file` is this with a local file and a local atomic output.
+    """
+    header, generated = _fresh_header(kms, key_id, segment_size, associated_data)
+    out = output()
+    try:
+        with EnvelopeWriter(out.file, header=header, data_key=generated.data_key) as writer:
+            writer.copy_from(source, progress)
+        out.commit()
+    except BaseException:
+        out.discard()
+        raise
     return header
 
 
@@ -449,9 +487,31 @@ def decrypt_file(
         InvalidCiphertext: wrong key, or ``src`` was altered, truncated or extended.
         NotAnEnvelope: ``src`` is not a ppml file.
     """
-    src, dst = Path(src), Path(dst)
-    with EnvelopeReader(src, kms=kms, associated_data=associated_data) as reader:
-        out = AtomicOutput(dst, overwrite=overwrite)
+    dst = Path(dst)
+    return decrypt_stream(
+        LocalInput(src), lambda: AtomicOutput(dst, overwrite=overwrite), kms=kms,
+        associated_data=associated_data, progress=progress,
+    )
+
+
+def decrypt_stream(
+    source: RandomAccessInput,
+    output: Callable[[], AtomicSink],
+    *,
+    kms: DataKeyProvider,
+    associated_data: bytes | None = None,
+    progress: ProgressCallback | None = None,
+) -> EnvelopeHeader:
+    """Decrypt the envelope ``source`` (which this closes) into the sink ``output()`` makes
+    once the key is unwrapped; the sink is committed only after the last segment verified,
+    discarded on any failure. :func:`decrypt_file` is this with local files.
+
+    Raises:
+        InvalidCiphertext: wrong key, or ``source`` was altered, truncated or extended.
+        NotAnEnvelope: ``source`` is not a ppml file.
+    """
+    with EnvelopeReader(source, kms=kms, associated_data=associated_data) as reader:
+        out = output()
         try:
             reader.copy_to(out.file, progress)
             out.commit()
@@ -470,14 +530,7 @@ def encrypt_bytes(
     segment_size: int = DEFAULT_SEGMENT_SIZE,
 ) -> bytes:
     """Encrypt an in-memory value into a complete envelope (small data; files use encrypt_file)."""
-    generated = kms.generate_data_key(key_id)
-    header = EnvelopeHeader(
-        kms=kms.uri,
-        key_id=generated.key_id,
-        wrapped_data_key=generated.wrapped,
-        segment_size=segment_size,
-        associated_data=associated_data,
-    )
+    header, generated = _fresh_header(kms, key_id, segment_size, associated_data)
     sink = io.BytesIO()
     with EnvelopeWriter(sink, header=header, data_key=generated.data_key) as writer:
         writer.write(plaintext)

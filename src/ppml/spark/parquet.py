@@ -60,7 +60,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ppml.core.keys import SECRET_ACCESS, DataKeyProvider
-from ppml.errors import InputError, InputNotFound, InvalidCiphertext, KeyNotFound, PpmlError
+from ppml.errors import InputError, InputNotFound, InvalidCiphertext, KeyNotFound, PpmlError, ServiceUnavailable
+from ppml.filesystem import LocalStorage, Storage, is_connection_failure
 
 __all__ = [
     "ENCRYPTED_FOOTER_MAGIC",
@@ -230,14 +231,18 @@ def _failures_name(path: Path | str) -> Iterator[None]:
         raise
     except FileNotFoundError:
         raise InputNotFound(path) from None
-    except (OSError, pa.ArrowInvalid):
+    except OSError as exc:
+        if is_connection_failure(exc):
+            raise ServiceUnavailable(f"object storage, reading {path}", str(exc).split("; Details:")[0]) from None
+        raise InvalidCiphertext(path) from None
+    except pa.ArrowInvalid:
         raise InvalidCiphertext(path) from None
 
 
 @contextlib.contextmanager
-def open_encrypted(path: Path | str, *, keys: PmeKeys) -> Iterator[pq.ParquetFile]:
-    """``path`` opened with its footer decrypted (the footer key is unwrapped now, column keys
-    when their columns are read), closed on exit.
+def open_encrypted(path: Path | str, *, keys: PmeKeys, storage: Storage | None = None) -> Iterator[pq.ParquetFile]:
+    """``path`` (in ``storage``: local files by default) opened with its footer decrypted (the
+    footer key is unwrapped now, column keys when their columns are read), closed on exit.
 
     Raises:
         InputNotFound: there is no such file.
@@ -245,10 +250,7 @@ def open_encrypted(path: Path | str, *, keys: PmeKeys) -> Iterator[pq.ParquetFil
         InvalidCiphertext: the footer does not decrypt: wrong key, altered or truncated file.
         KeyServiceError: the KMS refused the footer key (a note names the file).
     """
-    try:
-        source = pa.OSFile(str(path))
-    except FileNotFoundError:
-        raise InputNotFound(path) from None
+    source = (storage or LocalStorage()).open_arrow_file(str(path))
     try:
         with _failures_name(path):
             size = source.size()

@@ -4,7 +4,6 @@ each task's plaintext decrypted straight into blocks of whole lines."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from ppml.core.envelope import EnvelopeReader
 from ppml.errors import InvalidCiphertext
@@ -23,11 +22,12 @@ from ppml.spark.source.splits import (
 __all__ = ["envelope_blocks", "envelope_head", "envelope_partitions"]
 
 
-def envelope_partitions(options: ReadOptions, files: Sequence[Path]) -> list[PpmlPartition]:
+def envelope_partitions(options: ReadOptions, files: Sequence[str]) -> list[PpmlPartition]:
     """The read's partitions: every file's splits (planned from its header and size alone),
     packed as Spark packs its file splits. The first file's key is unwrapped once, so a wrong
     KMS or key fails the job here, before any task."""
-    planned = [(str(path), *envelope_plaintext_size(path)) for path in files]
+    storage = options.storage()
+    planned = [(path, *envelope_plaintext_size(path, storage)) for path in files]
     split_bytes = max_split_bytes(
         [size for _, _, size in planned], max_partition_bytes=options.max_split_bytes,
         min_partitions=options.min_partitions,
@@ -41,7 +41,7 @@ def envelope_partitions(options: ReadOptions, files: Sequence[Path]) -> list[Ppm
     if files:
         # Fail fast, before any task: unwrap one key with the KMS the job was given.
         assert options.kms is not None
-        EnvelopeReader(files[0], kms=kms_for(options.kms)).close()
+        EnvelopeReader(storage.open_random_access(files[0]), kms=kms_for(options.kms)).close()
     return [PpmlPartition(splits=tuple(group)) for group in pack_splits(splits, split_bytes)]
 
 
@@ -52,13 +52,14 @@ def envelope_blocks(
     file each came from; one file open at a time."""
     assert options.kms is not None
     kms = kms_for(options.kms)
+    storage = options.storage()
     reader: EnvelopeReader | None = None
     try:
         for split in splits:
-            if reader is None or str(reader.path) != split.path:
+            if reader is None or reader.name != split.path:
                 if reader is not None:
                     reader.close()
-                reader = EnvelopeReader(split.path, kms=kms)
+                reader = EnvelopeReader(storage.open_random_access(split.path), kms=kms)
             if reader.plaintext_size != split.file_size:
                 raise InvalidCiphertext(split.path)  # changed since planning
             blocks = iter_owned_blocks(
@@ -72,11 +73,11 @@ def envelope_blocks(
             reader.close()
 
 
-def envelope_head(options: ReadOptions, path: Path, length: int) -> tuple[bytes, int]:
+def envelope_head(options: ReadOptions, path: str, length: int) -> tuple[bytes, int]:
     """The first ``length`` plaintext bytes of ``path`` (fewer if it is shorter), and its
     plaintext size."""
     assert options.kms is not None
-    with EnvelopeReader(path, kms=kms_for(options.kms)) as reader:
+    with EnvelopeReader(options.storage().open_random_access(path), kms=kms_for(options.kms)) as reader:
         if reader.plaintext_size == 0:
             return b"", 0
         return reader.read_range(0, length), reader.plaintext_size

@@ -4,7 +4,6 @@ sample of the first non-empty file (or the first Parquet file's footer)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Final
 
 import pyarrow as pa
@@ -18,7 +17,7 @@ from ppml.spark.source.legacy import legacy_head
 from ppml.spark.source.options import ReadOptions
 from ppml.spark.source.parquet import parquet_file_schema
 from ppml.spark.source.parse import FALSE_VALUES, TRUE_VALUES
-from ppml.spark.source.splits import list_input_files
+from ppml.spark.source.splits import input_files
 from ppml.spark.source.types import inferred_schema
 
 __all__ = ["SAMPLE_BYTES", "NoInput", "infer_schema", "row_count_data_schema"]
@@ -31,7 +30,7 @@ class NoInput(UsageError):
     """Schema inference found nothing to read."""
 
 
-def _sample(options: ReadOptions, files: Sequence[Path]) -> bytes:
+def _sample(options: ReadOptions, files: Sequence[str]) -> bytes:
     """The first ~MiB of the first non-empty file, cut after its last whole line."""
     for path in files:
         if options.legacy:
@@ -60,14 +59,14 @@ def infer_schema(options: ReadOptions) -> StructType:
     if options.format == "text":
         return StructType([StructField("value", StringType(), True)])
     if options.format == "parquet":
-        files = list_input_files(options.path)
+        files = input_files(options.path, options.storage())
         if not files:
             raise NoInput(
                 f"cannot infer a schema for {options.path}: no input file; "
                 "pass one with .schema(...)"
             )
         return parquet_file_schema(options, files[0])
-    data = _sample(options, list_input_files(options.path))
+    data = _sample(options, input_files(options.path, options.storage()))
     try:
         if options.format == "csv":
             table = pa_csv.read_csv(

@@ -15,7 +15,7 @@ from ppml.spark.source.splits import FileSplit, iter_owned_blocks
 __all__ = ["legacy_blocks", "legacy_head", "legacy_partitions"]
 
 
-def legacy_partitions(files: Sequence[Path]) -> list[PpmlPartition]:
+def legacy_partitions(files: Sequence[str]) -> list[PpmlPartition]:
     """One partition per file."""
     return [PpmlPartition(legacy_file=str(path)) for path in files]
 
@@ -40,7 +40,7 @@ def legacy_blocks(options: ReadOptions, path: str) -> Iterator[bytearray]:
         yield from iter_owned_blocks(reader, whole_file, skip_first_line=options.skip_header)
 
 
-def legacy_head(options: ReadOptions, path: Path, length: int) -> tuple[bytes, int]:
+def legacy_head(options: ReadOptions, path: str, length: int) -> tuple[bytes, int]:
     """The first ``length`` plaintext bytes of ``path`` (fewer if it is shorter), and its
     plaintext size."""
     with _open(options, path) as reader:

@@ -14,6 +14,7 @@ from typing import Final
 from ppml.core import legacy
 from ppml.core.envelope import DEFAULT_SEGMENT_SIZE
 from ppml.errors import UsageError
+from ppml.filesystem import S3Settings, Storage, is_object_url, storage_for
 from ppml.spark.source.splits import DEFAULT_MAX_SPLIT_BYTES
 
 __all__ = ["ENVELOPE_MODE", "FORMATS", "ROW_GROUP_ROWS", "ReadOptions", "WriteOptions"]
@@ -65,8 +66,11 @@ def _path(options: Mapping[str, str]) -> str:
     for prefix in ("file://", "file:"):
         if path.startswith(prefix):
             return path[len(prefix) :]
-    if "://" in path:
-        raise UsageError(f"{path!r}: the ppml data source reads and writes local paths only")
+    if "://" in path and not is_object_url(path):
+        raise UsageError(
+            f"{path!r}: the ppml data source reads and writes local paths and s3:// URLs "
+            "(s3a:// is the JVM's scheme: see docs/spark-source.md)"
+        )
     return path
 
 
@@ -108,6 +112,11 @@ class ReadOptions:
     bigdl_primary_key: str | None
     allow_weak_legacy_keys: bool
     row_count: bool
+    s3: S3Settings
+
+    def storage(self) -> Storage:
+        """Where ``path`` lives (local files, or S3 with :attr:`s3`)."""
+        return storage_for(self.path, self.s3)
 
     @property
     def skip_header(self) -> bool:
@@ -135,8 +144,11 @@ class ReadOptions:
         allow_weak = _flag(options, "unsafeAllowWeakLegacyKeys", False)
         if allow_weak and not is_legacy:
             raise UsageError(f"unsafeAllowWeakLegacyKeys applies only to mode {legacy.MODE}")
+        path = _path(options)
+        if is_legacy and is_object_url(path):
+            raise UsageError(f"mode {legacy.MODE} reads local files only")
         return cls(
-            path=_path(options),
+            path=path,
             format=fmt,
             kms=kms,
             header=_flag(options, "header", False),
@@ -151,6 +163,7 @@ class ReadOptions:
             bigdl_primary_key=primary_key,
             allow_weak_legacy_keys=allow_weak,
             row_count=_flag(options, "rowCount", False),
+            s3=S3Settings.from_options(options),
         )
 
 
@@ -168,6 +181,11 @@ class WriteOptions:
     save_mode: str | None
     column_keys: dict[str, tuple[str, ...]] | None
     row_group_size: int
+    s3: S3Settings
+
+    def storage(self) -> Storage:
+        """Where ``path`` lives (local files, or S3 with :attr:`s3`)."""
+        return storage_for(self.path, self.s3)
 
     @classmethod
     def parse(cls, raw: Mapping[str, str], overwrite: bool) -> WriteOptions:
@@ -204,6 +222,7 @@ class WriteOptions:
             save_mode="errorifexists" if save_mode == "error" else save_mode,
             column_keys=column_keys,
             row_group_size=_positive_int(options, "rowGroupSize", ROW_GROUP_ROWS),
+            s3=S3Settings.from_options(options),
         )
 
 

@@ -8,7 +8,6 @@ The PME primitives (the KMS client, opening a file, reading row groups) are
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import pyarrow as pa
 from pyspark.sql.types import StructType
@@ -25,25 +24,26 @@ from ppml.spark.source.types import arrow_schema, conform_parquet, parquet_colum
 __all__ = ["parquet_batches", "parquet_file_schema", "parquet_partitions", "parquet_rows"]
 
 
-def parquet_file_schema(options: ReadOptions, path: Path) -> StructType:
+def parquet_file_schema(options: ReadOptions, path: str) -> StructType:
     """The Spark schema of the Parquet file ``path`` (its footer decrypted)."""
-    with open_encrypted(path, keys=pme_keys(options.kms)) as parquet_file:
+    with open_encrypted(path, keys=pme_keys(options.kms), storage=options.storage()) as parquet_file:
         return parquet_schema(parquet_file.schema_arrow, path)
 
 
 def parquet_partitions(
-    options: ReadOptions, schema: StructType, files: Sequence[Path]
+    options: ReadOptions, schema: StructType, files: Sequence[str]
 ) -> list[PpmlParquetPartition]:
     """The read's partitions, of whole row groups. Every footer is opened here: a wrong KMS, a
     refused footer key, a plaintext or altered footer or a missing column fails the job before
     any task."""
     keys = pme_keys(options.kms)
+    storage = options.storage()
     row_group_sizes = []
     for path in files:
-        with open_encrypted(path, keys=keys) as parquet_file:
+        with open_encrypted(path, keys=keys, storage=storage) as parquet_file:
             parquet_columns(schema, parquet_file.schema_arrow, path)
             metadata = parquet_file.metadata
-            row_group_sizes.append((str(path), [
+            row_group_sizes.append((path, [
                 metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)
             ]))
     groups = plan_row_groups(row_group_sizes, options.max_split_bytes, DEFAULT_OPEN_COST_BYTES)
@@ -56,10 +56,11 @@ def parquet_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The partition's rows that pass the ``pushed`` filters, as batches of ``schema``."""
     keys = pme_keys(options.kms)
+    storage = options.storage()
     target = arrow_schema(schema)
     expression = filter_expression(pushed, target)
     for piece in partition.slices:
-        with open_encrypted(piece.path, keys=keys) as parquet_file:
+        with open_encrypted(piece.path, keys=keys, storage=storage) as parquet_file:
             if parquet_file.metadata.num_row_groups != piece.row_group_count:
                 raise InputError(piece.path, "changed since the read was planned")
             columns = parquet_columns(schema, parquet_file.schema_arrow, piece.path)
@@ -79,9 +80,10 @@ def parquet_batches(
 def parquet_rows(options: ReadOptions, partition: PpmlParquetPartition) -> int:
     """The number of rows in the partition, from the decrypted footers."""
     keys = pme_keys(options.kms)
+    storage = options.storage()
     rows = 0
     for piece in partition.slices:
-        with open_encrypted(piece.path, keys=keys) as parquet_file:
+        with open_encrypted(piece.path, keys=keys, storage=storage) as parquet_file:
             metadata = parquet_file.metadata
             if metadata.num_row_groups != piece.row_group_count:
                 raise InputError(piece.path, "changed since the read was planned")

@@ -19,7 +19,7 @@ from ppml.spark.source.parquet import parquet_batches, parquet_partitions, parqu
 from ppml.spark.source.parse import Parser, check_schema
 from ppml.spark.source.partitions import PpmlParquetPartition, PpmlPartition
 from ppml.spark.source.process import freeze_loaded_objects
-from ppml.spark.source.splits import list_input_files
+from ppml.spark.source.splits import input_files
 from ppml.spark.source.types import arrow_schema
 
 __all__ = ["ROW_COUNT_SCHEMA", "PpmlPushdownReader", "PpmlReader", "PpmlRowCountReader"]
@@ -37,7 +37,7 @@ class PpmlReader(DataSourceReader):
 
     def partitions(self) -> Sequence[InputPartition]:
         options = self._options
-        files = list_input_files(options.path)
+        files = input_files(options.path, options.storage())
         if options.format == "parquet":
             return parquet_partitions(options, self._schema, files)
         if options.legacy:

@@ -34,15 +34,17 @@ Split size. :func:`max_split_bytes` is Spark's rule for its own file sources
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from ppml.core import _streaming
 from ppml.core.envelope import EnvelopeHeader
-from ppml.errors import InputNotFound, InvalidCiphertext, NotAnEnvelope
+from ppml.core.random_access import SequentialView
+from ppml.errors import InvalidCiphertext, NotAnEnvelope
+from ppml.filesystem import LocalStorage, Storage
 
 __all__ = [
     "DEFAULT_BLOCK_BYTES",
@@ -51,6 +53,7 @@ __all__ = [
     "FileSplit",
     "SegmentSource",
     "envelope_plaintext_size",
+    "input_files",
     "iter_owned_blocks",
     "list_input_files",
     "max_split_bytes",
@@ -106,52 +109,45 @@ class SegmentSource(Protocol):
 def list_input_files(path: Path | str) -> list[Path]:
     """``path`` itself if it is a file; else every regular file below it, sorted, skipping any
     name (file or directory) that starts with ``.`` or ``_`` (``_SUCCESS``, ``_temporary``,
-    hidden in-progress files), as Spark's file sources do.
+    hidden in-progress files), as Spark's file sources do. Local paths; :func:`input_files`
+    lists any storage.
 
     Raises:
         InputNotFound: ``path`` does not exist.
     """
-    root = Path(path)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise InputNotFound(root)
-    found: list[Path] = []
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith((".", "_")))
-        base = Path(directory)
-        found.extend(base / name for name in sorted(files) if not name.startswith((".", "_")))
-    return sorted(found)
+    return [Path(entry.path) for entry in LocalStorage().list_files(str(path))]
 
 
-def envelope_plaintext_size(path: Path | str) -> tuple[EnvelopeHeader, int]:
-    """The envelope header of ``path`` and its plaintext size, from the header and the file size
-    alone (nothing is decrypted, no key is unwrapped).
+def input_files(path: str, storage: Storage) -> list[str]:
+    """The data files of ``path`` in ``storage`` (local or S3), as :func:`list_input_files`
+    picks them."""
+    return [entry.path for entry in storage.list_files(path)]
+
+
+def envelope_plaintext_size(path: Path | str, storage: Storage | None = None) -> tuple[EnvelopeHeader, int]:
+    """The envelope header of ``path`` (in ``storage``, local by default) and its plaintext
+    size, from the header and the file size alone (nothing is decrypted, no key is unwrapped).
 
     Raises:
         InputNotFound: there is no such file.
         NotAnEnvelope: the file is not a ppml envelope.
         InvalidCiphertext: the header is malformed or the size is impossible for its segments.
     """
-    path = Path(path)
-    try:
-        raw = open(path, "rb")
-    except FileNotFoundError:
-        raise InputNotFound(path) from None
-    with raw:
+    source = (storage or LocalStorage()).open_random_access(str(path))
+    with contextlib.closing(source):
         try:
-            header, header_bytes = EnvelopeHeader.read_from(raw)
+            header, header_bytes = EnvelopeHeader.read_from(SequentialView(source))
         except NotAnEnvelope:
-            raise NotAnEnvelope(path) from None
+            raise NotAnEnvelope(source.name) from None
         except InvalidCiphertext:
-            raise InvalidCiphertext(path) from None
-        file_size = os.fstat(raw.fileno()).st_size
+            raise InvalidCiphertext(source.name) from None
+        file_size = source.size()
     layout = _streaming.Layout(header.segment_size)
     ciphertext_size = file_size - len(header_bytes)
     try:
         count = layout.segment_count(ciphertext_size)
     except InvalidCiphertext:
-        raise InvalidCiphertext(path) from None
+        raise InvalidCiphertext(source.name) from None
     _, last_length = layout.segment_span(count - 1, ciphertext_size)
     return header, layout.plaintext_start(count - 1) + last_length - _streaming.TAG_SIZE
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
-import shutil
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import pyarrow as pa
 from pyspark.sql.datasource import DataSourceArrowWriter, WriterCommitMessage
@@ -17,11 +15,11 @@ from pyspark.sql.types import StructType
 
 from ppml.core.envelope import EnvelopeHeader, EnvelopeWriter
 from ppml.errors import InputError, OutputExists, UsageError
+from ppml.filesystem import Storage, publish
 from ppml.spark.keys import kms_for
 from ppml.spark.source.encode import encode_csv, encode_json, encode_parquet, encode_text
 from ppml.spark.source.options import WriteOptions
 from ppml.spark.source.process import freeze_loaded_objects, pme_keys
-from ppml.spark.source.splits import list_input_files
 from ppml.spark.source.types import arrow_schema
 
 __all__ = ["PpmlCommitMessage", "PpmlWriter", "start_job"]
@@ -29,14 +27,16 @@ __all__ = ["PpmlCommitMessage", "PpmlWriter", "start_job"]
 
 @dataclasses.dataclass(frozen=True)
 class PpmlCommitMessage(WriterCommitMessage):
-    """What a task wrote: the file's name in the job's temporary directory (None: nothing)."""
+    """What a task wrote: the file's name in the output (None: nothing), and the name it has in
+    the job's temporary directory until the job commits."""
 
     file_name: str | None
     rows: int
+    staged_name: str | None = None
 
 
-def _job_dir(path: str, job_id: str) -> Path:
-    return Path(path) / "_temporary" / job_id
+def _job_dir(storage: Storage, path: str, job_id: str) -> str:
+    return storage.join(path, "_temporary", job_id)
 
 
 def start_job(options: WriteOptions, schema: StructType, *, overwrite: bool) -> PpmlWriter:
@@ -62,25 +62,26 @@ def start_job(options: WriteOptions, schema: StructType, *, overwrite: bool) -> 
         unknown = ", ".join(sorted(named - set(target.names)))
         if unknown:
             raise UsageError(f"option columnKeys names column(s) not in the data: {unknown}")
-    output = Path(options.path)
-    if output.exists() and not output.is_dir():
-        raise InputError(output, "is a file; the output of a Spark write is a directory")
-    has_data = output.is_dir() and bool(list_input_files(output))
+    storage = options.storage()
+    kind = storage.kind(options.path)
+    if kind == "file":
+        raise InputError(options.path, "is a file; the output of a Spark write is a directory")
+    has_data = kind == "directory" and bool(storage.list_files(options.path))
     if options.save_mode == "errorifexists" and has_data:
-        raise OutputExists(output)
+        raise OutputExists(options.path)
     skip = options.save_mode == "ignore" and has_data
-    created_output = not output.exists()
     job_id = uuid.uuid4().hex
     if not skip:
-        _job_dir(options.path, job_id).mkdir(parents=True)
+        storage.make_dirs(_job_dir(storage, options.path, job_id))
     return PpmlWriter(
-        options, schema, overwrite=overwrite, skip=skip, created_output=created_output,
+        options, schema, overwrite=overwrite, skip=skip, created_output=kind is None,
         job_id=job_id,
     )
 
 
 class PpmlWriter(DataSourceArrowWriter):
-    """Writes one encrypted part file per task; the driver's commit publishes them."""
+    """Writes one encrypted part file per task into the job's temporary directory; the
+    driver's commit publishes them (on S3 by copying each object: see ppml.filesystem)."""
 
     def __init__(
         self,
@@ -114,8 +115,6 @@ class PpmlWriter(DataSourceArrowWriter):
         if options.format == "parquet":
             return self._write_parquet(iterator, partition, attempt)
         name = f"part-{partition:05d}-{self.job_id}.{options.format}.ppml"
-        job_dir = _job_dir(options.path, self.job_id)
-        in_progress = job_dir / f".{name}.{attempt}.inprogress"
         kms = kms_for(options.kms)
         generated = kms.generate_data_key(options.key_id)
         header = EnvelopeHeader(
@@ -124,22 +123,19 @@ class PpmlWriter(DataSourceArrowWriter):
             wrapped_data_key=generated.wrapped,
             segment_size=options.segment_size,
         )
-        # "x": no directory (the job was aborted) or a clash means no file, not a stray one.
-        with open(in_progress, "xb") as raw:
-            try:
-                envelope = EnvelopeWriter(raw, header=header, data_key=generated.data_key)
-                if options.format == "csv":
-                    rows = encode_csv(envelope, iterator, arrow_schema(self._schema), options)
-                elif options.format == "json":
-                    rows = encode_json(envelope, iterator)
-                else:
-                    rows = encode_text(envelope, iterator)
-                envelope.close()
-            except BaseException:
-                in_progress.unlink(missing_ok=True)
-                raise
-        os.replace(in_progress, job_dir / name)
-        return PpmlCommitMessage(file_name=name, rows=rows)
+
+        def encode(raw: BinaryIO) -> int:
+            envelope = EnvelopeWriter(raw, header=header, data_key=generated.data_key)
+            if options.format == "csv":
+                rows = encode_csv(envelope, iterator, arrow_schema(self._schema), options)
+            elif options.format == "json":
+                rows = encode_json(envelope, iterator)
+            else:
+                rows = encode_text(envelope, iterator)
+            envelope.close()
+            return rows
+
+        return self._stage(name, attempt, encode)
 
     def _write_parquet(
         self, iterator: Iterator[pa.RecordBatch], partition: int, attempt: int
@@ -153,61 +149,57 @@ class PpmlWriter(DataSourceArrowWriter):
         first = next(batches, None)
         if first is None and partition != 0:
             return PpmlCommitMessage(file_name=None, rows=0)
-        name = f"part-{partition:05d}-{self.job_id}.parquet"
-        job_dir = _job_dir(options.path, self.job_id)
-        in_progress = job_dir / f".{name}.{attempt}.inprogress"
         keys = pme_keys(options.kms)
-        # "x": no directory (the job was aborted) or a clash means no file, not a stray one.
         everything = itertools.chain([first] if first is not None else [], batches)
-        with open(in_progress, "xb") as raw:
-            try:
-                rows = encode_parquet(raw, everything, schema, keys, options)
-            except BaseException:
-                in_progress.unlink(missing_ok=True)
-                raise
-        os.replace(in_progress, job_dir / name)
-        return PpmlCommitMessage(file_name=name, rows=rows)
+        return self._stage(
+            f"part-{partition:05d}-{self.job_id}.parquet", attempt,
+            lambda raw: encode_parquet(raw, everything, schema, keys, options),
+        )
+
+    def _stage(self, name: str, attempt: int, encode: Callable[[BinaryIO], int]) -> PpmlCommitMessage:
+        """Write ``name`` through ``encode`` into the job's temporary directory, under a name of
+        this attempt's own (a speculative or retried attempt never clobbers it); a failure
+        removes it. Locally, a missing directory (the job was aborted) means no file at all."""
+        storage = self._options.storage()
+        staged_name = f"{attempt}-{name}"
+        output = storage.staged_output(storage.join(_job_dir(storage, self._options.path, self.job_id), staged_name))
+        try:
+            rows = encode(output.file)
+            output.commit()
+        except BaseException:
+            output.discard()
+            raise
+        return PpmlCommitMessage(file_name=name, rows=rows, staged_name=staged_name)
 
     def commit(self, messages: list[WriterCommitMessage | None]) -> None:
         freeze_loaded_objects()
         if self._skip:
             return
         options = self._options
-        job_dir = _job_dir(options.path, self.job_id)
-        target = Path(options.path)
-        names = []
+        storage = options.storage()
+        job_dir = _job_dir(storage, options.path, self.job_id)
+        staged: list[tuple[str, str]] = []
         for message in messages:
             if not isinstance(message, PpmlCommitMessage):
                 raise UsageError(f"job {self.job_id}: a task reported no commit message")
-            if message.file_name is not None:
-                names.append(message.file_name)
-        previous = list_input_files(target) if self._overwrite else []
-        for name in names:
-            os.replace(job_dir / name, target / name)
-        published = {target / name for name in names}
-        for old in previous:
-            if old not in published:
-                old.unlink(missing_ok=True)
-        (target / "_SUCCESS").write_bytes(b"")
-        self._remove_job_dir()
+            if message.file_name is not None and message.staged_name is not None:
+                staged.append((message.staged_name, message.file_name))
+        publish(storage, job_dir, options.path, staged, replace=self._overwrite)
+        storage.write_bytes(storage.join(options.path, "_SUCCESS"), b"")
+        self._remove_job_dir(storage)
 
     def abort(self, messages: list[WriterCommitMessage | None]) -> None:
         freeze_loaded_objects()
         if self._skip:
             return
-        self._remove_job_dir()
+        storage = self._options.storage()
+        self._remove_job_dir(storage)
         if self._created_output:
-            try:
-                Path(self._options.path).rmdir()
-            except OSError:
-                pass
+            storage.remove_if_empty(self._options.path)
 
-    def _remove_job_dir(self) -> None:
-        job_dir = _job_dir(self._options.path, self.job_id)
+    def _remove_job_dir(self, storage: Storage) -> None:
+        job_dir = _job_dir(storage, self._options.path, self.job_id)
         # A task that was still running may add a file while the tree is removed: retry once.
-        shutil.rmtree(job_dir, ignore_errors=True)
-        shutil.rmtree(job_dir, ignore_errors=True)
-        try:
-            job_dir.parent.rmdir()
-        except OSError:
-            pass
+        storage.delete_tree(job_dir)
+        storage.delete_tree(job_dir)
+        storage.remove_if_empty(storage.join(self._options.path, "_temporary"))
