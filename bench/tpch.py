@@ -128,26 +128,32 @@ def python_source_reader(spark: Any, encrypted: Path, kms_uri: str) -> Reader:
                                .load(str(encrypted / table_name)))
 
 
+HADOOP_PREFIX = "spark.hadoop."
+
+
 def native_conf(kms_uri: str) -> dict[str, str] | None:
-    """The settings of the native path (parquet-mr's PME reader with ppml's JVM ``KmsClient``)
-    from ``ppml.spark.jvm.native_session_conf``, or None when this build does not have it.
-    ``spark.*`` entries go to the session; the rest (``parquet.crypto.factory.class``,
-    ``parquet.encryption.kms.client.class``, ``parquet.encryption.kms.instance.id``) are
-    Hadoop settings, passed as read options so they reach the encrypted reads only."""
+    """The Spark settings of the native path (parquet-mr's PME reader with ppml's JVM
+    ``KmsClient``, ``ppml.spark.jvm.native_session_conf``), or None when this build does not
+    have it. Its ``spark.hadoop.*`` entries (``parquet.crypto.factory.class``,
+    ``parquet.encryption.kms.client.class``, ``parquet.encryption.kms.instance.id`` …) are
+    given to the encrypted reads only, as read options (Spark copies a file source's options
+    into its Hadoop configuration), so the plaintext baseline reads without a crypto factory;
+    the others (the class path) go to the session."""
     try:
-        from ppml.spark.jvm import native_session_conf  # type: ignore[import-not-found]
+        from ppml.spark.jvm import native_session_conf  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
     return dict(native_session_conf(kms_uri))
 
 
-def native_available(kms_uri: str) -> bool:
-    return native_conf(kms_uri) is not None
+def session_part(conf: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in conf.items() if not name.startswith(HADOOP_PREFIX)}
 
 
 def native_reader(spark: Any, encrypted: Path, conf: dict[str, str]) -> Reader:
     """Plain ``spark.read.parquet`` on the encrypted copy with the native path's Hadoop settings."""
-    options = {name: value for name, value in conf.items() if not name.startswith("spark.")}
+    options = {name.removeprefix(HADOOP_PREFIX): value for name, value in conf.items()
+               if name.startswith(HADOOP_PREFIX)}
     return lambda table_name: spark.read.options(**options).parquet(str(encrypted / table_name))
 
 
@@ -186,9 +192,10 @@ def run_query(spark: Any, sql: str) -> list[Any]:
     return spark.sql(sql).collect()
 
 
-def best_of(repeat: int, spark: Any, sql: str) -> tuple[float, list[Any]]:
-    """One warm-up run, then the fastest of ``repeat`` timed runs and its rows."""
-    rows = run_query(spark, sql)
+def best_of(repeat: int, spark: Any, sql: str, *, warm_up: bool = True) -> tuple[float, list[Any]]:
+    """One warm-up run (unless not ``warm_up``), then the fastest of ``repeat`` timed runs and
+    the rows of the last."""
+    rows = run_query(spark, sql) if warm_up else []
     seconds = math.inf
     for _ in range(repeat):
         started = time.perf_counter()
@@ -197,33 +204,42 @@ def best_of(repeat: int, spark: Any, sql: str) -> tuple[float, list[Any]]:
     return seconds, rows
 
 
-def schema_mismatches(spark: Any, readers: dict[str, Reader]) -> list[str]:
-    """Tables whose schema (names and types) differs from the plaintext reader's, per mode."""
+Views = dict[str, dict[str, Any]]  # mode -> table name -> DataFrame
+
+
+def views(readers: dict[str, Reader]) -> Views:
+    """One DataFrame per mode and table, planned once and reused by every query (the ppml
+    source's planning runs in a Python process: about half a second per DataFrame)."""
+    return {mode: {table_name: read(table_name) for table_name in TABLES} for mode, read in readers.items()}
+
+
+def schema_mismatches(frames: Views) -> list[str]:
+    """Tables whose schema (names and types) differs from the first mode's (plain), per mode."""
     found = []
+    baseline = next(iter(frames.values()))
     for table_name in TABLES:
-        expected = readers["plain"](table_name).schema
-        for mode, read in readers.items():
-            schema = read(table_name).schema
+        expected = baseline[table_name].schema
+        for mode, tables in frames.items():
+            schema = tables[table_name].schema
             if [(f.name, f.dataType) for f in schema] != [(f.name, f.dataType) for f in expected]:
                 found.append(f"{mode} {table_name}: {schema.simpleString()} != plain {expected.simpleString()}")
     return found
 
 
-def run_all(spark: Any, readers: dict[str, Reader], queries: dict[str, str], repeat: int,
-            report: Callable[[str, dict[str, float], list[str]], None] | None = None,
+def run_all(spark: Any, frames: Views, queries: dict[str, str], repeat: int,
+            report: Callable[[str, dict[str, float], list[str]], None] | None = None, *, warm_up: bool = True,
             ) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """Each query in each mode (``readers``' first is the baseline): seconds per query and
-    mode, and the queries whose results differ from the baseline's (``"q07 python-source"``)."""
+    """Each query in each mode (the first is the baseline): seconds per query and mode, and
+    the queries whose results differ from the baseline's (``"q07 python-source"``)."""
     seconds: dict[str, dict[str, float]] = {}
     differing: list[str] = []
-    views = {mode: {t: read(t) for t in TABLES} for mode, read in readers.items()}
     for name, sql in queries.items():
         seconds[name] = {}
         expected = None
         wrong = []
-        for mode, frames in views.items():
-            register_views(spark, frames.__getitem__)
-            seconds[name][mode], rows = best_of(repeat, spark, sql)
+        for mode, tables in frames.items():
+            register_views(spark, tables.__getitem__)
+            seconds[name][mode], rows = best_of(repeat, spark, sql, warm_up=warm_up)
             result = normalized(rows)
             if expected is None:
                 expected = result
@@ -252,7 +268,8 @@ def _query_numbers(text: str) -> list[int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale-factor", type=float, default=1.0)
-    parser.add_argument("--repeat", type=int, default=2, help="timed runs per query and mode (best is kept)")
+    parser.add_argument("--repeat", type=lambda text: max(int(text), 1), default=2,
+                        help="timed runs per query and mode (best is kept; at least 1)")
     parser.add_argument("--queries", type=_query_numbers, default=None, help="e.g. 1,6,14 (default: all 22)")
     parser.add_argument("--data", type=Path, default=ROOT / "bench" / ".data")
     parser.add_argument("--driver-memory", default="3g")
@@ -289,11 +306,17 @@ def main() -> int:
     builder = (SparkSession.builder.master("local[2]").appName("bench-tpch")
                .config("spark.driver.memory", args.driver_memory)
                .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false"))
-    session_conf = {**performance_conf(), **security_conf()}
-    if native is not None:
-        session_conf.update({name: value for name, value in native.items() if name.startswith("spark.")})
-    for name, value in session_conf.items():
+    for name, value in {**performance_conf(), **security_conf(), **session_part(native or {})}.items():
         builder = builder.config(name, value)
+    agent = None
+    if native is not None:
+        # The JVM gets keys only from a key agent: one in this process, as `ppml submit --tee none`
+        # runs it, inherited by the JVM (and its Python workers) through the environment.
+        from ppml.kms.registry import open_kms
+        from ppml.tee.agent import AGENT_ENV, KeyAgent
+
+        agent = KeyAgent(open_kms, tee="none").start()
+        os.environ[AGENT_ENV] = str(agent.path)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     register(spark)
@@ -304,7 +327,8 @@ def main() -> int:
             print("native path: not available on this build")
         else:
             readers["native"] = native_reader(spark, encrypted, native)
-        mismatches = schema_mismatches(spark, readers)
+        frames = views(readers)
+        mismatches = schema_mismatches(frames)
         for line in mismatches:
             print(f"SCHEMA MISMATCH {line}")
         modes = list(readers)
@@ -318,7 +342,7 @@ def main() -> int:
             differs = f"  RESULT DIFFERS: {', '.join(wrong)}" if wrong else ""
             print(f"{name:<7}{times['plain']:>9.2f}{cells}{differs}", flush=True)
 
-        seconds, differing = run_all(spark, readers, queries, args.repeat, report)
+        seconds, differing = run_all(spark, frames, queries, args.repeat, report)
         total = {m: sum(seconds[q][m] for q in queries) for m in modes}
         print(f"{'total':<7}{total['plain']:>9.2f}" + "".join(f"{total[m]:>15.2f}{total[m] / total['plain']:>7.2f}"
                                                         for m in modes[1:]))
@@ -335,6 +359,8 @@ def main() -> int:
         print(f"results: all {len(queries)} queries identical across {', '.join(modes)}")
     finally:
         spark.stop()
+        if agent is not None:
+            agent.stop()
     return 0
 
 
