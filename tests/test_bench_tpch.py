@@ -43,6 +43,7 @@ def test_plaintext_and_python_source_agree_on_tpch(spark: object, tmp_path: Path
     assert set(seconds) == {"q01", "q13"}
     assert all(set(times) == {"plain", "python-source"} for times in seconds.values())
 
+
 def pq_row_groups(path: Path) -> int:
     import pyarrow.parquet as pq
 
