@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from ppml.errors import UsageError
-from ppml.spark.jvm import classpath_conf
+from ppml.spark.jvm import classpath_conf, native_session_conf
 from ppml.spark.launch import quiet_log_options, spark_home
 
 if TYPE_CHECKING:
@@ -307,6 +307,9 @@ def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str],
     conf["spark.executorEnv.PYSPARK_PYTHON"] = sys.executable
     if options.master.startswith("spark://"):
         conf.update(executor_launcher_conf())
+    # Spark's own Parquet reader and writer do PME with keys from the key agent (the KMS named per
+    # job: spark.hadoop.parquet.encryption.kms.instance.id, or per read/write option).
+    conf.update({name: value for name, value in native_session_conf().items() if name.startswith("spark.hadoop.")})
     conf.update(user_conf)
     conf.update(classpath_conf(user_conf))
     properties = write_properties_file(conf, work_dir / "spark-ppml.properties")

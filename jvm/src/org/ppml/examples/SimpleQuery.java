@@ -58,7 +58,7 @@ public final class SimpleQuery {
       var writer = output.write().mode(SaveMode.Overwrite).option("header", "true");
       if (ENVELOPE.equals(outputMode)) {
         // A fresh data key per output file from the TEE's key agent, wrapped by --primaryKey.
-        writer = writer.option("compression", "ppml").option("ppml.kms.uri", kms)
+        writer = writer.option("compression", "ppml.envelope").option("ppml.kms.uri", kms)
             .option("ppml.codec.key.id", args.get("primaryKey"));
       }
       writer.csv(args.get("outputPath"));
