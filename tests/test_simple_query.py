@@ -89,8 +89,8 @@ class Deployment:
             str(EXAMPLE), "--inputPath", str(self.encrypted), "--outputPath", str(output),
             "--outputPartitionNum", "2", "--kms", kms or self.kms, "--primaryKey", self.output_key, env=self.env)
 
-    def submit_java(self, output: Path, *, master: str = "local[2]",
-                    extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    def submit_java(self, output: Path, *, master: str = "local[2]", extra: tuple[str, ...] = (),
+                    input_path: Path | None = None) -> subprocess.CompletedProcess[str]:
         """The Java SimpleQuery (in ppml's JVM library) through ``ppml submit --class``."""
         from ppml.spark.jvm import library_jar
 
@@ -98,9 +98,9 @@ class Deployment:
             "submit", "--master", master, "--tee", "simulated", "--policy", self.policy,
             "--enclave-manifest", str(self.manifest), "--enclave-sig", str(self.sig),
             "--platform-key", str(self.platform_key), "--conf", "spark.ui.enabled=false", *extra,
-            "--class", "org.ppml.examples.SimpleQuery", str(library_jar()), "--inputPath", str(self.encrypted),
-            "--outputPath", str(output), "--outputPartitionNum", "2", "--kms", self.kms,
-            "--primaryKey", self.output_key, env=self.env)
+            "--class", "org.ppml.examples.SimpleQuery", str(library_jar()),
+            "--inputPath", str(input_path or self.encrypted), "--outputPath", str(output),
+            "--outputPartitionNum", "2", "--kms", self.kms, "--primaryKey", self.output_key, env=self.env)
 
     def audit_operations(self) -> list[str]:
         import sqlite3
@@ -284,3 +284,32 @@ def test_java_simple_query_on_a_standalone_cluster(deployment: Deployment, tmp_p
     assert deployment.count_output(output) == deployment.expected
     executor_logs = [p.read_text(errors="replace") for p in (tmp_path / "cluster").glob("worker-*/app-*/*/stdout")]
     assert executor_logs and all("Attestation Success!" in log for log in executor_logs), executor_logs
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_java_simple_query_fails_before_any_row_when_the_key_is_not_released_to_this_tee(
+        deployment: Deployment, tmp_path: Path) -> None:
+    """The input's key releases only to another enclave's policy: the gate passes, the key agent asks,
+    the KMS refuses the release, and the JVM job fails naming the refusal, with no count and no output."""
+    result = ppml_run("attest", "register", "--mr-enclave", "ab" * 32, "--mr-signer", deployment.mr_signer,
+                      "--allow-simulated", env=deployment.env)
+    assert result.returncode == 0, result.stderr
+    other_policy = result.stdout.strip()
+    owner = RemoteKms.from_uri(deployment.kms)
+    foreign_key = owner.request("POST", "/v1/keys", {"release_policy": {"policy_ids": [other_policy],
+                                                                        "allow_simulated": True}})["key_id"]
+    owner.close()
+    encrypted = tmp_path / "people.csv.ppml"
+    result = ppml_run("encrypt", str(deployment.plain), str(encrypted), "--key", foreign_key, "--kms", deployment.kms,
+                      env=deployment.env)
+    assert result.returncode == 0, result.stderr
+    output = tmp_path / "out"
+    result = deployment.submit_java(output, input_path=encrypted)
+    assert result.returncode != 0
+    assert result.stdout.splitlines()[0] == "Attestation Success!"
+    assert not re.search(r"Num of rows in people is \d", result.stdout)
+    text = result.stdout + result.stderr
+    assert "ppml: TokenRejected" in text and "release policy refuses this workload" in text, text[-3000:]
+    assert str(encrypted) in text
+    assert not output.exists() or not list(output.glob("part-*"))
