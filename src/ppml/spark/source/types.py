@@ -12,6 +12,7 @@ from pyspark.errors import PySparkTypeError
 from pyspark.sql.pandas.types import from_arrow_type, to_arrow_schema
 from pyspark.sql.types import (
     ArrayType,
+    BinaryType,
     BooleanType,
     DataType,
     DateType,
@@ -74,6 +75,12 @@ def _parquet_spark_type(arrow_type: pa.DataType) -> DataType:
     dictionaries read as their values."""
     if pa.types.is_dictionary(arrow_type):
         return _parquet_spark_type(arrow_type.value_type)
+    # Parquet written by parquet-rs (tpchgen-cli, for one) stores an Arrow schema that makes PyArrow
+    # read strings as views, which Spark's Arrow conversion does not take: they are strings to Spark.
+    if pa.types.is_string_view(arrow_type):
+        return StringType()
+    if pa.types.is_binary_view(arrow_type):
+        return BinaryType()
     widened = {pa.uint8(): ShortType(), pa.uint16(): IntegerType(), pa.uint32(): LongType(),
                pa.uint64(): DecimalType(20, 0)}
     if arrow_type in widened:
