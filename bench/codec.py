@@ -20,7 +20,6 @@ segments through the codec's own classes) is printed for reference; compare with
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -43,14 +42,9 @@ def best(repeat: int, action: Callable[[], object]) -> tuple[float, object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=8_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--data", type=Path, default=ROOT / "bench" / ".data")
-    args = parser.parse_args()
+    from simple_query import spark_bench_arguments  # bench/ is on sys.path
 
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ["PYSPARK_PYTHON"] = sys.executable
+    args = spark_bench_arguments(__doc__, repeat=3)
     from simple_query import people_data  # bench/ is on sys.path: this script's directory
 
     from ppml.kms.registry import open_kms

@@ -21,7 +21,6 @@ must agree across the three.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -81,14 +80,9 @@ def best_interleaved(repeat: int, actions: dict[str, Callable[[], Any]]) -> dict
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=8_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--data", type=Path, default=ROOT / "bench" / ".data")
-    args = parser.parse_args()
+    from simple_query import spark_bench_arguments  # bench/ is on sys.path
 
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ["PYSPARK_PYTHON"] = sys.executable
+    args = spark_bench_arguments(__doc__, repeat=3)
     data = prepare(args.data, args.rows)
 
     from pyspark.sql import SparkSession

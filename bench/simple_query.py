@@ -126,15 +126,21 @@ def people_data(data: Path, rows: int) -> tuple[LocalKeyStore, str, Path, int, P
     return store, key_id, plain, int(expected_file.read_text()), encrypted
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def spark_bench_arguments(description: str | None, *, repeat: int) -> argparse.Namespace:
+    """The Spark benchmarks' common command line (rows, rounds, data directory), parsed, with the
+    environment set for a local Spark that runs this interpreter's Python workers."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=8_000_000)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=repeat)
     parser.add_argument("--data", type=Path, default=ROOT / "bench" / ".data")
     args = parser.parse_args()
-
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ["PYSPARK_PYTHON"] = sys.executable
+    return args
+
+
+def main() -> int:
+    args = spark_bench_arguments(__doc__, repeat=2)
     from pme import prepare
 
     prepared = prepare(args.data, args.rows)

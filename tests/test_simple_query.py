@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -126,6 +126,25 @@ class Deployment:
         return rows
 
 
+def run_on_a_standalone_cluster(deployment: Deployment, tmp_path: Path,
+                                submit: Callable[..., subprocess.CompletedProcess[str]]) -> list[str]:
+    """Run SimpleQuery (``submit``: Python or Java) in client mode on a fresh standalone cluster;
+    check its answer and output and that every executor attested under ppml's launcher. Returns
+    the executors' stdout logs."""
+    secret = tmp_path / "rpc-secret"
+    write_secret_file(secret)
+    with StandaloneCluster(tmp_path / "cluster", secret_file=secret, worker_memory="1g") as cluster:
+        output = tmp_path / "out"
+        result = submit(output, master=cluster.master_url,
+                        extra=("--secret-file", str(secret), "--executor-memory", "768m"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Num of Developer age between 20,40 is {deployment.expected}" in result.stdout
+    assert deployment.count_output(output) == deployment.expected
+    executor_logs = [p.read_text(errors="replace") for p in (tmp_path / "cluster").glob("worker-*/app-*/*/stdout")]
+    assert executor_logs and all("Attestation Success!" in log for log in executor_logs), executor_logs
+    return executor_logs
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     d = Deployment(tmp_path_factory.mktemp("simple-query"))
@@ -209,18 +228,8 @@ def test_tampered_input_fails_naming_the_file_and_commits_nothing(deployment: De
 def test_simple_query_in_client_mode_on_a_standalone_cluster(deployment: Deployment, tmp_path: Path) -> None:
     """The driver passes the gate here; each executor starts under ppml's launcher, which attests
     its TEE and serves the JVM and its Python workers through a key agent of its own."""
-    secret = tmp_path / "rpc-secret"
-    write_secret_file(secret)
     before = len(deployment.audit_operations())
-    with StandaloneCluster(tmp_path / "cluster", secret_file=secret, worker_memory="1g") as cluster:
-        output = tmp_path / "out"
-        result = deployment.submit(output, master=cluster.master_url,
-                                   extra=("--secret-file", str(secret), "--executor-memory", "768m"))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"Num of Developer age between 20,40 is {deployment.expected}" in result.stdout
-    assert deployment.count_output(output) == deployment.expected
-    executor_logs = [p.read_text(errors="replace") for p in (tmp_path / "cluster").glob("worker-*/app-*/*/stdout")]
-    assert executor_logs and all("Attestation Success!" in log for log in executor_logs), executor_logs
+    executor_logs = run_on_a_standalone_cluster(deployment, tmp_path, deployment.submit)
     released = [(op, json.loads(claims)) for op, claims in deployment.audit_claims()[before:] if op.endswith("ForTee")]
     assert released, "the executors received no data key through attestation"
     # One session per TEE: the driver's gate and one per executor (Python workers did not attest).
@@ -273,17 +282,7 @@ def test_java_simple_query_in_local_tee_mode(deployment: Deployment, tmp_path: P
 @pytest.mark.slow
 @pytest.mark.spark
 def test_java_simple_query_on_a_standalone_cluster(deployment: Deployment, tmp_path: Path) -> None:
-    secret = tmp_path / "rpc-secret"
-    write_secret_file(secret)
-    with StandaloneCluster(tmp_path / "cluster", secret_file=secret, worker_memory="1g") as cluster:
-        output = tmp_path / "out"
-        result = deployment.submit_java(output, master=cluster.master_url,
-                                        extra=("--secret-file", str(secret), "--executor-memory", "768m"))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"Num of Developer age between 20,40 is {deployment.expected}" in result.stdout
-    assert deployment.count_output(output) == deployment.expected
-    executor_logs = [p.read_text(errors="replace") for p in (tmp_path / "cluster").glob("worker-*/app-*/*/stdout")]
-    assert executor_logs and all("Attestation Success!" in log for log in executor_logs), executor_logs
+    run_on_a_standalone_cluster(deployment, tmp_path, deployment.submit_java)
 
 
 @pytest.mark.slow
