@@ -175,7 +175,13 @@ def test_sgx_resources_node_selection_and_gramine_only_for_sgx(rendered: tuple[s
             assert "sgx.intel.com/provision" not in json.dumps(pod)
         else:
             assert "sgx.intel.com" not in json.dumps(pod)
-            assert "resources" not in container and "command" not in container
+            assert "resources" not in container
+            if role == "executor":
+                # The executor's TEE runtime wraps Spark's entrypoint: attestation and its own key agent.
+                assert container["command"] == ["python3", "-m", "ppml.cli.main", "tee", "executor", "--",
+                                                "/opt/entrypoint.sh"]
+            else:
+                assert "command" not in container
             assert "nodeSelector" not in spec
             assert all("hostPath" not in volume for volume in spec["volumes"])
 

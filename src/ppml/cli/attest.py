@@ -285,6 +285,17 @@ def _common(p: argparse.ArgumentParser, *, credentials: bool) -> None:
         p.add_argument("--credentials", metavar="FILE", help="app credentials (or $PPML_KMS_CREDENTIALS)")
 
 
+def cmd_tee_executor(args: argparse.Namespace) -> int:
+    from ppml.spark.jvm import library_jar
+    from ppml.tee.launcher import main as launch
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    # Spark's image entrypoint appends SPARK_EXTRA_CLASSPATH to the executor's class path.
+    extra = [p for p in (os.environ.get("SPARK_EXTRA_CLASSPATH", ""), str(library_jar())) if p]
+    os.environ["SPARK_EXTRA_CLASSPATH"] = os.pathsep.join(extra)
+    return launch(command)
+
+
 def add_commands(commands: Any) -> None:
     attest = commands.add_parser("attest", help="attestation policies and evidence",
                                  description="Register policies, show and verify evidence, verify the service itself.")
@@ -367,3 +378,9 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--platform-key", metavar="FILE", help="simulated backend: platform key (default in PPML_HOME)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.set_defaults(func=cmd_tee_run)
+    p = sub.add_parser("executor", help="a Spark executor's TEE runtime: attest from PPML_TEE_*, run CMD under a key "
+                       "agent", description="What a Spark executor pod runs (its container command): attest as the "
+                       "PPML_TEE_* environment says (none: the app's credentials), then run CMD (Spark's entrypoint) "
+                       "with a key agent, and ppml's JVM library on Spark's class path (SPARK_EXTRA_CLASSPATH).")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    p.set_defaults(func=cmd_tee_executor)

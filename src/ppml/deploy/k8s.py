@@ -237,6 +237,7 @@ class PodTemplateInputs:
     run_as_user: int = 185
     run_as_group: int = 185
     python: str = "python3"
+    spark_entrypoint: str = "/opt/entrypoint.sh"
     service_account: str | None = None
 
     def __post_init__(self) -> None:
@@ -265,6 +266,8 @@ class PodTemplateInputs:
             raise UsageError("sgx_device_group must be a group id")
         if self.python == "" or any(c.isspace() for c in self.python):
             raise UsageError(f"python {self.python!r} must be an executable name or path without spaces")
+        if not self.spark_entrypoint.startswith("/") or any(c.isspace() for c in self.spark_entrypoint):
+            raise UsageError(f"spark_entrypoint {self.spark_entrypoint!r} must be an absolute path without spaces")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -362,6 +365,12 @@ def pod_manifest(role: str, inputs: PodTemplateInputs, *, image: str) -> dict[st
         inputs.run_as_user, inputs.run_as_group, inputs.run_as_group)
     if role == "executor":
         spec["automountServiceAccountToken"] = False
+        if inputs.tee != "sgx-gramine":
+            # The executor's TEE runtime wraps Spark's entrypoint (which Spark runs with the argument
+            # "executor"): it attests, serves the JVM and Python workers through one key agent and
+            # puts ppml's JVM library on the class path. (Under Gramine the enclave's manifest runs it.)
+            container["command"] = [inputs.python, "-m", "ppml.cli.main", "tee", "executor", "--",
+                                    inputs.spark_entrypoint]
 
     files: list[tuple[str, FileSource | None, str]] = [
         ("ppml-spark-rpc-secret", inputs.rpc_secret, RPC_SECRET_PATH),
