@@ -176,12 +176,9 @@ def test_sgx_resources_node_selection_and_gramine_only_for_sgx(rendered: tuple[s
         else:
             assert "sgx.intel.com" not in json.dumps(pod)
             assert "resources" not in container
-            if role == "executor":
-                # The executor's TEE runtime wraps Spark's entrypoint: attestation and its own key agent.
-                assert container["command"] == ["python3", "-m", "ppml.cli.main", "tee", "executor", "--",
-                                                "/opt/entrypoint.sh"]
-            else:
-                assert "command" not in container
+            # The pod's TEE runtime wraps Spark's entrypoint: attestation and a key agent of its own.
+            assert container["command"] == ["python3", "-m", "ppml.cli.main", "tee", "launch", "--",
+                                            "/opt/entrypoint.sh"]
             assert "nodeSelector" not in spec
             assert all("hostPath" not in volume for volume in spec["volumes"])
 

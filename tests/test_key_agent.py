@@ -195,8 +195,8 @@ def test_the_executor_launcher_refuses_a_half_configured_tee_without_running_the
     assert not marker.exists()
 
 
-def test_ppml_tee_executor_runs_spark_s_entrypoint_with_an_agent_and_the_jvm_library(tmp_path: Path) -> None:
-    """An executor pod's command (``ppml tee executor -- /opt/entrypoint.sh executor``): the agent's
+def test_ppml_tee_launch_runs_spark_s_entrypoint_with_an_agent_and_the_jvm_library(tmp_path: Path) -> None:
+    """A Spark pod's command (``ppml tee launch -- /opt/entrypoint.sh executor``): the agent's
     socket and ppml's jar on SPARK_EXTRA_CLASSPATH reach the command, which Spark's entrypoint
     appends to the executor's class path."""
     from ppml.spark.jvm import library_jar
@@ -205,7 +205,7 @@ def test_ppml_tee_executor_runs_spark_s_entrypoint_with_an_agent_and_the_jvm_lib
     env["SPARK_EXTRA_CLASSPATH"] = "/opt/extra.jar"
     probe = "import os, sys; print(os.environ['SPARK_EXTRA_CLASSPATH']); print(os.environ['PPML_KEY_AGENT']); " \
             "print(sys.argv[1])"
-    result = subprocess.run([sys.executable, "-m", "ppml.cli.main", "tee", "executor", "--", sys.executable, "-c",
+    result = subprocess.run([sys.executable, "-m", "ppml.cli.main", "tee", "launch", "--", sys.executable, "-c",
                              probe, "executor"], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     classpath, agent, argument = result.stdout.splitlines()

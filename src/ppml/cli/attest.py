@@ -285,7 +285,7 @@ def _common(p: argparse.ArgumentParser, *, credentials: bool) -> None:
         p.add_argument("--credentials", metavar="FILE", help="app credentials (or $PPML_KMS_CREDENTIALS)")
 
 
-def cmd_tee_executor(args: argparse.Namespace) -> int:
+def cmd_tee_launch(args: argparse.Namespace) -> int:
     from ppml.spark.jvm import library_jar
     from ppml.tee.launcher import main as launch
 
@@ -378,9 +378,10 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--platform-key", metavar="FILE", help="simulated backend: platform key (default in PPML_HOME)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.set_defaults(func=cmd_tee_run)
-    p = sub.add_parser("executor", help="a Spark executor's TEE runtime: attest from PPML_TEE_*, run CMD under a key "
-                       "agent", description="What a Spark executor pod runs (its container command): attest as the "
-                       "PPML_TEE_* environment says (none: the app's credentials), then run CMD (Spark's entrypoint) "
-                       "with a key agent, and ppml's JVM library on Spark's class path (SPARK_EXTRA_CLASSPATH).")
+    p = sub.add_parser("launch", help="a Spark pod's TEE runtime: attest from PPML_TEE_*, run CMD under a key "
+                       "agent", description="What a Spark driver or executor pod runs (its container command): "
+                       "attest as the PPML_TEE_* environment says (none: the app's credentials), then run CMD (Spark's "
+                       "entrypoint) with a key agent, and ppml's JVM library on Spark's class path "
+                       "(SPARK_EXTRA_CLASSPATH).")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
-    p.set_defaults(func=cmd_tee_executor)
+    p.set_defaults(func=cmd_tee_launch)

@@ -365,12 +365,11 @@ def pod_manifest(role: str, inputs: PodTemplateInputs, *, image: str) -> dict[st
         inputs.run_as_user, inputs.run_as_group, inputs.run_as_group)
     if role == "executor":
         spec["automountServiceAccountToken"] = False
-        if inputs.tee != "sgx-gramine":
-            # The executor's TEE runtime wraps Spark's entrypoint (which Spark runs with the argument
-            # "executor"): it attests, serves the JVM and Python workers through one key agent and
-            # puts ppml's JVM library on the class path. (Under Gramine the enclave's manifest runs it.)
-            container["command"] = [inputs.python, "-m", "ppml.cli.main", "tee", "executor", "--",
-                                    inputs.spark_entrypoint]
+    if inputs.tee != "sgx-gramine":
+        # The pod's TEE runtime wraps Spark's entrypoint (which Spark runs with "driver …" or
+        # "executor"): it attests, serves the JVM and Python processes through one key agent and
+        # puts ppml's JVM library on the class path. (Under Gramine the enclave's manifest runs it.)
+        container["command"] = [inputs.python, "-m", "ppml.cli.main", "tee", "launch", "--", inputs.spark_entrypoint]
 
     files: list[tuple[str, FileSource | None, str]] = [
         ("ppml-spark-rpc-secret", inputs.rpc_secret, RPC_SECRET_PATH),
