@@ -289,6 +289,25 @@ def test_plaintext_model_is_refused_unless_the_caller_says_so(tmp_path: Path, ke
         ppml.ml.load(tmp_path / "nothing", kms=key_store)
 
 
+def test_plaintext_files_of_each_library_load_when_asked(tmp_path: Path) -> None:
+    import lightgbm
+    import skops.io
+    from sklearn.pipeline import Pipeline
+
+    booster, pipeline = lgb_booster(), sk_pipeline()
+    booster.save_model(tmp_path / "model.txt")
+    (tmp_path / "model.skops").write_bytes(skops.io.dumps(pipeline))
+    x, _, _ = data(20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnsafeWarning)
+        loaded = ppml.ml.load(tmp_path / "model.txt", plaintext=True, model_type=lightgbm.Booster)
+        assert np.array_equal(loaded.predict(x), booster.predict(x))
+        loaded = ppml.ml.load(tmp_path / "model.skops", plaintext=True, model_type=Pipeline)
+        assert np.array_equal(loaded.predict_proba(frame(x)), pipeline.predict_proba(frame(x)))
+        with pytest.raises(UsageError, match="not a"):
+            ppml.ml.load(tmp_path / "model.skops", plaintext=True, model_type=lightgbm.LGBMRegressor)
+
+
 def test_untrusted_types_need_the_callers_review(tmp_path: Path, key_store: LocalKeyStore, key_id: str) -> None:
     import operator
 

@@ -14,7 +14,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
-from ppml.errors import UsageError
 from ppml.ml.family import LoadOptions, ModelFiles, qualified_name, resolve_class
 from ppml.ml.sklearn_models import SKOPS_FILE, skops_dumps, skops_loads
 
@@ -50,10 +49,8 @@ class LightGbmFamily:
         model_type = self._model_type(files.model_class)
         if model_type is lightgbm.Booster:
             return lightgbm.Booster(model_str=files.files[MODEL_FILE].decode())
-        model = skops_loads(files.files[SKOPS_FILE], self._trusted(model_type, options), files.model_class)
-        if type(model) is not model_type:
-            raise UsageError(f"the skops file holds a {type(model).__name__}, the manifest a {files.model_class}")
-        return model
+        return skops_loads(files.files[SKOPS_FILE], self._trusted(model_type, options), "the encrypted model",
+                           expected_class=files.model_class)
 
     def load_plaintext(self, path: Path, model_type: type, options: LoadOptions) -> Any:
         import lightgbm
@@ -61,10 +58,8 @@ class LightGbmFamily:
         self._model_type(qualified_name(model_type))
         if model_type is lightgbm.Booster:
             return lightgbm.Booster(model_file=str(path))
-        model = skops_loads(path.read_bytes(), self._trusted(model_type, options), str(path))
-        if type(model) is not model_type:
-            raise UsageError(f"{path} holds a {type(model).__name__}, not a {model_type.__name__}")
-        return model
+        return skops_loads(path.read_bytes(), self._trusted(model_type, options), str(path),
+                           expected_class=qualified_name(model_type))
 
     @staticmethod
     def _trusted(model_type: type, options: LoadOptions) -> list[str]:

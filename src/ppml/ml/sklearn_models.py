@@ -30,11 +30,13 @@ def skops_dumps(model: Any) -> bytes:
     return bytes(skops.io.dumps(model))
 
 
-def skops_loads(data: bytes, trusted_types: Sequence[str], source: str) -> Any:
-    """Rebuild a skops file, refusing any type outside skops' defaults and ``trusted_types``.
+def skops_loads(data: bytes, trusted_types: Sequence[str], source: str, *, expected_class: str) -> Any:
+    """Rebuild a skops file holding a model of ``expected_class`` (``module:QualName``), refusing
+    any type outside skops' defaults and ``trusted_types``.
 
     Raises:
-        UsageError: the file holds types nobody trusted (listed, so they can be reviewed).
+        UsageError: the file holds types nobody trusted (listed, so they can be reviewed), or
+            its model is of another class.
     """
     import skops.io
 
@@ -43,7 +45,10 @@ def skops_loads(data: bytes, trusted_types: Sequence[str], source: str) -> Any:
         error = UsageError(f"{source}: the model holds types that are not trusted: {', '.join(untrusted)}")
         error.hint = "review them; if they are safe to construct, pass trusted_types=[...] to load"
         raise error
-    return skops.io.loads(data, trusted=list(trusted_types))
+    model = skops.io.loads(data, trusted=list(trusted_types))
+    if qualified_name(type(model)) != expected_class:
+        raise UsageError(f"{source} holds a {qualified_name(type(model))}, not a {expected_class}")
+    return model
 
 
 class SklearnFamily:
@@ -62,14 +67,10 @@ class SklearnFamily:
                           files={SKOPS_FILE: skops_dumps(model)})
 
     def restore(self, files: ModelFiles, options: LoadOptions) -> Any:
-        model = skops_loads(files.files[SKOPS_FILE], options.trusted_types, files.model_class)
-        if qualified_name(type(model)) != files.model_class:
-            raise UsageError(f"the skops file holds a {type(model).__name__}, the manifest a {files.model_class}")
-        return model
+        return skops_loads(files.files[SKOPS_FILE], options.trusted_types, "the encrypted model",
+                           expected_class=files.model_class)
 
     def load_plaintext(self, path: Path, model_type: type, options: LoadOptions) -> Any:
-        model = skops_loads(path.read_bytes(), options.trusted_types, str(path))
-        if not isinstance(model, model_type):
-            raise UsageError(f"{path} holds a {type(model).__name__}, not a {model_type.__name__}")
-        return model
+        return skops_loads(path.read_bytes(), options.trusted_types, str(path),
+                           expected_class=qualified_name(model_type))
 
