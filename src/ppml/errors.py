@@ -14,7 +14,8 @@ Foreign exceptions (OS, HTTP, SQL, Spark) are mapped only at adapter boundaries,
     │   ├── InputNotFound                      no such file or directory
     │   ├── NotAFile                           a directory (or other) where a file is expected
     │   ├── OutputExists                       refusing to overwrite without --force
-    │   └── OutputDirectoryMissing             an output's directory does not exist
+    │   ├── OutputDirectoryMissing             an output's directory does not exist
+    │   └── NotAnEncryptedModel                a model path without ppml's model manifest
     ├── InvalidCiphertext             exit 4   ANY failure to authenticate or parse ciphertext;
     │   │                                      opaque on purpose: never says which check failed
     │   └── NotAnEnvelope                      no ppml magic: the file is not a ppml file at all
@@ -63,6 +64,7 @@ __all__ = [
     "KmsUnavailable",
     "NonceRejected",
     "NotAFile",
+    "NotAnEncryptedModel",
     "NotAnEnvelope",
     "OutputDirectoryMissing",
     "OutputExists",
@@ -146,6 +148,18 @@ class OutputDirectoryMissing(InputError):
         super().__init__(directory, "output directory does not exist")
         self.args = (f"output directory {directory} does not exist",)
         self.hint = f"create it with: mkdir -p {shlex.quote(str(directory))}"
+
+
+class NotAnEncryptedModel(InputError):
+    """A model path that holds no ppml model manifest: a plaintext model, or one whose save
+    never finished (the manifest is written last, so a killed save leaves none)."""
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(path, "not an encrypted ppml model (no encrypted manifest)")
+        self.hint = (
+            "a model saved by ppml.ml.save has a manifest.ppml; to load a plaintext model "
+            "anyway, pass plaintext=True (it is then not protected)"
+        )
 
 
 class InvalidCiphertext(PpmlError):
