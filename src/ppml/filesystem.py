@@ -23,6 +23,7 @@ from options. A secret itself is never an option or an argument.
 
 from __future__ import annotations
 
+import abc
 import configparser
 import contextlib
 import dataclasses
@@ -154,7 +155,7 @@ class Storage(Protocol):
 # -- local ----------------------------------------------------------------------------------------
 
 
-class _StagedFile:
+class _StagedFile(abc.ABC):
     """A file written in place inside a staging area: commit closes it, discard closes and
     removes it (closing may fail the way the write did: that must not keep the file)."""
 
@@ -171,8 +172,9 @@ class _StagedFile:
         finally:
             self._remove()
 
+    @abc.abstractmethod
     def _remove(self) -> None:
-        raise NotImplementedError
+        """Delete the staged file (each storage knows how)."""
 
 
 class _LocalStaged(_StagedFile):
