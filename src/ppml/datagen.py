@@ -96,6 +96,9 @@ class TabularSummary:
     oracle: float
     """``classification``: the AUC of the true probabilities on these rows (no model ranks better
     in expectation); ``regression``: the noise's standard deviation (the best RMSE)."""
+    signal_std: float = 0.0
+    """The standard deviation of the signal ``x·w`` (``|w|``, the features being standard normal):
+    for regression, the RMSE of a model that predicts the mean."""
 
 
 def ranking_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -155,7 +158,8 @@ def write_tabular(out: BinaryIO, rows: int, *, features: int = 20, task: str = "
     oracle = noise
     if task == "classification" and rows:
         oracle = ranking_auc(np.concatenate(labels), np.concatenate(truths))
-    return TabularSummary(rows=rows, features=features, task=task, oracle=oracle)
+    return TabularSummary(rows=rows, features=features, task=task, oracle=oracle,
+                          signal_std=float(np.linalg.norm(weights)))
 
 
 def generate_tabular(path: Path | str, rows: int, *, features: int = 20, task: str = "classification",
