@@ -28,7 +28,8 @@ class MlExample:
     name: str
     module: str
     summary: str
-    default_rows: int
+    spark_stages: tuple[str, ...]
+    """The stages that run Spark; the others run on the driver's node only (single-node ML)."""
 
     @property
     def script(self) -> Path:
@@ -41,11 +42,11 @@ class MlExample:
 
 EXAMPLES = {example.name: example for example in (
     MlExample("ml-pipeline", "ppml.examples.ml_pipeline",
-              "Spark MLlib Pipeline (LogisticRegression / GBTRegressor) on format(\"ppml\")", 100_000),
+              "Spark MLlib Pipeline (LogisticRegression / GBTRegressor) on format(\"ppml\")", ("train", "score")),
     MlExample("xgboost", "ppml.examples.xgboost_example",
-              "xgboost.spark with 2 workers; the booster scored without Spark", 100_000),
+              "xgboost.spark with 2 workers; the booster scored without Spark", ("train",)),
     MlExample("lightgbm", "ppml.examples.lightgbm_example",
-              "LightGBM trained on data decrypted into Arrow inside the TEE", 100_000),
+              "LightGBM trained on data decrypted into Arrow inside the TEE", ()),
 )}
 
 TEST_SHARE = 0.2
@@ -84,7 +85,8 @@ def read_predictions(directory: Path, deployment: LocalDeployment) -> dict[int, 
 def run_ml_example(name: str, *, workdir: Path, rows: int, seed: int | None = 7, task: str = "classification",
                    master: str = "local[2]", spark_args: tuple[str, ...] = ()) -> int:
     """Run example ``name`` end to end under ``workdir``; 0 when the reloaded model predicted
-    exactly what the trained one did. ``master``/``spark_args`` go to both ``ppml submit`` runs."""
+    exactly what the trained one did. ``master``/``spark_args`` go to the ``ppml submit`` of each stage
+    that runs Spark; the others run locally."""
     from ppml.datagen import generate_tabular
 
     example = EXAMPLES[name]
@@ -125,9 +127,11 @@ def run_ml_example(name: str, *, workdir: Path, rows: int, seed: int | None = 7,
                   "--modelKey", model_key, "--outputKey", results_key]
 
         def stage(stage_name: str, predictions: Path, *extra: str) -> list[str]:
+            spark = stage_name in example.spark_stages
             result = deployment.submit(
                 [str(example.script), "--stage", stage_name, *common, "--predictions", str(predictions), *extra],
-                name=f"{name} {stage_name}", log=workdir / f"{stage_name}.log", master=master, extra=spark_args)
+                name=f"{name} {stage_name}", log=workdir / f"{stage_name}.log",
+                master=master if spark else "local[2]", extra=spark_args if spark else ())
             shown = [line for line in result.stdout.splitlines()
                      if line.startswith(("Attestation", "trained", "saved", "loaded", "wrote", "AUC:", "RMSE:"))]
             for line in shown:

@@ -49,6 +49,7 @@ def train(args: Any, kms: Any) -> None:
         model = estimator(num_workers=args.num_workers, label_col="label", features_col="features",
                           **PARAMETERS).fit(frame)
         print(f"trained {estimator.__name__} with {args.num_workers} workers in {timer}", flush=True)
+        Path(args.model).mkdir(parents=True, exist_ok=True)
         for name, saved in ((SPARK_MODEL, model), (BOOSTER, model.get_booster())):
             manifest = ppml.ml.save(saved, Path(args.model, name), kms=kms, key_id=args.modelKey, overwrite=True)
             print(f"saved the {type(saved).__name__} encrypted: {Path(args.model, name)} ({len(manifest.files)} "
