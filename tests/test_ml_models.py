@@ -4,7 +4,6 @@ plaintext or unfinished model is refused with ppml's error."""
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import shutil
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 
 import ppml.ml
-from ppml.core.envelope import MAGIC, EnvelopeHeader
+from model_checks import assert_no_plaintext
 from ppml.core.keys import GeneratedDataKey
 from ppml.errors import (
     InputNotFound,
@@ -40,10 +39,6 @@ from ppml.ml.format import MANIFEST_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ["plantedfeature_alpha", "plantedfeature_beta", "plantedfeature_gamma", "plantedfeature_delta"]
-# Signatures of every plaintext format a model can be stored in; none may appear outside encryption.
-SIGNATURES = [b"PAR1", b"PK\x03\x04", b"tree\nversion", b"learner", b"sparkVersion", b"org.apache.spark",
-              b"plantedfeature", b"skops", b"scikit", b"xgboost", b"lightgbm"]
-SHORT_SIGNATURES = [b'{"', b"{L", b"{i", b"{U", b"tree"]  # too short for random ciphertext: clear fields only
 
 
 def data(rows: int = 240) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -51,26 +46,6 @@ def data(rows: int = 240) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = rng.normal(size=(rows, len(FEATURES)))
     score = 1.5 * x[:, 0] - x[:, 1] + 0.5 * x[:, 2]
     return x, (score > 0).astype(int), score + rng.normal(scale=0.1, size=rows)
-
-
-def assert_no_plaintext(model_dir: Path) -> None:
-    """Every file is a ppml envelope whose clear header holds no signature, and no distinctive
-    plaintext byte string appears anywhere; names are the format's fixed ones."""
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
-    assert files and files[0].relative_to(model_dir).as_posix().startswith("files/")
-    for file in files:
-        relative = file.relative_to(model_dir).as_posix()
-        assert relative == MANIFEST_NAME or (relative.startswith("files/") and relative.endswith(".ppml"))
-        raw = file.read_bytes()
-        assert raw[:4] == MAGIC, relative
-        parsed, _ = EnvelopeHeader.read_from(io.BytesIO(raw))
-        clear_fields = parsed.key_id.encode() + b"\0" + parsed.associated_data  # the rest is ciphertext
-        for signature in SIGNATURES + SHORT_SIGNATURES:
-            assert signature not in clear_fields, (relative, signature)
-        # The key service's URI is the caller's own name (here a path holding the test's name).
-        raw = raw.replace(parsed.kms.encode(), b"")
-        for signature in SIGNATURES:
-            assert signature not in raw, (relative, signature)
 
 
 # -- the families outside Spark --------------------------------------------------------------------
