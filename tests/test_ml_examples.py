@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from model_checks import assert_no_plaintext
 from ppml.datagen import TabularSummary, generate_tabular
-from test_ml_models import assert_no_plaintext
 
 ROWS = 20_000
 SEED = 7  # the examples' default
