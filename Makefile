@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ppml-installed
-EXTRAS ?= test,postgres,spark,ml
+EXTRAS ?= test,postgres,spark,ml,dl
 ROWS   ?= 1000000
 
 .PHONY: demo test bench venv clean
