@@ -129,7 +129,7 @@ def gated_model_loads_only_inside_the_tee(workdir: Path, output: str) -> None:
         with pytest.raises(PermissionDenied):
             load(workdir / "model", kms=kms)
         script = textwrap.dedent(f"""
-            from ppml.spark.keys import kms_for
+            from ppml.tee.keys import kms_for
             from ppml.ml import load
             booster = load({str(workdir / 'model')!r}, kms=kms_for({uri!r}))
             print("trees", booster.num_trees())

@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import ppml.ml
     from ppml.ml.tables import write_csv_table
-    from ppml.spark.keys import kms_for
+    from ppml.tee.keys import kms_for
 
     kms = kms_for(args.kms)
     if args.stage == "train":

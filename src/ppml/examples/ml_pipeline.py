@@ -43,8 +43,8 @@ def predictions(model: Any, frame: Any, args: Any) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(__doc__.split("\n\n")[0], argv)
     import ppml.ml
-    from ppml.spark.keys import kms_for
     from ppml.spark.session import secure_session
+    from ppml.tee.keys import kms_for
 
     spark = secure_session(f"ml-pipeline {args.stage}", master=args.master)
     kms = kms_for(args.kms)

@@ -89,7 +89,7 @@ def score(args: Any, kms: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(__doc__.split("\n\n")[0], argv,
                       extra=[("--num-workers", {"type": int, "default": 2, "help": "xgboost.spark barrier tasks"})])
-    from ppml.spark.keys import kms_for
+    from ppml.tee.keys import kms_for
 
     kms = kms_for(args.kms)
     (train if args.stage == "train" else score)(args, kms)

@@ -7,7 +7,6 @@ from collections.abc import Iterator, Sequence
 
 from ppml.core.envelope import EnvelopeReader
 from ppml.errors import InvalidCiphertext
-from ppml.spark.keys import kms_for
 from ppml.spark.source.options import ReadOptions
 from ppml.spark.source.partitions import PpmlPartition
 from ppml.spark.source.splits import (
@@ -18,6 +17,7 @@ from ppml.spark.source.splits import (
     pack_splits,
     plan_ranges,
 )
+from ppml.tee.keys import kms_for
 
 __all__ = ["envelope_blocks", "envelope_head", "envelope_partitions"]
 

@@ -7,8 +7,8 @@ import functools
 import gc
 import os
 
-from ppml.spark.keys import kms_for
 from ppml.spark.parquet import PmeKeys
+from ppml.tee.keys import kms_for
 
 __all__ = ["freeze_loaded_objects", "pme_keys"]
 

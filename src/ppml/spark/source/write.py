@@ -16,11 +16,11 @@ from pyspark.sql.types import StructType
 from ppml.core.envelope import EnvelopeHeader, EnvelopeWriter
 from ppml.errors import InputError, OutputExists, UsageError
 from ppml.filesystem import Storage, publish
-from ppml.spark.keys import kms_for
 from ppml.spark.source.encode import encode_csv, encode_json, encode_parquet, encode_text
 from ppml.spark.source.options import WriteOptions
 from ppml.spark.source.process import freeze_loaded_objects, pme_keys
 from ppml.spark.source.types import arrow_schema
+from ppml.tee.keys import kms_for
 
 __all__ = ["PpmlCommitMessage", "PpmlWriter", "start_job"]
 

@@ -1,4 +1,5 @@
-"""How Spark code (driver and Python workers) reaches the KMS.
+"""How a workload's code (a Spark driver and its Python workers, a PyTorch process, a single-node
+trainer) reaches the KMS from inside its TEE.
 
 A data source option names the KMS by URI (``local:DIR``, ``ppml+https://HOST:PORT?ca=…&
 credentials=…``, ``ehsm+https://…``); URIs carry paths, never secrets. Where the attested runtime's
