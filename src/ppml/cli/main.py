@@ -553,18 +553,22 @@ def build_parser() -> argparse.ArgumentParser:
         ("ml-pipeline", "Spark MLlib Pipeline (LogisticRegression or GBTRegressor) on encrypted data"),
         ("xgboost", "distributed XGBoost (xgboost.spark, 2 workers) on encrypted data; booster scored without Spark"),
         ("lightgbm", "LightGBM trained inside the TEE on data decrypted into Arrow"),
+        ("torch-digits", "a small CNN on scikit-learn's 8x8 digits, PyTorch DDP on 2 processes (TorchDistributor)"),
+        ("torch-tabular", "an MLP on synthetic tabular data, PyTorch DDP on 2 processes (TorchDistributor)"),
     ):
         p = example_commands.add_parser(
             name, help=summary,
             description=f"{summary}, end to end: generate data with a known signal (offline), encrypt it, train "
             "through ppml submit --tee simulated (attestation first, gated keys), save the model encrypted under "
-            "WORKDIR/model, reload it in a new attested process and print the held-out AUC (classification) or "
-            "RMSE (regression); check the reloaded model predicts exactly what the trained one did.")
+            "WORKDIR/model, reload it in a new attested process and print the held-out metric (AUC, RMSE or "
+            "accuracy); check the reloaded model predicts exactly what the trained one did.")
         p.add_argument("--workdir", help=f"where the example keeps its files (default .example-{name})")
-        p.add_argument("--rows", type=_non_negative_int, default=100_000, help="rows generated (a fifth held out)")
+        p.add_argument("--rows", type=_non_negative_int, default=0 if name == "torch-digits" else 100_000,
+                       help="rows generated, a fifth held out (torch-digits: 0, all 1,797 images)")
         p.add_argument("--seed", type=int, default=7)
-        p.add_argument("--task", choices=["classification", "regression"], default="classification")
-        p.set_defaults(func=cmd_example_ml)
+        if not name.startswith("torch-"):
+            p.add_argument("--task", choices=["classification", "regression"], default="classification")
+        p.set_defaults(func=cmd_example_ml, task="classification")
 
     p = commands.add_parser(
         "demo",

@@ -14,6 +14,7 @@ The TEE is SIMULATED here, as in ``ppml demo``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,31 @@ from ppml.cli.deployment import LocalDeployment, Steps, local_deployment, ppml_c
 __all__ = ["EXAMPLES", "MlExample", "run_ml_example"]
 
 
+def tabular_data(path: Path, rows: int, seed: int | None, task: str) -> str:
+    """Synthetic rows with a known signal (:func:`ppml.datagen.generate_tabular`)."""
+    from ppml.datagen import generate_tabular
+
+    summary = generate_tabular(path, rows, task=task, seed=seed)
+    expect = (f"oracle AUC (the true probabilities) {summary.oracle:.4f}" if task == "classification" else
+              f"noise sigma {summary.oracle:.4f} (best RMSE), signal std {summary.signal_std:.4f}")
+    return f"{rows:,} rows with a known signal ({task}), {summary.features} features; {expect}"
+
+
+def digits_data(path: Path, rows: int, seed: int | None, task: str) -> str:
+    """The 8x8 digit images scikit-learn ships (1,797; no download), in a seeded random order,
+    as CSV: ``p0..p63`` (intensity 0-16) and ``label``."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits(return_X_y=True)
+    order = np.random.default_rng(seed).permutation(len(labels))[: rows or None]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(",".join([*(f"p{i}" for i in range(images.shape[1])), "label"]) + "\n")
+        for index in order:
+            f.write(",".join(str(int(v)) for v in images[index]) + f",{int(labels[index])}\n")
+    return f"scikit-learn's 8x8 digit images: {len(order):,} of 10 classes, 64 pixels each"
+
+
 @dataclasses.dataclass(frozen=True)
 class MlExample:
     name: str
@@ -30,6 +56,10 @@ class MlExample:
     summary: str
     spark_stages: tuple[str, ...]
     """The stages that run Spark; the others run on the driver's node only (single-node ML)."""
+    data: Callable[[Path, int, int | None, str], str] = tabular_data
+    """Writes the example's CSV (``rows``, ``seed``, ``task``) to the path; says what it wrote."""
+    app_args: tuple[str, ...] = ()
+    """Arguments the example's script always gets."""
 
     @property
     def script(self) -> Path:
@@ -47,7 +77,16 @@ EXAMPLES = {example.name: example for example in (
               "xgboost.spark with 2 workers; the booster scored without Spark", ("train",)),
     MlExample("lightgbm", "ppml.examples.lightgbm_example",
               "LightGBM trained on data decrypted into Arrow inside the TEE", ()),
+    MlExample("torch-digits", "ppml.examples.torch_example",
+              "a CNN on scikit-learn's 8x8 digits, PyTorch DDP on 2 processes through TorchDistributor", ("train",),
+              data=digits_data, app_args=("--kind", "digits")),
+    MlExample("torch-tabular", "ppml.examples.torch_example",
+              "an MLP on synthetic tabular data, PyTorch DDP on 2 processes through TorchDistributor", ("train",),
+              app_args=("--kind", "tabular", "--epochs", "5")),
 )}
+
+METRICS = ("AUC:", "RMSE:", "accuracy:")
+"""How the score stages print their held-out metric."""
 
 TEST_SHARE = 0.2
 """The last fifth of the generated rows is the held-out split."""
@@ -87,8 +126,6 @@ def run_ml_example(name: str, *, workdir: Path, rows: int, seed: int | None = 7,
     """Run example ``name`` end to end under ``workdir``; 0 when the reloaded model predicted
     exactly what the trained one did. ``master``/``spark_args`` go to the ``ppml submit`` of each stage
     that runs Spark; the others run locally."""
-    from ppml.datagen import generate_tabular
-
     example = EXAMPLES[name]
     workdir = workdir.absolute()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -99,14 +136,12 @@ def run_ml_example(name: str, *, workdir: Path, rows: int, seed: int | None = 7,
     generated, train, test = workdir / "data.csv", workdir / "train.csv", workdir / "test.csv"
 
     def generate() -> str:
-        summary = generate_tabular(generated, rows, task=task, seed=seed)
+        described = example.data(generated, rows, seed, task)
         train_rows, test_rows = split(generated, train, test)
         generated.unlink()
-        expect = (f"oracle AUC (the true probabilities) {summary.oracle:.4f}" if task == "classification" else
-                  f"noise sigma {summary.oracle:.4f} (best RMSE), signal std {summary.signal_std:.4f}")
-        return f"{train_rows:,} training and {test_rows:,} held-out rows, {summary.features} features; {expect}"
+        return f"{train_rows:,} training and {test_rows:,} held-out rows; {described}"
 
-    steps.run(f"generate {rows:,} rows with a known signal ({task}) and split them", generate, str)
+    steps.run("generate the data and split it", generate, str)
     with local_deployment(workdir, steps, entrypoint=example.script) as deployment:
         env, kms_uri = deployment.env, deployment.kms_uri
         data_key, model_key, results_key = steps.run(
@@ -123,7 +158,7 @@ def run_ml_example(name: str, *, workdir: Path, rows: int, seed: int | None = 7,
 
         steps.run("encrypt both splits (ppml envelopes under the data key)", encrypt, str)
         model, trained, reloaded = workdir / "model", workdir / "predictions-trained", workdir / "predictions"
-        common = ["--task", task, "--test", f"{test}.ppml", "--model", str(model), "--kms", kms_uri,
+        common = [*example.app_args, "--task", task, "--test", f"{test}.ppml", "--model", str(model), "--kms", kms_uri,
                   "--modelKey", model_key, "--outputKey", results_key]
 
         def stage(stage_name: str, predictions: Path, *extra: str) -> list[str]:
@@ -133,7 +168,7 @@ def run_ml_example(name: str, *, workdir: Path, rows: int, seed: int | None = 7,
                 name=f"{name} {stage_name}", log=workdir / f"{stage_name}.log",
                 master=master if spark else "local[2]", extra=spark_args if spark else ())
             shown = [line for line in result.stdout.splitlines()
-                     if line.startswith(("Attestation", "trained", "saved", "loaded", "wrote", "AUC:", "RMSE:"))]
+                     if line.startswith(("Attestation", "trained", "saved", "loaded", "wrote", *METRICS))]
             for line in shown:
                 print(f"     | {line}")
             if result.returncode != 0:
@@ -150,7 +185,7 @@ def run_ml_example(name: str, *, workdir: Path, rows: int, seed: int | None = 7,
                              lambda p: f"{len(p[0]):,} and {len(p[1]):,} predictions")
 
     first, second = compared
-    metric = next(line for line in shown if line.startswith(("AUC:", "RMSE:")))
+    metric = next(line for line in shown if line.startswith(METRICS))
     if first != second:
         differing = sum(1 for key in first.keys() | second.keys() if first.get(key) != second.get(key))
         print(f"FAILED: the reloaded model predicted differently on {differing} of {len(first)} rows")
