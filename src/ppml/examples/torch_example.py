@@ -48,6 +48,8 @@ def train(args: Any, kms: Any) -> None:
         timer = Timer()
         result = TorchDistributor(num_processes=args.num_processes, local_mode=local, use_gpu=False).run(
             train_worker, config)
+        if result is None:
+            raise RuntimeError("TorchDistributor returned no result")
         print(f"trained with TorchDistributor on {result['world']} processes ({'local' if local else 'cluster'} "
               f"mode), {args.epochs} epochs in {timer}; last loss {result['losses'][-1]:.4f}", flush=True)
         print(f"saved the checkpoint encrypted: {config.checkpoint}", flush=True)

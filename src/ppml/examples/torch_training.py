@@ -72,7 +72,7 @@ def load_split(path: str, kms: Any, kind: str, features: int) -> tuple[Any, Any,
     if len(names) != features:
         raise ValueError(f"{path} has {len(names)} feature columns, the model takes {features}")
     inputs = torch.from_numpy(np.column_stack([table.column(n).to_numpy().astype(np.float32) for n in names]))
-    labels = torch.from_numpy(table.column("label").to_numpy())
+    labels = torch.from_numpy(table.column("label").to_numpy().copy())
     return table.column("id").to_numpy(), scale(kind, inputs), labels
 
 
@@ -84,7 +84,8 @@ def loss_function(kind: str) -> Any:
 
 def train_worker(config: TrainConfig) -> dict[str, Any]:
     """One rank of the training (``torch.distributed`` initialised from torchrun's environment).
-    Returns, on every rank, the per-step losses of this run and the last epoch reached."""
+    Returns, on every rank, rank 0's per-step losses of this run, the last epoch reached, the world
+    size and (with ``test``) rank 0's metric line on the held-out split."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -100,7 +101,8 @@ def train_worker(config: TrainConfig) -> dict[str, Any]:
         _, inputs, labels = load_split(config.train, kms, config.kind, config.features)
         labels = labels.long() if config.kind == "digits" else labels.float().unsqueeze(1)
         dataset = TensorDataset(inputs, labels)
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
+        sampler: DistributedSampler[Any] = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                              seed=config.seed)
         loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler)
         torch.manual_seed(config.seed)
         model = build_model(config.kind, config.features)
@@ -128,12 +130,20 @@ def train_worker(config: TrainConfig) -> dict[str, Any]:
                                  "kind": config.kind, "features": config.features},
                                 config.checkpoint, kms=kms, key_id=config.model_key, overwrite=True)
             dist.barrier()
-        metric = None
+        metric = ""
         if rank == 0 and config.test and config.predictions and config.output_key:
             ids, test_inputs, test_labels = load_split(config.test, kms, config.kind, config.features)
             metric = write_predictions(ids, test_labels, predict(model, config.kind, test_inputs), config.kind,
                                        path=config.predictions, kms=kms, key_id=config.output_key)
-        return {"losses": losses, "epoch": config.epochs, "rank": rank, "world": world, "metric": metric}
+        # TorchDistributor returns one rank's result, not necessarily rank 0's: every rank returns
+        # rank 0's losses and metric (tensors over gloo; nothing pickled).
+        shared = torch.tensor(losses, dtype=torch.float64)
+        dist.broadcast(shared, src=0)
+        text = torch.zeros(64, dtype=torch.uint8)
+        text[: len(metric)] = torch.tensor(list(metric.encode()), dtype=torch.uint8)
+        dist.broadcast(text, src=0)
+        return {"losses": shared.tolist(), "epoch": config.epochs, "world": world,
+                "metric": bytes(text.tolist()).rstrip(b"\0").decode()}
     finally:
         dist.destroy_process_group()
 
