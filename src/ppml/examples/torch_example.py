@@ -43,8 +43,8 @@ def train(args: Any, kms: Any) -> None:
         Path(args.model).mkdir(parents=True, exist_ok=True)
         config = TrainConfig(kind=args.kind, train=args.train, kms=args.kms, model_key=args.modelKey,
                              checkpoint=str(Path(args.model, CHECKPOINT)), features=args.features,
-                             epochs=args.epochs, seed=args.seed, test=args.test, predictions=args.predictions,
-                             output_key=args.outputKey)
+                             epochs=args.epochs, learning_rate=args.learning_rate, seed=args.seed, test=args.test,
+                             predictions=args.predictions, output_key=args.outputKey)
         timer = Timer()
         result = TorchDistributor(num_processes=args.num_processes, local_mode=local, use_gpu=False).run(
             train_worker, config)
@@ -78,7 +78,8 @@ def score(args: Any, kms: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(__doc__.split("\n\n")[0], argv, extra=[
         ("--kind", {"choices": ["digits", "tabular"], "default": "digits"}),
-        ("--epochs", {"type": int, "default": 20}),
+        ("--epochs", {"type": int, "default": 30}),
+        ("--learning-rate", {"type": float, "default": 3e-3}),
         ("--num-processes", {"type": int, "default": 2, "help": "TorchDistributor's processes (DDP ranks)"}),
         ("--seed", {"type": int, "default": 1}),
     ])
