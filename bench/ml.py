@@ -316,8 +316,9 @@ def main() -> int:
                     if predictions(loaded, sample) != expected:
                         print("  WRONG MODEL: the loaded model predicts otherwise than the saved one")
                         status = 1
-        print(f"(local[2], best of {args.repeat}, load average {os.getloadavg()[0]:.1f}; ratio: to "
-              f"{PLAIN_CSV} for the CSV inputs, to {PLAIN_PARQUET} for the Parquet ones)")
+        print(f"(local[2], best of {args.repeat}, load average {os.getloadavg()[0]:.1f}; ratio: to {PLAIN_CSV}"
+              + (f" for the CSV inputs, to {PLAIN_PARQUET} for the Parquet ones" if args.parquet else "")
+              + "; io: to the plaintext save+load)")
         return status
     finally:
         spark.stop()
