@@ -103,18 +103,25 @@ def register_floor_source(spark: object, rows: int) -> None:
     spark.dataSource.register(FloorSource)  # type: ignore[attr-defined]
 
 
-def people_data(data: Path, rows: int) -> tuple[LocalKeyStore, str, Path, int, Path]:
-    """The benchmarks' people.csv under ``data`` (generated once, seed 42) and the same file as a
-    ppml envelope (1 MiB segments) under the store's "bench" key: (store, key id, plaintext path,
-    developers aged 20-40, envelope path)."""
-    from ppml.core.envelope import encrypt_file
-    from ppml.datagen import generate_people
+def bench_key(data: Path) -> tuple[LocalKeyStore, str]:
+    """The benchmarks' local key store under ``data`` and its "bench" primary key (made once)."""
     from ppml.kms.local import LocalKeyStore
 
     data.mkdir(parents=True, exist_ok=True)
     store = LocalKeyStore(data / "keys")
     key_id = next((k.key_id for k in store.list_keys() if k.description == "bench"), None) or \
         store.create_primary_key(description="bench").key_id
+    return store, key_id
+
+
+def people_data(data: Path, rows: int) -> tuple[LocalKeyStore, str, Path, int, Path]:
+    """The benchmarks' people.csv under ``data`` (generated once, seed 42) and the same file as a
+    ppml envelope (1 MiB segments) under the store's "bench" key: (store, key id, plaintext path,
+    developers aged 20-40, envelope path)."""
+    from ppml.core.envelope import encrypt_file
+    from ppml.datagen import generate_people
+
+    store, key_id = bench_key(data)
     plain = data / f"people-{rows}.csv"
     expected_file = plain.with_suffix(".expected")
     if not plain.exists() or not expected_file.exists():
@@ -126,11 +133,15 @@ def people_data(data: Path, rows: int) -> tuple[LocalKeyStore, str, Path, int, P
     return store, key_id, plain, int(expected_file.read_text()), encrypted
 
 
-def spark_bench_arguments(description: str | None, *, repeat: int) -> argparse.Namespace:
+def spark_bench_arguments(description: str | None, *, repeat: int, rows: int = 8_000_000,
+                          parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
     """The Spark benchmarks' common command line (rows, rounds, data directory), parsed, with the
-    environment set for a local Spark that runs this interpreter's Python workers."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=8_000_000)
+    environment set for a local Spark that runs this interpreter's Python workers. ``parser`` is
+    one holding a benchmark's own options, to which the common ones are added."""
+    if parser is None:
+        parser = argparse.ArgumentParser(description=description,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=rows)
     parser.add_argument("--repeat", type=int, default=repeat)
     parser.add_argument("--data", type=Path, default=ROOT / "bench" / ".data")
     args = parser.parse_args()
