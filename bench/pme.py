@@ -53,7 +53,7 @@ def prepare(data: Path, rows: int) -> Data:
     import pyarrow.parquet as pq
     from simple_query import people_data  # bench/ is on sys.path: this script's directory
 
-    from ppml.spark.parquet import write_encrypted_table
+    from ppml.tabular.parquet import write_encrypted_table
 
     store, key_id, csv, developers, envelope = people_data(data, rows)
     plain, pme = csv.with_suffix(".parquet"), csv.with_suffix(".pme.parquet")

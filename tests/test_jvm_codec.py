@@ -24,7 +24,7 @@ from ppml.datagen import write_people
 from ppml.kms.local import LocalKeyStore
 from ppml.spark import jvm
 from ppml.spark.launch import spark_home
-from ppml.spark.source.splits import list_input_files
+from ppml.tabular.splits import list_input_files
 from ppml.tee.agent import AGENT_ENV
 
 pytestmark = pytest.mark.spark

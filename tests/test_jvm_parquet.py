@@ -26,7 +26,7 @@ import pytest
 from ppml.kms.local import LocalKeyStore
 from ppml.spark import jvm
 from ppml.spark.launch import spark_home
-from ppml.spark.parquet import PpmlKmsClient, read_encrypted_table, write_encrypted_table
+from ppml.tabular.parquet import PpmlKmsClient, read_encrypted_table, write_encrypted_table
 from ppml.tee.agent import AGENT_ENV, KeyAgent
 
 pytestmark = pytest.mark.spark
@@ -211,7 +211,7 @@ def test_the_kms_comes_from_the_configuration_never_from_the_file(spark: Any, en
     # A file whose key material names another KMS instance (as an altered footer could).
     import pyarrow.parquet.encryption as pe
 
-    from ppml.spark.parquet import crypto_factory
+    from ppml.tabular.parquet import crypto_factory
 
     directory = env.root / "names-another-kms"
     directory.mkdir()

@@ -1,4 +1,4 @@
-"""`ppml.ml.tables`: encrypted CSV tables to and from Arrow without Spark, for single-node ML in the TEE."""
+"""`ppml.tabular.tables`: encrypted CSV tables to and from Arrow without Spark, for single-node ML in the TEE."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from ppml.core.envelope import DEFAULT_SEGMENT_SIZE, encrypt_file
 from ppml.errors import InputNotFound, InvalidCiphertext, KeyServiceError, OutputExists, UsageError
 from ppml.kms.local import LocalKeyStore
-from ppml.ml.tables import read_csv_table, table_files, write_csv_table
+from ppml.tabular.tables import read_csv_table, table_files, write_csv_table
 
 
 def sample(rows: int) -> pa.Table:

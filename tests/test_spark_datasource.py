@@ -25,7 +25,7 @@ import bigdl_vectors as bigdl
 from ppml.core.envelope import EnvelopeHeader, decrypt_file, encrypt_file, is_envelope
 from ppml.datagen import PeopleSummary, write_people
 from ppml.kms.local import LocalKeyStore
-from ppml.spark.source.splits import list_input_files
+from ppml.tabular.splits import list_input_files
 
 pytestmark = pytest.mark.spark
 

@@ -27,7 +27,7 @@ import pytest
 from ppml.core.keys import DataKey, GeneratedDataKey
 from ppml.datagen import PeopleSummary, write_people
 from ppml.kms.local import LocalKeyStore
-from ppml.spark.parquet import (
+from ppml.tabular.parquet import (
     PmeKeys,
     RowGroupSlice,
     open_encrypted,
@@ -36,7 +36,7 @@ from ppml.spark.parquet import (
     read_row_groups,
     write_encrypted_table,
 )
-from ppml.spark.source.splits import list_input_files
+from ppml.tabular.splits import list_input_files
 
 pytestmark = pytest.mark.spark
 

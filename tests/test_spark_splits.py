@@ -1,4 +1,4 @@
-"""Split planning and line ownership (ppml.spark.source.splits), without Spark.
+"""Split planning and line ownership (ppml.tabular.splits), without Spark.
 
 The central property: for any text and any split size, the lines the splits own, taken in
 order, are the file's lines, each exactly once (Hadoop's LineRecordReader convention). It is
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from ppml.core.envelope import EnvelopeReader, encrypt_file
 from ppml.errors import InputNotFound, InvalidCiphertext, NotAnEnvelope
 from ppml.kms.local import LocalKeyStore
-from ppml.spark.source.splits import (
+from ppml.tabular.splits import (
     FileSplit,
     envelope_plaintext_size,
     iter_owned_blocks,

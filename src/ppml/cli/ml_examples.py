@@ -108,7 +108,7 @@ def split(source: Path, train: Path, test: Path) -> tuple[int, int]:
 def read_predictions(directory: Path, deployment: LocalDeployment) -> dict[int, float]:
     """``id → score`` of an encrypted predictions directory, decrypted as the data owner."""
     from ppml.kms.registry import open_kms
-    from ppml.ml.tables import read_csv_table
+    from ppml.tabular.tables import read_csv_table
 
     kms = open_kms(deployment.kms_uri)
     try:

@@ -32,7 +32,7 @@ def read_split(path: str, args: Any, kms: Any) -> tuple[Any, Any, Any]:
     import numpy as np
     import pyarrow as pa
 
-    from ppml.ml.tables import read_csv_table
+    from ppml.tabular.tables import read_csv_table
 
     names = feature_names(args.features)
     table = read_csv_table(path, kms=kms, column_types={"id": pa.int64(), **dict.fromkeys(names, pa.float64()),
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import pyarrow as pa
 
     import ppml.ml
-    from ppml.ml.tables import write_csv_table
+    from ppml.tabular.tables import write_csv_table
     from ppml.tee.keys import kms_for
 
     kms = kms_for(args.kms)

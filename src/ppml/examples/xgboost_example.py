@@ -67,7 +67,7 @@ def score(args: Any, kms: Any) -> None:
     import pyarrow as pa
 
     import ppml.ml
-    from ppml.ml.tables import read_csv_table, write_csv_table
+    from ppml.tabular.tables import read_csv_table, write_csv_table
 
     booster = ppml.ml.load(Path(args.model, BOOSTER), kms=kms)
     where = "no Spark in this process" if "pyspark" not in sys.modules else "pyspark loaded"

@@ -17,8 +17,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from ppml.core.envelope import EnvelopeWriter
-from ppml.spark.parquet import PmeKeys
 from ppml.spark.source.options import WriteOptions
+from ppml.tabular.parquet import PmeKeys
 
 __all__ = ["ROW_GROUP_BUFFER_BYTES", "encode_csv", "encode_json", "encode_parquet", "encode_text"]
 

@@ -9,7 +9,7 @@ from ppml.core.envelope import EnvelopeReader
 from ppml.errors import InvalidCiphertext
 from ppml.spark.source.options import ReadOptions
 from ppml.spark.source.partitions import PpmlPartition
-from ppml.spark.source.splits import (
+from ppml.tabular.splits import (
     FileSplit,
     envelope_plaintext_size,
     iter_owned_blocks,

@@ -21,7 +21,7 @@ from pyspark.sql.datasource import (
     LessThanOrEqual,
 )
 
-from ppml.spark.parquet import Predicate
+from ppml.tabular.parquet import Predicate
 
 __all__ = ["filter_expression", "pushable"]
 

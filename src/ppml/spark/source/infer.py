@@ -6,19 +6,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.json as pa_json
 from pyspark.sql.types import StringType, StructField, StructType
 
-from ppml.errors import InputError, UsageError
+from ppml.errors import UsageError
 from ppml.spark.source.envelope import envelope_head
 from ppml.spark.source.legacy import legacy_head
 from ppml.spark.source.options import ReadOptions
 from ppml.spark.source.parquet import parquet_file_schema
-from ppml.spark.source.parse import FALSE_VALUES, TRUE_VALUES
-from ppml.spark.source.splits import input_files
+from ppml.spark.source.parse import csv_options
 from ppml.spark.source.types import inferred_schema
+from ppml.tabular.parse import infer_table
+from ppml.tabular.splits import input_files
 
 __all__ = ["SAMPLE_BYTES", "NoInput", "infer_schema", "row_count_data_schema"]
 
@@ -67,31 +65,8 @@ def infer_schema(options: ReadOptions) -> StructType:
             )
         return parquet_file_schema(options, files[0])
     data = _sample(options, input_files(options.path, options.storage()))
-    try:
-        if options.format == "csv":
-            table = pa_csv.read_csv(
-                pa.BufferReader(data),
-                read_options=pa_csv.ReadOptions(autogenerate_column_names=not options.header),
-                parse_options=pa_csv.ParseOptions(
-                    delimiter=options.delimiter, quote_char=options.quote,
-                    escape_char=options.escape or False, ignore_empty_lines=True,
-                ),
-                convert_options=pa_csv.ConvertOptions(
-                    null_values=[options.null_value], strings_can_be_null=True,
-                    quoted_strings_can_be_null=False,
-                    true_values=TRUE_VALUES, false_values=FALSE_VALUES,
-                ),
-            )
-            if not options.header:
-                table = table.rename_columns([f"_c{i}" for i in range(table.num_columns)])
-        else:
-            table = pa_json.read_json(pa.BufferReader(data))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise InputError(
-            options.path,
-            f"cannot infer a schema: the first MiB of data is not {options.format} that PyArrow "
-            "parses (pass one with .schema(...))",
-        ) from None
+    table = infer_table(data, options.format, csv_options(options), header=options.header, source=options.path,
+                        remedy="pass one with .schema(...)")
     return inferred_schema(table)
 
 

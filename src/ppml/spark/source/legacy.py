@@ -10,7 +10,7 @@ from pathlib import Path
 from ppml.core import legacy
 from ppml.spark.source.options import ReadOptions
 from ppml.spark.source.partitions import PpmlPartition
-from ppml.spark.source.splits import FileSplit, iter_owned_blocks
+from ppml.tabular.splits import FileSplit, iter_owned_blocks
 
 __all__ = ["legacy_blocks", "legacy_head", "legacy_partitions"]
 

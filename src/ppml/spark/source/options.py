@@ -15,7 +15,7 @@ from ppml.core import legacy
 from ppml.core.envelope import DEFAULT_SEGMENT_SIZE
 from ppml.errors import UsageError
 from ppml.filesystem import S3Settings, Storage, is_object_url, storage_for
-from ppml.spark.source.splits import DEFAULT_MAX_SPLIT_BYTES
+from ppml.tabular.splits import DEFAULT_MAX_SPLIT_BYTES
 
 __all__ = ["ENVELOPE_MODE", "FORMATS", "ROW_GROUP_ROWS", "ReadOptions", "WriteOptions"]
 

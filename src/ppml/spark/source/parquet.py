@@ -2,7 +2,7 @@
 each task reading its row groups with statistics pruning and the pushed filters.
 
 The PME primitives (the KMS client, opening a file, reading row groups) are
-:mod:`ppml.spark.parquet`'s; this module applies them to the source's partitions and schema.
+:mod:`ppml.tabular.parquet`'s; this module applies them to the source's partitions and schema.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import pyarrow as pa
 from pyspark.sql.types import StructType
 
 from ppml.errors import InputError
-from ppml.spark.parquet import Predicate, open_encrypted, plan_row_groups, read_row_groups
 from ppml.spark.source.filters import filter_expression
 from ppml.spark.source.options import ReadOptions
 from ppml.spark.source.partitions import PpmlParquetPartition
 from ppml.spark.source.process import pme_keys
-from ppml.spark.source.splits import DEFAULT_OPEN_COST_BYTES
 from ppml.spark.source.types import arrow_schema, conform_parquet, parquet_columns, parquet_schema
+from ppml.tabular.parquet import Predicate, open_encrypted, plan_row_groups, read_row_groups
+from ppml.tabular.splits import DEFAULT_OPEN_COST_BYTES
 
 __all__ = ["parquet_batches", "parquet_file_schema", "parquet_partitions", "parquet_rows"]
 

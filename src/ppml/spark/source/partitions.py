@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pyspark.sql.datasource import InputPartition
 
-from ppml.spark.parquet import RowGroupSlice
-from ppml.spark.source.splits import FileSplit
+from ppml.tabular.parquet import RowGroupSlice
+from ppml.tabular.splits import FileSplit
 
 __all__ = ["PpmlParquetPartition", "PpmlPartition"]
 

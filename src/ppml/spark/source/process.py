@@ -7,7 +7,7 @@ import functools
 import gc
 import os
 
-from ppml.spark.parquet import PmeKeys
+from ppml.tabular.parquet import PmeKeys
 from ppml.tee.keys import kms_for
 
 __all__ = ["freeze_loaded_objects", "pme_keys"]
@@ -33,7 +33,7 @@ _pme_keys_by_kms: dict[str, PmeKeys] = {}
 
 def pme_keys(uri: str | None) -> PmeKeys:
     """This process's PME keys for the KMS ``uri``: one per process, so the key-encryption keys
-    PyArrow caches serve every task the process runs (see :mod:`ppml.spark.parquet`)."""
+    PyArrow caches serve every task the process runs (see :mod:`ppml.tabular.parquet`)."""
     assert uri is not None
     keys = _pme_keys_by_kms.get(uri)
     if keys is None:

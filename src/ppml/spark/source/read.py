@@ -10,7 +10,6 @@ import pyarrow as pa
 from pyspark.sql.datasource import DataSourceReader, Filter, InputPartition
 from pyspark.sql.types import LongType, StructField, StructType
 
-from ppml.spark.parquet import Predicate
 from ppml.spark.source.envelope import envelope_blocks, envelope_partitions
 from ppml.spark.source.filters import filter_expression, pushable
 from ppml.spark.source.legacy import legacy_blocks, legacy_partitions
@@ -19,8 +18,9 @@ from ppml.spark.source.parquet import parquet_batches, parquet_partitions, parqu
 from ppml.spark.source.parse import Parser, check_schema
 from ppml.spark.source.partitions import PpmlParquetPartition, PpmlPartition
 from ppml.spark.source.process import freeze_loaded_objects
-from ppml.spark.source.splits import input_files
 from ppml.spark.source.types import arrow_schema
+from ppml.tabular.parquet import Predicate
+from ppml.tabular.splits import input_files
 
 __all__ = ["ROW_COUNT_SCHEMA", "PpmlPushdownReader", "PpmlReader", "PpmlRowCountReader"]
 

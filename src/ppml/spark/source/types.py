@@ -1,5 +1,6 @@
 """Mapping between Arrow and Spark types: what a sample or a Parquet file's columns become in
-Spark, and parsed or read tables conformed to the exact Arrow schema Spark expects."""
+Spark, and tables read from Parquet conformed to the exact Arrow schema Spark expects (parsed
+tables are conformed by :mod:`ppml.tabular.parse`)."""
 
 from __future__ import annotations
 
@@ -31,12 +32,10 @@ from ppml.errors import InputError
 
 __all__ = [
     "arrow_schema",
-    "conform",
     "conform_parquet",
     "inferred_schema",
     "parquet_columns",
     "parquet_schema",
-    "parsed_as",
 ]
 
 
@@ -139,31 +138,3 @@ def conform_parquet(
 def arrow_schema(schema: StructType) -> pa.Schema:
     """The schema Spark expects of the batches a Python source yields."""
     return to_arrow_schema(schema, timezone="UTC")
-
-
-def parsed_as(target: pa.DataType, fmt: str) -> pa.DataType:
-    """What PyArrow parses a column as before :func:`conform` makes it ``target``: zoned
-    timestamps (and json dates) go through strings, which PyArrow cannot parse into them."""
-    if pa.types.is_timestamp(target) and target.tz is not None:
-        return pa.string()
-    if fmt == "json" and pa.types.is_date(target):
-        return pa.string()
-    return target
-
-
-def _convert(column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
-    if column.type == target:
-        return column
-    if pa.types.is_timestamp(target) and pa.types.is_string(column.type):
-        try:
-            return pc.cast(column, target)
-        except pa.ArrowInvalid:
-            # No zone offset in the text: the value is taken as UTC.
-            return pc.cast(pc.cast(column, pa.timestamp(target.unit)), target)
-    return pc.cast(column, target)
-
-
-def conform(table: pa.Table, target: pa.Schema) -> pa.Table:
-    """A parsed table (columns as :func:`parsed_as` says) with exactly the types of ``target``."""
-    columns = [_convert(table.column(i), field.type) for i, field in enumerate(target)]
-    return pa.Table.from_arrays(columns, schema=target)

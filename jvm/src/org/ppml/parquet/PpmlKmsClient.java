@@ -24,7 +24,7 @@ import org.ppml.agent.KeyAgentException;
 
 /**
  * parquet-mr's {@code KmsClient} for PME keys wrapped by a ppml KMS, through the key agent: the same
- * key material as ppml's PyArrow client ({@code ppml.spark.parquet.PpmlKmsClient}), so either reads
+ * key material as ppml's PyArrow client ({@code ppml.tabular.parquet.PpmlKmsClient}), so either reads
  * what the other wrote. A PME key (parquet-mr's KEK, as it double-wraps) is wrapped as
  *
  * <pre>
