@@ -113,7 +113,7 @@ def prepare(data: Path, rows: int) -> Data:
 
     from ppml.core.envelope import encrypt_file
     from ppml.datagen import generate_tabular
-    from ppml.spark.parquet import write_encrypted_table
+    from ppml.tabular.parquet import write_encrypted_table
 
     store, key_id = bench_key(data)
     stem = data / f"tabular-{rows}"

@@ -32,7 +32,7 @@ def test_the_data_is_the_generated_rows_split_and_encrypted(ml: ModuleType, tmp_
 
     from ppml.core.envelope import decrypt_file
     from ppml.datagen import generate_tabular
-    from ppml.spark.parquet import read_encrypted_table
+    from ppml.tabular.parquet import read_encrypted_table
 
     data = ml.prepare(tmp_path / "data", 1000)
 

@@ -65,7 +65,7 @@ def load_split(path: str, kms: Any, kind: str, features: int) -> tuple[Any, Any,
     import numpy as np
     import torch
 
-    from ppml.ml.tables import read_csv_table
+    from ppml.tabular.tables import read_csv_table
 
     table = read_csv_table(path, kms=kms)
     names = [name for name in table.column_names if name not in ("id", "label")]
@@ -172,7 +172,7 @@ def write_predictions(ids: Any, labels: Any, scores: Any, kind: str, *, path: st
     import pyarrow as pa
 
     from ppml.examples.tabular_job import CLASSIFICATION, metric_line
-    from ppml.ml.tables import write_csv_table
+    from ppml.tabular.tables import write_csv_table
 
     truth = labels.numpy().astype("float64")
     write_csv_table(pa.table({"id": ids, "label": truth, "score": scores}), path, kms=kms, key_id=key_id,
