@@ -391,3 +391,19 @@ def test_a_builder_that_is_not_one_is_a_usage_error(tmp_path: Path) -> None:
         _build("missing_module:build", tmp_path, None)
     with pytest.raises(UsageError, match=r"pkg\.module:function"):
         _build("builders", tmp_path, None)
+
+
+def test_the_gate_without_a_tee_warns_and_with_missing_enclave_files_fails(capsys: pytest.CaptureFixture[str],
+                                                                           tmp_path: Path) -> None:
+    from ppml.cli.main import build_parser
+    from ppml.cli.serve_model import _gate
+    from ppml.errors import UnsafeWarning
+
+    common = ["serve-model", "--model", "m", "--module", "a:b", "--token-file", str(tmp_path / "t")]
+    with pytest.warns(UnsafeWarning, match="nothing attests this server"):
+        assert _gate(build_parser().parse_args([*common, "--tee", "none"])) == (True, None)
+    args = build_parser().parse_args([*common, "--tee", "simulated", "--policy", "p",
+                                      "--attestation-url", "https://127.0.0.1:1"])
+    assert _gate(args) == (False, None)
+    out, err = capsys.readouterr()
+    assert out == "Attestation Fail! Application killed!\n" and "--enclave-manifest" in err
