@@ -301,6 +301,7 @@ def server(world: World) -> Iterator[ModelServer]:
         served.stop()
 
 
+@pytest.mark.slow  # real ppml serve and serve-model processes
 def test_serve_model_attests_first_and_predicts_what_the_model_does(world: World, server: ModelServer) -> None:
     assert server.stdout().splitlines()[0] == "Attestation Success!"
     assert "SIMULATED" in server.stderr()
@@ -317,6 +318,7 @@ def test_serve_model_attests_first_and_predicts_what_the_model_does(world: World
         httpx.get(f"{server.base_url}/healthz")  # a client that does not trust the CA gets nowhere
 
 
+@pytest.mark.slow  # real ppml serve and serve-model processes
 def test_the_key_is_released_only_to_the_attested_server(world: World) -> None:
     owner = RemoteKms.from_uri(world.deployment.kms_uri)
     with pytest.raises(PermissionDenied):
@@ -324,6 +326,7 @@ def test_the_key_is_released_only_to_the_attested_server(world: World) -> None:
     owner.close()
 
 
+@pytest.mark.slow  # real ppml serve and serve-model processes
 def test_serve_model_refuses_what_it_must(server: ModelServer) -> None:
     inputs = batch(3)
     with server.client(token="x" * 40) as stranger:
@@ -351,6 +354,7 @@ def test_serve_model_refuses_what_it_must(server: ModelServer) -> None:
     assert server.token not in server.stderr() + server.stdout()
 
 
+@pytest.mark.slow  # real ppml serve and serve-model processes
 def test_a_failed_attestation_never_opens_the_port(world: World) -> None:
     """A policy for another enclave: the gate refuses, nothing is loaded, the port never listens."""
     d = world.deployment
@@ -363,6 +367,7 @@ def test_a_failed_attestation_never_opens_the_port(world: World) -> None:
     assert "mr_enclave" in refused.stderr()
 
 
+@pytest.mark.slow  # real ppml serve and serve-model processes
 def test_a_corrupt_checkpoint_refuses_to_start(world: World) -> None:
     corrupt = world.checkpoint.with_name("corrupt.ckpt")
     data = bytearray(world.checkpoint.read_bytes())
