@@ -15,7 +15,9 @@ Where the time goes: safetensors serialises into a buffer of its own and copies 
 (two fresh buffers the size of the state) and loading decrypts into one buffer, copies the tensor
 part into bytes (safetensors' load takes only bytes) and copies each tensor out of it; fresh
 memory costs page faults, which on these VMs cost more than AES-GCM at ~8 GB/s per core.
-``torch.save`` writes from the tensors' own memory and ``torch.load`` reads into it.
+``torch.save`` writes from the tensors' own memory and ``torch.load`` reads into it, and in a loop
+reuses the memory the previous round freed; so loading is also timed once per new process (the
+resume after a restart), imports excluded.
 
 ``checkpoint_rows()`` returns the rows for ``bench/dl.py``.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,9 +63,31 @@ def _timed(step: Callable[[], Any], times: list[float]) -> Any:
     return value
 
 
+_FRESH_LOAD = """
+import sys, time
+import torch
+from ppml.kms.local import LocalKeyStore
+from ppml.torch.checkpoint import load
+
+kind, path, keys = sys.argv[1:]
+started = time.perf_counter()
+torch.load(path) if kind == "torch" else load(path, kms=LocalKeyStore(keys))
+print(time.perf_counter() - started)
+"""
+
+
+def _fresh_load(kind: str, path: Path, keys: Path) -> float:
+    """Seconds of one load in a new process (imports excluded): resuming after a restart, with no
+    freed memory to reuse."""
+    result = subprocess.run([sys.executable, "-c", _FRESH_LOAD, kind, str(path), str(keys)], capture_output=True,
+                            text=True, check=True)
+    return float(result.stdout.split()[-1])
+
+
 def checkpoint_rows(*, size_mib: float = 50, repeat: int = 5, directory: Path | None = None) -> list[dict[str, Any]]:
-    """Rows ``{"name", "ppml_s", "plaintext_s", "ratio", "mib"}`` (best of ``repeat`` seconds) for
-    save, load, and save + load of a ~``size_mib`` MiB state, encrypted vs plaintext."""
+    """Rows ``{"name", "ppml_s", "plaintext_s", "ratio", "mib"}``, encrypted vs plaintext, of a
+    ~``size_mib`` MiB state: save, load, and save + load in this process (best of ``repeat``), and
+    load in a new process (best of ``repeat // 2``)."""
     import torch
 
     from ppml.kms.local import LocalKeyStore
@@ -94,6 +119,8 @@ def checkpoint_rows(*, size_mib: float = 50, repeat: int = 5, directory: Path | 
                 if round_index == 0:  # the untimed warm-up checks what comes back
                     del saved[:], loaded[:]
                     assert all(torch.equal(back["model"][k], v) for k, v in state["model"].items()), name
+        fresh = {kind: min(_fresh_load(kind, path, store.directory) for _ in range(max(repeat // 2, 1)))
+                 for kind, path in (("ppml", encrypted), ("torch", plain))}
     rows = []
     for step in ("save", "load"):
         ppml_s, plain_s = min(times[f"ppml {step}"]), min(times[f"torch {step}"])
@@ -102,14 +129,17 @@ def checkpoint_rows(*, size_mib: float = 50, repeat: int = 5, directory: Path | 
     total_ppml, total_plain = rows[0]["ppml_s"] + rows[1]["ppml_s"], rows[0]["plaintext_s"] + rows[1]["plaintext_s"]
     rows.append({"name": "checkpoint save+load", "ppml_s": total_ppml, "plaintext_s": total_plain,
                  "ratio": total_ppml / total_plain, "mib": mib})
+    rows.append({"name": "checkpoint load, new process", "ppml_s": fresh["ppml"], "plaintext_s": fresh["torch"],
+                 "ratio": fresh["ppml"] / fresh["torch"], "mib": mib})
     return rows
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
-    print(f"{'':<24}{'ppml (encrypted)':>18}{'torch (plaintext)':>19}{'ratio':>8}")
+    print(f"{'(' + format(rows[0]['mib'], '.0f') + ' MiB of float32)':<32}{'ppml (encrypted)':>18}"
+          f"{'torch (plaintext)':>19}{'ratio':>8}")
     for row in rows:
-        print(f"{row['name'] + ' (' + format(row['mib'], '.0f') + ' MiB)':<24}{row['ppml_s'] * 1000:>15.0f} ms"
-              f"{row['plaintext_s'] * 1000:>16.0f} ms{row['ratio']:>7.2f}x")
+        print(f"{row['name']:<32}{row['ppml_s'] * 1000:>15.0f} ms{row['plaintext_s'] * 1000:>16.0f} ms"
+              f"{row['ratio']:>7.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
