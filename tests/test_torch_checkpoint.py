@@ -215,6 +215,8 @@ def test_a_state_that_is_not_a_mapping_or_nests_too_deep_is_refused(tmp_path: Pa
                                                                    key_id: str) -> None:
     with pytest.raises(UsageError, match="holds a mapping"):
         save([torch.zeros(1)], tmp_path / "ckpt", kms=key_store, key_id=key_id)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="a value JSON cannot carry"):
+        save({"huge": 10**5000}, tmp_path / "ckpt", kms=key_store, key_id=key_id)
     deep: Any = 1
     for _ in range(MAX_DEPTH - 1):  # and the state itself: MAX_DEPTH containers
         deep = [deep]
