@@ -40,6 +40,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/pme.py
 	$(PY) bench/agent.py
 	$(PY) bench/ml.py
+	$(PY) bench/serving.py
 	$(PY) bench/tpch.py --scale-factor 1
 
 clean:

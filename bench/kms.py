@@ -33,40 +33,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from loadgen import Wire, cpu_seconds  # noqa: E402
+
 from ppml.core import signing  # noqa: E402
 
 TARGET_OPS, TARGET_P99_MS = 2000, 20.0
 DEFAULT_WORKERS = {"sqlite": 1, "postgres": 2}
 
 
-class _Wire:
-    """One keep-alive TLS connection speaking just enough HTTP/1.1 for the benchmark: the request
-    goes out in one write, the reply is read by its Content-Length. A lean load generator (like
-    wrk or h2load) so that the clients' CPU, on the same 2 cores, is not what gets measured."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
-        self.reader, self.writer, self.host = reader, writer, host
-
-    async def request(self, method: str, target: str, body: bytes = b"",
-                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}", f"Content-Length: {len(body)}"]
-        if body:
-            lines.append("Content-Type: application/json")
-        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        return status, await self.reader.readexactly(length)
-
-
 async def _connection(host: str, port: int, context: ssl.SSLContext, appid: str, apikey: bytes, key_id: str,
                       deadline: float, mode: str, latencies: list[float]) -> None:
     reader, writer = await asyncio.open_connection(host, port, ssl=context)
-    wire = _Wire(reader, writer, f"{host}:{port}")
+    wire = Wire(reader, writer, f"{host}:{port}")
     last_ts = 0
 
     async def post_native(path: str, payload: dict) -> dict:
@@ -140,22 +118,9 @@ def _client_process(args: tuple[str, int, str, list[tuple[str, str, str]], float
     out.put((len(latencies), latencies[:: max(1, len(latencies) // 20000)], 0, time.process_time()))
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, its threads and its worker processes (Linux /proc)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):  # the server or one of its workers
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def _run_phase(server, apps, key_ids, seconds: float, mode: str, processes: int = 1) -> dict:
     queue: mp.Queue = mp.Queue()
-    server_cpu = _cpu_seconds(server.process.pid)
+    server_cpu = cpu_seconds(server.process.pid)
     work = [(appid, apikey, key_id) for (appid, apikey), key_id in zip(apps, key_ids)]
     procs = [
         mp.Process(target=_client_process, args=(("127.0.0.1", server.port, str(server.ca), work[i::processes],
@@ -169,7 +134,7 @@ def _run_phase(server, apps, key_ids, seconds: float, mode: str, processes: int 
     for p in procs:
         p.join()
     elapsed = time.perf_counter() - started
-    server_cpu = _cpu_seconds(server.process.pid) - server_cpu
+    server_cpu = cpu_seconds(server.process.pid) - server_cpu
     failures = [r for r in results if r[0] == "error"]
     if failures:
         raise RuntimeError(f"client failed: {failures[0][1]}")

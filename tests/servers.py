@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from ppml.cli.deployment import stop_process
 from ppml.kms.tls import client_context
 
 
@@ -165,12 +166,8 @@ class KmsServer:
             self.process.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.process:
+            stop_process(self.process)
 
     def admin(self) -> dict[str, str]:
         return dict(json.loads(self.admin_credentials.read_text()))
@@ -205,12 +202,82 @@ class MotoS3Server:
         return Path(self._log.name).read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=10)
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)
+
+
+class ModelServer:
+    """``ppml serve-model ARGS`` in a subprocess, with development TLS and a token file in
+    ``directory``; :meth:`wait` returns once /healthz answers over verified TLS, or the process exited."""
+
+    def __init__(self, directory: Path, args: list[str], *, env: dict[str, str] | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.port = free_port()
+        self.token_file = directory / "token"
+        self.tls_dir = directory / "tls"
+        self.stdout_path, self.stderr_path = directory / "stdout.log", directory / "stderr.log"
+        argv = [sys.executable, "-m", "ppml.cli.main", "serve-model", *args, "--port", str(self.port),
+                "--tls-dev", str(self.tls_dir), "--token-file", str(self.token_file)]
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.process = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                            env={**(env or os.environ), "PYTHONUNBUFFERED": "1"})
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+    def listening(self) -> bool:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def wait(self, timeout: float = 120.0) -> bool:
+        """True once ready; False if the process exited first (see :meth:`stdout`, :meth:`stderr`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            if self.ca.exists() and self.listening():
+                try:
+                    response = httpx.get(f"{self.base_url}/healthz", verify=client_context(self.ca), timeout=2)
+                    if response.status_code == 200:
+                        return True
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"ppml serve-model did not become ready:\n{self.stdout()}{self.stderr()}")
+
+    def watch_until_exit(self, timeout: float = 120.0) -> bool:
+        """Poll the port until the process exits; True if it ever accepted a connection."""
+        listened = False
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            listened = listened or self.listening()
+            time.sleep(0.02)
+        self.process.wait(timeout=10)
+        return listened or self.listening()
+
+    def client(self, *, token: str | None = None) -> httpx.Client:
+        """A verified-TLS client sending the server's token (or ``token``)."""
+        return httpx.Client(base_url=self.base_url, verify=client_context(self.ca), timeout=30,
+                            headers={"Authorization": f"Bearer {token or self.token}"})
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_process(self.process)

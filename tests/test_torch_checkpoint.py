@@ -215,6 +215,8 @@ def test_a_state_that_is_not_a_mapping_or_nests_too_deep_is_refused(tmp_path: Pa
                                                                    key_id: str) -> None:
     with pytest.raises(UsageError, match="holds a mapping"):
         save([torch.zeros(1)], tmp_path / "ckpt", kms=key_store, key_id=key_id)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="a value JSON cannot carry"):
+        save({"huge": 10**5000}, tmp_path / "ckpt", kms=key_store, key_id=key_id)
     deep: Any = 1
     for _ in range(MAX_DEPTH - 1):  # and the state itself: MAX_DEPTH containers
         deep = [deep]
@@ -457,3 +459,26 @@ def test_nothing_of_the_state_is_on_disk_in_the_clear(tmp_path: Path, key_store:
     data = (tmp_path / "ckpt").read_bytes()
     assert marker.encode() not in data and weights[:8].numpy().tobytes() not in data
     assert os.listdir(tmp_path) == ["keys", "ckpt"] or sorted(os.listdir(tmp_path)) == ["ckpt", "keys"]
+
+
+# -- the frozen vector ---------------------------------------------------------------------------
+
+
+def test_the_frozen_v1_checkpoint_decodes_forever(tmp_path: Path) -> None:
+    """tests/vectors/torch-checkpoint: written once by format version 1, read by every later ppml."""
+    import hashlib
+    import json
+    import shutil
+
+    from make_checkpoint_vectors import HERE, NAME, frozen_state
+
+    manifest = json.loads((HERE / "manifest.json").read_text())
+    data = (HERE / NAME).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == manifest["sha256"] and len(data) == manifest["size"]
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    shutil.copyfile(HERE / manifest["key_file"], keys / f"{manifest['key_id']}.key")
+    (keys / f"{manifest['key_id']}.key").chmod(0o600)  # git keeps no modes; the store wants 0600
+    loaded = load(HERE / NAME, kms=LocalKeyStore(keys))
+    assert_same(loaded, frozen_state())
+    assert loaded["model"]["encoder.weight"] is loaded["model"]["decoder.weight"]

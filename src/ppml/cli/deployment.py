@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["LocalDeployment", "LocalServer", "Steps", "local_deployment", "ppml_command"]
+__all__ = ["LocalDeployment", "LocalServer", "Steps", "local_deployment", "ppml_command", "stop_process"]
 
 T = TypeVar("T")
 
@@ -102,12 +102,18 @@ class LocalServer:
         raise SystemExit("ppml serve did not become ready in time")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if ``process`` has not exited within ``timeout`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @dataclasses.dataclass

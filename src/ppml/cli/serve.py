@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from ppml.asgi import run_https
 from ppml.attestation.server import EhsmHandler, add_attestation_routes
 from ppml.attestation.service import AttestationService
 from ppml.attestation.simulated import SimulatedVerifier
@@ -108,12 +109,6 @@ def _self_evidence(options: ServeOptions):  # type: ignore[no-untyped-def]
     return backend.get_evidence
 
 
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
 def serve(options: ServeOptions) -> int:
     """Run the service until SIGINT/SIGTERM: in this process, or in ``options.workers`` forked
     worker processes sharing one listening socket and the database (like replicas)."""
@@ -163,8 +158,6 @@ def _run_worker(options: ServeOptions, cert: Path, key: Path, sock: socket.socke
 
 def _run(service: KmsService, attestation: AttestationService, options: ServeOptions, cert: Path, key: Path,
          sock: socket.socket | None = None) -> int:
-    import uvicorn
-
     from ppml.kms.http import create_app
 
     service.storage.checkpoint_in_background()
@@ -181,15 +174,9 @@ def _run(service: KmsService, attestation: AttestationService, options: ServeOpt
     if sock is None or os.environ.get("PPML_WORKER_INDEX") == "0":
         log.info("ppml kms: storage %s; listening on https://%s:%d%s", service.storage.display_url,
                  options.host, options.port, f" ({options.workers} workers)" if sock is not None else "")
-    config = uvicorn.Config(
-        app, host=options.host, port=options.port, ssl_certfile=str(cert), ssl_keyfile=str(key),
-        access_log=False, log_level="warning", server_header=False, lifespan="off",
-        loop="uvloop" if _has("uvloop") else "asyncio", http="httptools" if _has("httptools") else "h11",
-        timeout_graceful_shutdown=5,
-    )
     logging.getLogger("ppml.kms.access").setLevel(logging.INFO if options.access_log else logging.WARNING)
     try:
-        uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+        run_https(app, host=options.host, port=options.port, cert=cert, key=key, sock=sock)
     finally:
         service.close()
     return 0

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ppml.cli._args import integer
+from ppml.cli._args import add_attestation_options, integer
 from ppml.errors import UsageError
 
 __all__ = ["add_commands"]
@@ -169,12 +169,7 @@ def add_commands(commands: Any) -> None:
     tee = p.add_argument_group("ppml: TEE and attestation")
     tee.add_argument("--tee", default="none", choices=["none", "simulated", "sgx-gramine", "tdx"],
                      help="the TEE backend (default none; see the modes below)")
-    tee.add_argument("--policy", action="append", metavar="ID", help="attestation policy id (repeat for several)")
-    tee.add_argument("--attestation-url", metavar="URL", help="https://HOST:PORT (or $PPML_AS_URL)")
-    tee.add_argument("--attestation-ca", metavar="FILE", help="CA of the attestation service (or $PPML_AS_CA)")
-    tee.add_argument("--enclave-manifest", metavar="FILE", help="--tee simulated: the enclave manifest")
-    tee.add_argument("--enclave-sig", metavar="FILE", help="--tee simulated: its SIGSTRUCT")
-    tee.add_argument("--platform-key", metavar="FILE", help="--tee simulated: the platform key")
+    add_attestation_options(tee)
     cluster = p.add_argument_group("ppml: cluster security and event logs")
     cluster.add_argument("--secret-file", metavar="FILE", help="Spark RPC secret (0600) shared with the cluster")
     cluster.add_argument("--event-log-dir", metavar="DIR", help="write Spark event logs here (ppml history-server)")

@@ -376,23 +376,19 @@ def _gate(options: SubmitOptions) -> KeyAgent | None:
     agent (not started) that serves the driver's processes through the session, or None when the
     attestation failed (already reported). Under ``--tee none`` the agent uses the app's own
     credentials, so the JVM and Python workers get keys the same way in every mode."""
-    from ppml.attestation.client import AttestationClient
     from ppml.tee.agent import KeyAgent
-    from ppml.tee.registry import open_backend
+    from ppml.tee.launcher import attestation_for
     from ppml.tee.runtime import attest_or_report, key_agent_for
 
     if options.tee == "none":
         from ppml.kms.registry import open_kms
 
         return KeyAgent(open_kms, tee="none")
-    backend_options: dict[str, object] = {}
-    if options.tee == "simulated":
-        backend_options = {"manifest": options.enclave_manifest, "sigstruct": options.enclave_sig}
-        if options.platform_key:
-            backend_options["platform_key_path"] = options.platform_key
-    backend = open_backend(options.tee, **backend_options)
-    client = AttestationClient(options.attestation_url or "", ca_path=options.attestation_ca)
-    session = attest_or_report(backend, client, list(options.policy))
+    session = attest_or_report(*attestation_for(
+        options.tee, attestation_url=options.attestation_url, policy_ids=options.policy,
+        attestation_ca=options.attestation_ca, enclave_manifest=options.enclave_manifest,
+        enclave_sig=options.enclave_sig, platform_key=options.platform_key,
+    ))
     return None if session is None else key_agent_for(session)
 
 

@@ -20,19 +20,59 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ppml.errors import UsageError
 from ppml.tee.agent import KeyAgent
 
-__all__ = ["TEE_ENV", "attestation_from_environment", "main", "run_under_agent"]
+if TYPE_CHECKING:
+    from ppml.attestation.client import AttestationClient
+    from ppml.tee.interface import TeeBackend
+
+__all__ = ["TEE_ENV", "attestation_for", "attestation_from_environment", "main", "run_under_agent"]
 
 #: The environment a process reads to attest itself (paths, URLs and policy ids: no secret).
 TEE_ENV: Final = ("PPML_TEE_BACKEND", "PPML_AS_URL", "PPML_AS_CA", "PPML_TEE_POLICY", "PPML_ENCLAVE_MANIFEST",
                   "PPML_ENCLAVE_SIG", "PPML_SIM_PLATFORM_KEY")
 
 
-def attestation_from_environment(environ: Mapping[str, str]) -> tuple[Any, Any, list[str]] | None:
+def attestation_for(
+    tee: str,
+    *,
+    attestation_url: str | None,
+    policy_ids: Sequence[str],
+    attestation_ca: Path | None = None,
+    enclave_manifest: Path | None = None,
+    enclave_sig: Path | None = None,
+    platform_key: Path | None = None,
+) -> tuple[TeeBackend, AttestationClient, list[str]]:
+    """``(backend, attestation client, policy ids)`` for the TEE backend named ``tee``: what
+    :func:`~ppml.tee.runtime.attest` takes, resolved once for every command that attests (``ppml
+    submit``, ``ppml serve-model``, a process started under this launcher).
+
+    Raises:
+        UsageError: no attestation service or policy, an unknown backend, or ``simulated``
+            without the enclave's manifest and SIGSTRUCT.
+    """
+    from ppml.attestation.client import AttestationClient
+    from ppml.tee.registry import open_backend
+
+    if not attestation_url or not policy_ids:
+        raise UsageError(f"the {tee} TEE needs an attestation service (--attestation-url, $PPML_AS_URL) and a "
+                         "policy (--policy ID from `ppml attest register`)")
+    options: dict[str, Any] = {}
+    if tee == "simulated":
+        if not (enclave_manifest and enclave_sig):
+            raise UsageError("the simulated TEE needs the enclave's manifest and SIGSTRUCT (--enclave-manifest, "
+                             "--enclave-sig from `ppml enclave`)")
+        options = {"manifest": enclave_manifest, "sigstruct": enclave_sig}
+        if platform_key:
+            options["platform_key_path"] = platform_key
+    backend = open_backend(tee, **options)
+    return backend, AttestationClient(attestation_url, ca_path=attestation_ca), list(policy_ids)
+
+
+def attestation_from_environment(environ: Mapping[str, str]) -> tuple[TeeBackend, AttestationClient, list[str]] | None:
     """``(backend, attestation client, policy ids)`` from ``PPML_TEE_*`` variables, or None when
     the environment names no TEE backend (or ``none``).
 
@@ -42,20 +82,17 @@ def attestation_from_environment(environ: Mapping[str, str]) -> tuple[Any, Any, 
     backend_name = environ.get("PPML_TEE_BACKEND", "")
     if not backend_name or backend_name == "none":
         return None
-    from ppml.attestation.client import AttestationClient
-    from ppml.tee.registry import open_backend
-
     url, policy = environ.get("PPML_AS_URL"), environ.get("PPML_TEE_POLICY")
     if not url or not policy:
         raise UsageError("PPML_TEE_BACKEND is set but PPML_AS_URL or PPML_TEE_POLICY is not")
-    options: dict[str, Any] = {}
-    if backend_name == "simulated":
-        options = {"manifest": Path(environ["PPML_ENCLAVE_MANIFEST"]), "sigstruct": Path(environ["PPML_ENCLAVE_SIG"])}
-        if environ.get("PPML_SIM_PLATFORM_KEY"):
-            options["platform_key_path"] = Path(environ["PPML_SIM_PLATFORM_KEY"])
-    ca = environ.get("PPML_AS_CA")
-    client = AttestationClient(url, ca_path=Path(ca) if ca else None)
-    return open_backend(backend_name, **options), client, policy.split(",")
+
+    def path(name: str) -> Path | None:
+        value = environ.get(name)
+        return Path(value) if value else None
+
+    return attestation_for(backend_name, attestation_url=url, policy_ids=policy.split(","),
+                           attestation_ca=path("PPML_AS_CA"), enclave_manifest=path("PPML_ENCLAVE_MANIFEST"),
+                           enclave_sig=path("PPML_ENCLAVE_SIG"), platform_key=path("PPML_SIM_PLATFORM_KEY"))
 
 
 def run_under_agent(command: Sequence[str], agent: KeyAgent) -> int:

@@ -123,8 +123,11 @@ def save(
         if len(where) > 12:
             where = [*where[:6], "…", *where[-5:]]
         raise UsageError(f"state{''.join(where)}: {exc.reason}") from None
-    skeleton = json.dumps({"tensors": len(encoder.tensors), "state": encoded}, allow_nan=False,
-                          separators=(",", ":")).encode()
+    try:
+        skeleton = json.dumps({"tensors": len(encoder.tensors), "state": encoded}, allow_nan=False,
+                              separators=(",", ":")).encode()
+    except ValueError as exc:  # an integer longer than Python converts to text (4300 digits)
+        raise UsageError(f"the state holds a value JSON cannot carry: {exc}") from None
     if len(skeleton) > MAX_SKELETON_SIZE:
         raise UsageError(f"the checkpoint's structure takes {len(skeleton)} bytes of JSON, more than the format's "
                          f"{MAX_SKELETON_SIZE}: keep large data in tensors")

@@ -30,7 +30,7 @@ from ppml.kms.http.auth import Authenticator
 from ppml.kms.http.batching import GroupCommit
 from ppml.kms.http.ehsm import DATA_KEY_ACTIONS, EHSM_ACTIONS, EhsmAction, add_ehsm_routes, kms_actions
 from ppml.kms.http.errors import MalformedBody, malformed_request, ppml_error_response
-from ppml.kms.http.middleware import MAX_BODY, BodyLimit, Observe
+from ppml.kms.http.middleware import observed
 from ppml.kms.http.native import RawHandler, add_native_routes
 from ppml.kms.service import KmsService
 from ppml.kms.types import DataKeyRequest, RequestContext
@@ -176,5 +176,5 @@ def create_app(
         native_routes={name: routes[f"/v1/keys/{{key_id}}/{name}"] for name in hot},
         ehsm=ehsm_post, ehsm_route=routes["/ehsm"],
     )
-    return Observe(BodyLimit(fast, MAX_BODY), requests_total, latency)  # type: ignore[return-value]
+    return observed(fast, requests_total, latency)  # type: ignore[return-value]
 
