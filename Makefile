@@ -39,6 +39,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/codec.py
 	$(PY) bench/pme.py
 	$(PY) bench/agent.py
+	$(PY) bench/dl.py
 	$(PY) bench/tpch.py --scale-factor 1
 
 clean:

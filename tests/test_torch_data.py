@@ -34,7 +34,7 @@ from ppml.errors import InputError, InvalidCiphertext, NotAnEnvelope, Permission
 from ppml.kms.local import LocalKeyStore
 from ppml.tabular.parquet import write_encrypted_table
 from ppml.tabular.tables import write_csv_table
-from ppml.tee.agent import KeyAgent
+from ppml.tee.agent import AgentKms, KeyAgent
 from ppml.tee.keys import kms_for
 from ppml.torch.data import (
     ArrayDataset,
@@ -398,6 +398,9 @@ def test_fork_workers_get_keys_through_the_key_agent(corpus: Corpus, monkeypatch
         dataset = IterableTableDataset(corpus.csv, kms=uri, features=["score"], label="id", batch_size=256)
         loader = DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context="fork")
         ids = [i for batch in loader for i in ids_of(batch, "csv")]
+        client = kms_for(uri)  # this process's, through the agent: closed with it
+        assert isinstance(client, AgentKms)
+        client.close()
     assert Counter(ids) == Counter(range(corpus.total)) and asked == [uri]
 
 

@@ -85,24 +85,26 @@ def emit(blocks: Iterator[Block], *, batch_size: int | None, drop_last: bool,
                 sample = block.sample(index)
                 yield sample if transform is None else transform(sample)
         return
-    pending: list[Block] = []
-    pending_rows = 0
+    carry: Block | None = None  # fewer than batch_size rows left over from earlier blocks
     for block in blocks:
-        if not block.rows:
-            continue
-        pending.append(block)
-        pending_rows += block.rows
-        if pending_rows < batch_size:
-            continue
-        merged = Block.concat(pending)
-        whole = pending_rows - pending_rows % batch_size
-        for start in range(0, whole, batch_size):
-            batch = merged.batch(start, start + batch_size)
+        start = 0
+        if carry is not None:
+            # Only the batch that straddles two blocks is copied; the others are views.
+            start = min(batch_size - carry.rows, block.rows)
+            carry = Block.concat([carry, block.slice(0, start)])
+            if carry.rows < batch_size:
+                continue
+            batch = carry.batch(0, batch_size)
             yield batch if transform is None else transform(batch)
-        pending = [merged.slice(whole, pending_rows)] if whole < pending_rows else []
-        pending_rows -= whole
-    if pending_rows and not drop_last:
-        batch = Block.concat(pending).batch(0, pending_rows)
+            carry = None
+        while block.rows - start >= batch_size:
+            batch = block.batch(start, start + batch_size)
+            yield batch if transform is None else transform(batch)
+            start += batch_size
+        if start < block.rows:
+            carry = block.slice(start, block.rows)
+    if carry is not None and not drop_last:
+        batch = carry.batch(0, carry.rows)
         yield batch if transform is None else transform(batch)
 
 

@@ -72,8 +72,8 @@ class KeySource:
     A URI (``local:DIR``, ``ppml+https://…``) is resolved in each process with
     :func:`~ppml.tee.keys.kms_for`: through the key agent or the attested session when the process
     runs in a TEE. A :class:`~ppml.core.keys.DataKeyProvider` object is used as it is: fork workers
-    inherit it, spawn workers get it pickled (a ``local:`` store pickles as its directory; a remote
-    client may refuse, then pass its URI).
+    share the parent's (a remote client's connections too: pass its URI instead), spawn workers get
+    it pickled (a ``local:`` store pickles as its directory).
     """
 
     def __init__(self, kms: DataKeyProvider | str) -> None:

@@ -85,7 +85,10 @@ def iter_record_blocks(source: Segments, first: int, stop: int, bounds: Bounds, 
                        block_bytes: int) -> Iterator[tuple[int, int, bytearray]]:
     """``(first record, record count, their bytes)`` for the records that segments ``first`` ..
     ``stop``-1 of ``source`` own, in blocks of about ``block_bytes`` (at least one record each).
-    Each block is a ``bytearray`` of its own; memory is about one block and one segment.
+    Each block is a ``bytearray`` of its own; memory is about one block and two segments.
+
+    Segments are decrypted straight onto the end of a buffer; a block is that buffer, cut after
+    its last whole record, and only the bytes after the cut (less than a segment) are copied on.
 
     Raises:
         InvalidCiphertext: a segment does not authenticate.
@@ -93,33 +96,41 @@ def iter_record_blocks(source: Segments, first: int, stop: int, bounds: Bounds, 
     start = source.segment_plaintext_range(first)[0]
     end = source.segment_plaintext_range(stop - 1)[1]
     owned_first, owned_stop = bounds.owned(start, end)
-    kept_from = bounds.offset(owned_first)
-    needed_to = bounds.offset(owned_stop)
-    buffer = bytearray()
     # Segment `first + 1` is full-size unless it is the last, and then nothing follows it.
     largest = max(hi - lo for lo, hi in map(source.segment_plaintext_range,
                                             range(first, min(first + 2, source.segment_count))))
-    scratch = memoryview(bytearray(largest))
+    capacity = block_bytes + 2 * largest
+    buffer = bytearray(capacity)
+    filled = 0
+    base = start  # the plaintext offset of buffer[0]
     next_record = owned_first
     segment = first
     while segment < stop or next_record < owned_stop:
         if segment >= source.segment_count:
             raise InvalidCiphertext(source.name)  # shorter than its records say
         low, high = source.segment_plaintext_range(segment)
-        length = source.read_segment_into(segment, scratch)
+        if filled + high - low > len(buffer):
+            grown = bytearray(max(2 * len(buffer), filled + high - low))
+            grown[:filled] = memoryview(buffer)[:filled]
+            buffer = grown
+        with memoryview(buffer) as view:
+            length = source.read_segment_into(segment, view[filled : filled + high - low])
         if length != high - low:
             raise InvalidCiphertext(source.name)
-        keep_low, keep_high = max(low, kept_from), min(high, needed_to)
-        if keep_high > keep_low:
-            buffer += scratch[keep_low - low : keep_high - low]
+        filled += length
+        wanted = bounds.offset(next_record)
+        if base < wanted:  # bytes before the next record (a header, or a record another piece owns)
+            drop = min(filled, wanted - base)
+            buffer[: filled - drop] = buffer[drop:filled]
+            filled -= drop
+            base += drop
         done = min(owned_stop, bounds.complete(high))
-        if done > next_record and (done == owned_stop or bounds.offset(done) - kept_from >= block_bytes):
-            cut = bounds.offset(done) - kept_from
-            if cut == len(buffer):
-                block, buffer = buffer, bytearray()
-            else:
-                block = buffer[:cut]
-                del buffer[:cut]
+        if done > next_record and (done == owned_stop or bounds.offset(done) - base >= block_bytes):
+            cut = bounds.offset(done) - base
+            block, tail = buffer, filled - cut
+            buffer = bytearray(max(capacity, tail))
+            buffer[:tail] = memoryview(block)[cut:filled]
+            del block[cut:]
             yield next_record, done - next_record, block
-            next_record, kept_from = done, bounds.offset(done)
+            next_record, base, filled = done, base + cut, tail
         segment += 1
