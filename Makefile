@@ -41,6 +41,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/agent.py
 	$(PY) bench/ml.py
 	$(PY) bench/serving.py
+	$(PY) bench/dl.py
 	$(PY) bench/tpch.py --scale-factor 1
 
 clean:

@@ -71,6 +71,7 @@ __all__ = [
     "RowGroupSlice",
     "crypto_factory",
     "decryption_properties",
+    "fetch_column_keys",
     "open_encrypted",
     "plan_row_groups",
     "read_encrypted_table",
@@ -377,6 +378,23 @@ def _row_groups_that_may_match(parquet_file: pq.ParquetFile, row_groups: Sequenc
     return kept
 
 
+def fetch_column_keys(parquet_file: pq.ParquetFile, path: Path | str, row_group: int,
+                      columns: Sequence[str]) -> None:
+    """Unwrap the keys of ``columns`` now, through a one-row read of ``row_group``, where a refused
+    or wrong key is an exception (PyArrow caches them for the reads that follow): a reader checks
+    its keys before its first batch, and before it touches column statistics (see the module
+    docstring).
+
+    Raises:
+        InvalidCiphertext: a column does not decrypt: wrong key, altered or truncated file.
+        KeyServiceError: the KMS refused a column key (a note names the file).
+    """
+    with _failures_name(path):
+        for _ in parquet_file.iter_batches(batch_size=1, row_groups=[row_group], columns=list(columns),
+                                           use_threads=False):
+            break
+
+
 def read_row_groups(
     parquet_file: pq.ParquetFile, path: Path | str, row_groups: Sequence[int], *,
     columns: Sequence[str], predicates: Sequence[Predicate] = (),
@@ -398,11 +416,7 @@ def read_row_groups(
     if usable:
         # The filter columns' keys, fetched where a failure is an exception, before the
         # statistics are touched (see the module docstring).
-        filter_columns = sorted({column for _, column, _ in usable})
-        with _failures_name(path):
-            for _ in parquet_file.iter_batches(batch_size=1, row_groups=[row_groups[0]],
-                                               columns=filter_columns, use_threads=False):
-                break
+        fetch_column_keys(parquet_file, path, row_groups[0], sorted({column for _, column, _ in usable}))
         row_groups = _row_groups_that_may_match(parquet_file, row_groups, usable)
     for index in row_groups:
         with _failures_name(path):

@@ -9,7 +9,7 @@ a TEE mode (executors on a cluster), each Python worker process attests on its o
 it needs a key (``PPML_TEE_BACKEND``,
 ``PPML_AS_URL``, ``PPML_TEE_POLICY`` and the enclave files come from the executor's environment),
 so data keys reach it as JWE to its own TEE key and never cross Spark's RPC in the clear.
-One KMS client per URI per process.
+One KMS client per URI per process (a forked child opens its own).
 """
 
 from __future__ import annotations
@@ -26,6 +26,18 @@ __all__ = ["TEE_ENV", "kms_for", "tee_session"]
 _lock = threading.Lock()
 _clients: dict[str, DataKeyProvider] = {}
 _session: Any = None
+
+
+def _forget_clients_in_child() -> None:
+    """After ``fork`` (DataLoader workers, multiprocessing): the parent's clients hold its
+    connections (a key agent socket, TLS pools), which two processes must not share, and the lock
+    may have been held by a thread that does not exist in the child. The child opens its own."""
+    global _lock
+    _lock = threading.Lock()
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_forget_clients_in_child)
 
 
 def tee_session() -> Any:
