@@ -22,8 +22,8 @@ plaintext after a warm-up):
 * ``epoch``: one training epoch of a small MLP (20-64-64-1, Adam, BCE with logits) in this process,
   fed by a DataLoader with 2 fork workers over the csv (fast path). Target: encrypted <= 1.05x the
   plaintext epoch time (PASS/BELOW).
-* ``checkpoint``: reserved for the encrypted checkpoint save+load (issue 13's checkpoint point);
-  add it to ``PARTS`` below.
+* ``checkpoint``: encrypted checkpoint save+load (``ppml.torch.checkpoint``, ~50 MiB of float32)
+  vs ``torch.save``/``torch.load`` of the same state (bench/dl_checkpoint.py; reported, no target).
 """
 
 from __future__ import annotations
@@ -250,10 +250,18 @@ def part_epoch(data: Data, args: argparse.Namespace) -> int:
     return 0
 
 
+def part_checkpoint(data: Data, args: argparse.Namespace) -> int:
+    from dl_checkpoint import checkpoint_rows, print_rows  # bench/ is on sys.path: this script's directory
+
+    print("\n== checkpoint: encrypted save+load vs torch.save/torch.load (reported)")
+    print_rows(checkpoint_rows(repeat=args.repeat, directory=args.data))
+    return 0
+
+
 PARTS: dict[str, Callable[[Data, argparse.Namespace], int]] = {
     "loader": part_loader,
     "epoch": part_epoch,
-    # "checkpoint": part_checkpoint,  # encrypted checkpoint save+load vs plaintext: to be added here
+    "checkpoint": part_checkpoint,
 }
 
 
