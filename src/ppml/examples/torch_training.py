@@ -54,6 +54,11 @@ def build_model(kind: str, features: int) -> Any:
     return nn.Sequential(nn.Linear(features, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1))
 
 
+def feature_columns(kind: str, features: int) -> list[str]:
+    """The splits' feature columns: ``p0..p63`` (digits' pixels) or ``f0..`` (tabular)."""
+    return [f"{'p' if kind == 'digits' else 'f'}{i}" for i in range(features)]
+
+
 def scale(kind: str, features: Any) -> Any:
     """Digits' intensities are 0-16; tabular features are already standard normal."""
     return features / 16.0 if kind == "digits" else features
@@ -89,18 +94,20 @@ def train_worker(config: TrainConfig) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+    from torch.utils.data import DataLoader, DistributedSampler
 
     import ppml.torch.checkpoint as checkpoint
     from ppml.tee.keys import kms_for
+    from ppml.torch.data import TableDataset
 
     dist.init_process_group("gloo")
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         kms = kms_for(config.kms)
-        _, inputs, labels = load_split(config.train, kms, config.kind, config.features)
-        labels = labels.long() if config.kind == "digits" else labels.float().unsqueeze(1)
-        dataset = TensorDataset(inputs, labels)
+        # Map-style over the encrypted split: a rank decrypts only the segments holding its sampler's
+        # rows (a few kept per process), and DistributedSampler gives every rank as many rows.
+        dataset = TableDataset(config.train, kms=config.kms, features=feature_columns(config.kind, config.features),
+                               label="label")
         sampler: DistributedSampler[Any] = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                                               seed=config.seed)
         loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler)
@@ -119,9 +126,10 @@ def train_worker(config: TrainConfig) -> dict[str, Any]:
         for epoch in range(first_epoch, config.epochs):
             sampler.set_epoch(epoch)
             ddp.train()
-            for batch, target in loader:
+            for batch, label in loader:
+                target = label.long() if config.kind == "digits" else label.float().unsqueeze(1)
                 optimizer.zero_grad()
-                loss = criterion(ddp(batch), target)
+                loss = criterion(ddp(scale(config.kind, batch)), target)
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
