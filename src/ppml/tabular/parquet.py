@@ -20,7 +20,7 @@ process that reads or writes many files asks the KMS once per master key, not on
 (and a key whose release is revoked keeps working in that process for up to ten minutes).
 
 Reading row groups (:func:`open_encrypted`, :func:`read_row_groups`; the ``ppml`` Spark data
-source's ``format("parquet")`` is built on them):
+source's ``format("parquet")`` and the PyTorch datasets are built on them):
 
 * Only files with an *encrypted footer* are read: their first and last four bytes are ``PARE``.
   PyArrow reads a plaintext Parquet file through decryption properties without complaint, and
