@@ -20,28 +20,18 @@ from ppml.core.random_access import RandomAccessInput
 from ppml.errors import InvalidCiphertext, UsageError
 from ppml.filesystem import storage_for
 from ppml.tabular.parquet import PmeKeys
-from ppml.tabular.splits import FileSplit, plan_ranges
+from ppml.tabular.splits import FileSplit, SegmentSource, plan_ranges
 from ppml.tee.keys import kms_for
 from ppml.torch.data.cache import LruCache
 
 __all__ = ["FileInfo", "FileOpener", "KeySource", "PlainSegments", "Segments", "dataset_files"]
 
 
-class Segments(Protocol):
+class Segments(SegmentSource, Protocol):
     """An open file of a dataset, segment by segment: an :class:`~ppml.core.envelope.EnvelopeReader`
     (or, unsafely, :class:`PlainSegments`). ``name`` says where it is, for errors."""
 
     name: str
-
-    @property
-    def plaintext_size(self) -> int: ...
-
-    @property
-    def segment_count(self) -> int: ...
-
-    def segment_plaintext_range(self, index: int) -> tuple[int, int]: ...
-
-    def read_segment_into(self, index: int, out: memoryview) -> int: ...
 
     def read_range(self, offset: int, length: int) -> bytes: ...
 
