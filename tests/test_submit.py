@@ -397,6 +397,22 @@ def test_misconfiguration_fails_fast_and_says_what(cluster: tuple[StandaloneClus
     assert "RESULT" not in output
 
 
+@pytest.mark.slow
+@pytest.mark.spark
+def test_an_app_that_never_starts_spark_outlives_the_registration_timeout(
+        cluster: tuple[StandaloneCluster, Path, Path], tmp_path: Path) -> None:
+    """The registration clock starts when the driver connects to the master: single-node work
+    (a LightGBM fit, a booster's inference) submitted against a cluster is not stopped for not
+    registering."""
+    spark_cluster, secret, _ = cluster
+    app = tmp_path / "no_spark.py"
+    app.write_text("import time\ntime.sleep(8)\nprint('DONE WITHOUT SPARK')\n")
+    code, output, elapsed = _run(SubmitOptions(app=str(app), master=spark_cluster.master_url, secret_file=secret,
+                                               registration_timeout=3))
+    assert code == 0, output[-3000:]
+    assert "DONE WITHOUT SPARK" in output and elapsed > 8
+
+
 def test_secret_file_with_open_permissions_is_refused(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     write_secret_file(secret)

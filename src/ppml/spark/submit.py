@@ -102,6 +102,9 @@ _REGISTERED = re.compile(r"Connected to Spark cluster with app ID|Granted execut
 _INFO_LINE = re.compile(r"\d\d/\d\d/\d\d \d\d:\d\d:\d\d INFO ")
 _GIVING_UP = re.compile(r"All masters are unresponsive|Application has been killed|"
                         r"Failed to connect to master", re.I)
+#: The driver's SparkContext starts talking to the master (StandaloneAppClient, INFO): the
+#: registration clock starts here, so an application that never starts Spark is never stopped.
+_CONNECTING = re.compile(r"Connecting to master spark://")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -448,7 +451,7 @@ def _run_watched(argv: Sequence[str], env: dict[str, str], timeout: float, *, sh
         lines.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
-    started = time.monotonic()
+    started: float | None = None  # when the driver began to connect: an app without Spark never does
     registered = False
     seen: list[str] = []
     giving_up_at: float | None = None
@@ -465,6 +468,8 @@ def _run_watched(argv: Sequence[str], env: dict[str, str], timeout: float, *, sh
                 sys.stdout.write(line)
             if not registered:
                 seen.append(line)
+                if started is None and _CONNECTING.search(line):
+                    started = time.monotonic()
                 registered = bool(_REGISTERED.search(line))
                 diagnosis = _diagnose([line])
                 if giving_up_at is None and _GIVING_UP.search(line):
@@ -474,7 +479,7 @@ def _run_watched(argv: Sequence[str], env: dict[str, str], timeout: float, *, sh
             # (2 s was measured too short on a loaded 2-core machine: the cause came later).
             if giving_up_at is not None and time.monotonic() - giving_up_at > _CAUSE_GRACE_S:
                 diagnosis = _diagnose(seen) or _TIMEOUT_MESSAGE
-            elif time.monotonic() - started > timeout:
+            elif started is not None and time.monotonic() - started > timeout:
                 diagnosis = _diagnose(seen) or _TIMEOUT_MESSAGE
         if diagnosis is not None:
             process.kill()
