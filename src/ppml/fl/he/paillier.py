@@ -242,8 +242,10 @@ class ObfuscatorPool:
 
     def fill(self, count: int) -> None:
         """Compute ``count`` more obfuscators now."""
-        for _ in range(count):
-            self._ready.append(self.public_key.random_obfuscator(self._randbelow))
+        # GMP may drop the GIL during powmod, so a background fill runs beside the caller's thread.
+        with gmpy2.context(gmpy2.get_context(), allow_release_gil=True):
+            for _ in range(count):
+                self._ready.append(self.public_key.random_obfuscator(self._randbelow))
 
     def fill_in_background(self, count: int) -> threading.Thread:
         """Start a daemon thread computing ``count`` more; join it to wait."""
