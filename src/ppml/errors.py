@@ -18,8 +18,12 @@ Foreign exceptions (OS, HTTP, SQL, Spark) are mapped only at adapter boundaries,
     │   └── NotAnEncryptedModel                a model path without ppml's model manifest
     ├── InvalidCiphertext             exit 4   ANY failure to authenticate or parse ciphertext;
     │   │                                      opaque on purpose: never says which check failed
-    │   └── NotAnEnvelope                      no ppml magic: the file is not a ppml file at all
+    │   ├── NotAnEnvelope                      no ppml magic: the file is not a ppml file at all
+    │   └── MalformedHeData                    HE public key or ciphertext bytes that do not parse
     ├── WeakLegacyKey                 exit 5   a BigDL legacy key that gives no real protection
+    ├── FederatedLearningError        exit 9   a federated-learning computation cannot go on
+    │   ├── PlaintextOverflow                  a value outside the HE encoding's range (encode or decode)
+    │   └── HeKeyMismatch                      HE operands under different public keys, or no secret key
     ├── AttestationFailed             exit 8   evidence, policy or token rejected (says why)
     │   ├── QuoteFormatError                   malformed, truncated or oversized evidence
     │   ├── PolicyNotFound                     no such policy (or another app's)
@@ -53,6 +57,8 @@ from pathlib import Path
 __all__ = [
     "AttestationFailed",
     "AuthenticationFailed",
+    "FederatedLearningError",
+    "HeKeyMismatch",
     "InputError",
     "InputNotFound",
     "InvalidCiphertext",
@@ -62,6 +68,7 @@ __all__ = [
     "KeyStoreUnreadable",
     "KmsRequestRejected",
     "KmsUnavailable",
+    "MalformedHeData",
     "NonceRejected",
     "NotAFile",
     "NotAnEncryptedModel",
@@ -69,6 +76,7 @@ __all__ = [
     "OutputDirectoryMissing",
     "OutputExists",
     "PermissionDenied",
+    "PlaintextOverflow",
     "PolicyNotFound",
     "PpmlError",
     "QuoteFormatError",
@@ -188,6 +196,43 @@ class NotAnEnvelope(InvalidCiphertext):
             "for BigDL PPML files pass --mode AES/CBC/PKCS5Padding; "
             "a plaintext file needs no decryption"
         )
+
+
+class MalformedHeData(InvalidCiphertext):
+    """Bytes meant as a homomorphic-encryption public key or ciphertext do not parse: wrong version,
+    a length out of bounds, a value outside its group, or a ciphertext under another key."""
+
+    def __init__(self, what: str = "homomorphic-encryption data") -> None:
+        super().__init__()
+        self.what = what
+        self.args = (f"malformed {what}",)
+
+
+class FederatedLearningError(PpmlError):
+    """A federated-learning computation (HE arithmetic, a protocol round) cannot go on."""
+
+    exit_code = 9
+
+
+class PlaintextOverflow(FederatedLearningError):
+    """A value lies outside the range the HE fixed-point encoding can represent.
+
+    Raised on encoding (the input is too large) and on decoding (a homomorphic sum or product
+    wrapped around the modulus), so an overflow is an error instead of a silently wrong number.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"homomorphic-encryption overflow: {reason}")
+        self.hint = "scale the values down, use fewer fraction bits, or a larger key"
+
+
+class HeKeyMismatch(FederatedLearningError):
+    """Operands encrypted under different public keys, or decryption without the secret key."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 class WeakLegacyKey(PpmlError):

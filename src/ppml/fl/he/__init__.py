@@ -1,0 +1,27 @@
+"""Homomorphic encryption for federated learning: one :class:`HEBackend` interface, Paillier on gmpy2."""
+
+from __future__ import annotations
+
+from ppml.fl.he.backend import HEBackend
+from ppml.fl.he.paillier import (
+    DEFAULT_FRACTION_BITS,
+    DEFAULT_KEY_BITS,
+    EncryptedVector,
+    ObfuscatorPool,
+    PaillierBackend,
+    PaillierPrivateKey,
+    PaillierPublicKey,
+    generate_paillier_keypair,
+)
+
+__all__ = [
+    "DEFAULT_FRACTION_BITS",
+    "DEFAULT_KEY_BITS",
+    "EncryptedVector",
+    "HEBackend",
+    "ObfuscatorPool",
+    "PaillierBackend",
+    "PaillierPrivateKey",
+    "PaillierPublicKey",
+    "generate_paillier_keypair",
+]
