@@ -1,0 +1,1 @@
+"""Trusted federated learning (needs ppml[fl])."""
