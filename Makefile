@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ppml-installed
-EXTRAS ?= test,postgres,spark,ml,dl
+EXTRAS ?= test,postgres,spark,ml,dl,fl
 ROWS   ?= 1000000
 
 .PHONY: demo test bench venv clean
@@ -42,6 +42,8 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/ml.py
 	$(PY) bench/serving.py
 	$(PY) bench/dl.py
+	$(PY) bench/he.py
+	$(PY) bench/psi.py
 	$(PY) bench/tpch.py --scale-factor 1
 
 clean:

@@ -32,7 +32,9 @@ Foreign exceptions (OS, HTTP, SQL, Spark) are mapped only at adapter boundaries,
     ├── ServiceUnavailable            exit 6   a service (KMS, attestation) or its storage cannot be reached
     │   └── KmsUnavailable                     … the key service (also a KeyServiceError)
     ├── RequestRejected               exit 6   a service refused a request as malformed or out of bounds
-    │   └── KmsRequestRejected                 … the key service (also a KeyServiceError)
+    │   ├── KmsRequestRejected                 … the key service (also a KeyServiceError)
+    │   └── InvalidPeerMessage                 a federated peer's message is malformed, off-curve or
+    │                                          does not authenticate (PSI)
     └── KeyServiceError               exit 6   a key service (local store or remote KMS) failed
         ├── KeyNotFound                        unknown key id (or one of another tenant)
         ├── KeyDisabled                        the key exists but is disabled or pending deletion
@@ -62,6 +64,7 @@ __all__ = [
     "InputError",
     "InputNotFound",
     "InvalidCiphertext",
+    "InvalidPeerMessage",
     "KeyDisabled",
     "KeyNotFound",
     "KeyServiceError",
@@ -353,6 +356,15 @@ class RequestRejected(PpmlError):
 
 class KmsRequestRejected(KeyServiceError, RequestRejected):
     """The key service refused the request as malformed or out of bounds."""
+
+
+class InvalidPeerMessage(RequestRejected):
+    """A federated-learning peer's message was refused: bad framing or length, a point that is not
+    in the prime-order group, a failed authentication or a protocol mode mismatch (says which)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"refusing a peer message: {reason}")
 
 
 class KmsUnavailable(KeyServiceError, ServiceUnavailable):
