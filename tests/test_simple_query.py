@@ -26,6 +26,15 @@ PPML = [sys.executable, "-m", "ppml.cli.main"]
 EXAMPLE = Path(ppml.__file__).parent / "spark" / "examples" / "simple_query.py"
 
 
+def failure_report(result: subprocess.CompletedProcess[str]) -> str:
+    """What a failed submit printed, for the assertion message: the first exception lines (the cause
+    sits at the top of a JVM trace, which the tail cuts off) and the tail of both streams."""
+    output = result.stdout + result.stderr
+    causes = [line for line in output.splitlines()
+              if re.search(r"(Exception|Error)(:|$)|^Caused by|ERROR ", line) and not line.lstrip().startswith("at ")]
+    return "\n".join(causes[:15]) + "\n...\n" + result.stdout[-2000:] + result.stderr[-2000:]
+
+
 def ppml_run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*PPML, *args], capture_output=True, text=True, env=env, check=False, timeout=timeout)
 
@@ -137,7 +146,7 @@ def run_on_a_standalone_cluster(deployment: Deployment, tmp_path: Path,
         output = tmp_path / "out"
         result = submit(output, master=cluster.master_url,
                         extra=("--secret-file", str(secret), "--executor-memory", "768m"))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, failure_report(result)
     assert f"Num of Developer age between 20,40 is {deployment.expected}" in result.stdout
     assert deployment.count_output(output) == deployment.expected
     executor_logs = [p.read_text(errors="replace") for p in (tmp_path / "cluster").glob("worker-*/app-*/*/stdout")]
@@ -160,7 +169,7 @@ def test_simple_query_in_local_tee_mode(deployment: Deployment, tmp_path: Path) 
     output = tmp_path / "out"
     before = len(deployment.audit_operations())
     result = deployment.submit(output)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, failure_report(result)
     assert result.stdout.splitlines()[0] == "Attestation Success!"
     assert "Num of rows in people is 30000" in result.stdout
     assert f"Num of Developer age between 20,40 is {deployment.expected}" in result.stdout
@@ -268,7 +277,7 @@ def test_java_simple_query_in_local_tee_mode(deployment: Deployment, tmp_path: P
     output = tmp_path / "out"
     before = len(deployment.audit_operations())
     result = deployment.submit_java(output)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, failure_report(result)
     assert result.stdout.splitlines()[0] == "Attestation Success!"
     assert "Num of rows in people is 30000" in result.stdout
     assert f"Num of Developer age between 20,40 is {deployment.expected}" in result.stdout

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
+import numpy.typing as npt
+
 __all__ = ["HEBackend"]
 
 C = TypeVar("C")
@@ -60,6 +62,16 @@ class HEBackend(Protocol[C]):
 
     def multiply_plain(self, ciphertext: C, factors: float | Sequence[float]) -> C:
         """Element-wise product with one plaintext scalar or a plaintext vector of the same length."""
+        ...
+
+    def matmul_plain(self, ciphertext: C, matrix: npt.ArrayLike) -> C:
+        """``ciphertext`` (length n) times a plaintext n x k matrix: the encrypted length-k vector
+        ``sum_i c_i * M[i, j]`` (vertical LR's ``X^T [[d]]``: pass X, n x f).
+
+        Raises:
+            UsageError: the matrix is not n x k for the ciphertext's length n.
+            PlaintextOverflow: a factor or a result leaves the encoding's range.
+        """
         ...
 
     def public_key_bytes(self) -> bytes:

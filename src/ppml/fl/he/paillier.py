@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import gmpy2
+import numpy as np
+import numpy.typing as npt
 
 from ppml.errors import HeKeyMismatch, MalformedHeData, PlaintextOverflow, UnsafeWarning, UsageError
 
@@ -394,6 +396,35 @@ class PaillierBackend:
             # c^k with a negative k as (c^-1)^|k|: a short exponent instead of one as long as n.
             out.append(gmpy2.powmod(gmpy2.invert(c, nsquare), -k, nsquare) if k < 0 else gmpy2.powmod(c, k, nsquare))
         return EncryptedVector(key, tuple(out), ciphertext.fraction_bits + extra_bits)
+
+    def matmul_plain(self, ciphertext: EncryptedVector, matrix: npt.ArrayLike) -> EncryptedVector:
+        self._check(ciphertext)
+        factors = np.asarray(matrix, dtype=np.float64)
+        if factors.ndim != 2 or factors.shape[0] != len(ciphertext):
+            raise UsageError(f"a {len(ciphertext)}-element ciphertext multiplies an n x k matrix with "
+                             f"n = {len(ciphertext)}, not shape {factors.shape}")
+        if not np.isfinite(factors).all():
+            raise PlaintextOverflow("the matrix holds a non-finite value")
+        key = self.public_key
+        nsquare = key.nsquare
+        bits = self.fraction_bits
+        inverses: list[Any] = [None] * len(ciphertext)
+        out = []
+        for column in factors.T:
+            total = gmpy2.mpz(1)
+            for index, (c, factor) in enumerate(zip(ciphertext.ciphertexts, column.tolist(), strict=True)):
+                k = self._scaled(factor, bits)
+                if k == 0:
+                    continue
+                key.encode_int(k)  # range check
+                if k < 0:
+                    if inverses[index] is None:
+                        inverses[index] = gmpy2.invert(c, nsquare)
+                    total = total * gmpy2.powmod(inverses[index], -k, nsquare) % nsquare
+                else:
+                    total = total * gmpy2.powmod(c, k, nsquare) % nsquare
+            out.append(total)
+        return EncryptedVector(key, tuple(out), ciphertext.fraction_bits + bits)
 
     def public_key_bytes(self) -> bytes:
         return self.public_key.to_bytes()
