@@ -240,7 +240,7 @@ def run_parties(hub: LocalHub, roles: Mapping[str, Callable[[Channel], T]]) -> d
         for party, future in futures.items():
             try:
                 results[party] = future.result()
-            except BaseException:  # noqa: BLE001 - re-raised below as the first failure
+            except BaseException:  # re-raised below as the first failure
                 pass
     if errors:
         first = next((exc for exc in errors if not isinstance(exc, RoundAborted)), errors[0])

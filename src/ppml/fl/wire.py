@@ -21,8 +21,8 @@ from ppml.errors import InvalidPeerMessage, UsageError
 __all__ = ["pack_array", "pack_json", "unpack_array", "unpack_json"]
 
 _MAGIC: Final = b"PFA1"
-_DTYPES: Final = {0: np.dtype("<f8"), 1: np.dtype("<i8"), 2: np.dtype("<f4")}
-_CODES: Final = {dtype: code for code, dtype in _DTYPES.items()}
+_DTYPES: Final[dict[int, np.dtype[Any]]] = {0: np.dtype("<f8"), 1: np.dtype("<i8"), 2: np.dtype("<f4")}
+_CODES: Final[dict[np.dtype[Any], int]] = {dtype: code for code, dtype in _DTYPES.items()}
 _MAX_DIMS: Final = 4
 _MAX_JSON: Final = 1 << 20
 
