@@ -23,12 +23,14 @@ Foreign exceptions (OS, HTTP, SQL, Spark) are mapped only at adapter boundaries,
     ├── WeakLegacyKey                 exit 5   a BigDL legacy key that gives no real protection
     ├── FederatedLearningError        exit 9   a federated-learning computation cannot go on
     │   ├── PlaintextOverflow                  a value outside the HE encoding's range (encode or decode)
-    │   └── HeKeyMismatch                      HE operands under different public keys, or no secret key
+    │   ├── HeKeyMismatch                      HE operands under different public keys, or no secret key
+    │   └── RoundAborted                       a federated round stopped (disconnect, refusal, failure)
     ├── AttestationFailed             exit 8   evidence, policy or token rejected (says why)
     │   ├── QuoteFormatError                   malformed, truncated or oversized evidence
     │   ├── PolicyNotFound                     no such policy (or another app's)
     │   ├── NonceRejected                      unknown, expired or already used nonce
-    │   └── TokenRejected                      bad signature, expired, wrong audience/policy
+    │   ├── TokenRejected                      bad signature, expired, wrong audience/policy
+    │   └── CoordinatorNotAttested             the FL coordinator did not prove its TEE and policy
     ├── ServiceUnavailable            exit 6   a service (KMS, attestation) or its storage cannot be reached
     │   └── KmsUnavailable                     … the key service (also a KeyServiceError)
     ├── RequestRejected               exit 6   a service refused a request as malformed or out of bounds
@@ -59,6 +61,7 @@ from pathlib import Path
 __all__ = [
     "AttestationFailed",
     "AuthenticationFailed",
+    "CoordinatorNotAttested",
     "FederatedLearningError",
     "HeKeyMismatch",
     "InputError",
@@ -86,6 +89,7 @@ __all__ = [
     "ReplayedRequest",
     "RequestRejected",
     "RootKeyMismatch",
+    "RoundAborted",
     "ServiceUnavailable",
     "TokenRejected",
     "UnknownScheme",
@@ -238,6 +242,15 @@ class HeKeyMismatch(FederatedLearningError):
         super().__init__(reason)
 
 
+class RoundAborted(FederatedLearningError):
+    """A federated round stopped before it finished: a party disconnected, refused a message or
+    failed. Every party sees the same reason, and none of them writes output."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"federated round aborted: {reason}")
+
+
 class WeakLegacyKey(PpmlError):
     """A BigDL legacy key that gives no real protection (all-zero or zero-padded)."""
 
@@ -279,6 +292,14 @@ class NonceRejected(AttestationFailed):
 
 class TokenRejected(AttestationFailed):
     """An attestation token failed verification or does not satisfy what was asked of it."""
+
+
+class CoordinatorNotAttested(AttestationFailed):
+    """A party refused the FL coordinator before sending anything: no token, a token that does not
+    verify or names another policy, or a binding to the TLS connection that does not check out."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the FL coordinator is not attested: {reason}")
 
 
 class KeyServiceError(PpmlError):

@@ -23,24 +23,15 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, Protocol, TypeVar
 
-from ppml.errors import FederatedLearningError, InvalidPeerMessage, UsageError
+from ppml.errors import InvalidPeerMessage, RoundAborted, UsageError
 
-__all__ = ["DEFAULT_MAX_MESSAGE", "Channel", "LocalHub", "Message", "RoundAborted", "run_parties"]
+__all__ = ["DEFAULT_MAX_MESSAGE", "Channel", "LocalHub", "Mailbox", "Message", "RoundAborted", "run_parties"]
 
 DEFAULT_MAX_MESSAGE: Final = 64 << 20
 DEFAULT_RECEIVE_TIMEOUT: Final = 300.0
 _KIND_MAX: Final = 64
 
 T = TypeVar("T")
-
-
-class RoundAborted(FederatedLearningError):
-    """The round stopped before it finished: a party disconnected, refused a message or failed.
-    Every party sees the same reason; none of them writes output."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"federated round aborted: {reason}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,6 +206,65 @@ class LocalChannel:
 
     def receive(self, sender: str, kind: str) -> bytes:
         return self._hub._receive(self._party, sender, kind)
+
+
+class Mailbox:
+    """What a party has received but not yet consumed, per sender, in arrival order: the receiving
+    half of a remote channel (and of the coordinator's own roles). A reader thread calls
+    :meth:`deliver` and :meth:`abort`; the protocol calls :meth:`take`."""
+
+    def __init__(self, party: str, parties: Sequence[str], *, timeout: float = DEFAULT_RECEIVE_TIMEOUT,
+                 on_refusal: Callable[[str], None] | None = None) -> None:
+        self.party = party
+        self.parties = tuple(parties)
+        self.timeout = timeout
+        self._on_refusal = on_refusal
+        self._condition = threading.Condition()
+        self._pending: dict[str, list[Message]] = {sender: [] for sender in parties if sender != party}
+        self._seen = {(party, sender): 0 for sender in self._pending}
+        self._aborted: str | None = None
+
+    def deliver(self, message: Message) -> None:
+        with self._condition:
+            if message.sender not in self._pending:
+                self._aborted = self._aborted or f"{self.party} got a message from unknown party {message.sender!r}"
+            else:
+                self._pending[message.sender].append(message)
+            self._condition.notify_all()
+
+    def abort(self, reason: str) -> None:
+        with self._condition:
+            if self._aborted is None:
+                self._aborted = reason
+            self._condition.notify_all()
+
+    @property
+    def aborted(self) -> str | None:
+        return self._aborted
+
+    def take(self, sender: str, kind: str) -> bytes:
+        """The next message from ``sender``, checked against ``kind`` and the sequence."""
+        check_kind(kind)
+        if sender not in self._pending:
+            raise UsageError(f"{sender!r} is not another party of this round")
+        with self._condition:
+            arrived = self._condition.wait_for(lambda: self._aborted is not None or self._pending[sender],
+                                               timeout=self.timeout)
+            if self._aborted is not None:
+                raise RoundAborted(self._aborted)
+            if not arrived:
+                self._aborted = f"{self.party} waited {self.timeout:.0f} s for {kind!r} from {sender}"
+                if self._on_refusal is not None:
+                    self._on_refusal(self._aborted)
+                raise RoundAborted(self._aborted)
+            message = self._pending[sender].pop(0)
+            return accept(None, self.party, message, sender=sender, kind=kind, seen=self._seen,
+                          abort=self._abort_and_report)
+
+    def _abort_and_report(self, reason: str) -> None:
+        self._aborted = self._aborted or reason
+        if self._on_refusal is not None:
+            self._on_refusal(reason)
 
 
 def run_parties(hub: LocalHub, roles: Mapping[str, Callable[[Channel], T]]) -> dict[str, T]:

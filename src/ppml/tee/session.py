@@ -46,6 +46,17 @@ class TeeSession:
         except (JoseError, ValueError, KeyError, TypeError):
             raise InvalidCiphertext() from None
 
+    def sign(self, message: bytes) -> bytes:
+        """ECDSA P-256 / SHA-256 (DER) by the TEE key the token names: lets a relying party check
+        that a statement (e.g. "this TLS certificate is mine") comes from the attested TEE."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        private_key = self._key.private_key
+        if not isinstance(private_key, ec.EllipticCurvePrivateKey):
+            raise UsageError("this session holds no private TEE key")
+        return private_key.sign(message, ec.ECDSA(hashes.SHA256()))
+
     def export(self, secret_access: object) -> bytes:
         """Serialise (token and private key) for the child process. Needs SECRET_ACCESS."""
         from ppml.core.keys import SECRET_ACCESS
