@@ -39,7 +39,8 @@ exponentiated, so a malformed message can never make a party multiply its secret
 
 Messages (all integers big-endian; every length checked before slicing)::
 
-    header   magic "PPSI" (4) | version 0x01 (1) | kind (1) | mode (1: 0 = intersection, 1 = count)
+    header   magic "PPSI" (4) | version 0x01 (1) | kind (1) | mode (1: 0 = intersection, 1 = count,
+             2 = alignment: the leader's reply is sorted, the member's is in the leader's order)
     HELLO    header(kind 1) | session point (32) | count u32 | count x point (32), ascending
     REPLY    header(kind 2) | nonce (24) | XChaCha20-Poly1305( count u32 | count x point (32) )
     INDEXES  header(kind 3) | nonce (24) | XChaCha20-Poly1305( count u32 | count x index u32 )
@@ -195,16 +196,20 @@ class PsiSession:
         ids: Iterable[Id],
         *,
         cardinality_only: bool = False,
+        align_as: str | None = None,
         workers: int = 1,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if workers < 1:
             raise UsageError(f"workers must be at least 1, got {workers}")
+        if align_as not in (None, "leader", "member") or (align_as and cardinality_only):
+            raise UsageError("align_as is 'leader' or 'member' (and excludes cardinality_only)")
         originals: dict[bytes, Id] = {}
         for item in ids:
             originals.setdefault(_id_bytes(item), item)
         self._originals = originals
-        self._mode = 1 if cardinality_only else 0
+        self._mode = 2 if align_as else 1 if cardinality_only else 0
+        self._leader = align_as == "leader"
         self._workers = workers
         self._random_bytes = random_bytes
         self._scalar = _random_scalar(random_bytes)
@@ -242,7 +247,7 @@ class PsiSession:
         In the peer's order, or sorted in cardinality-only mode.
         """
         if self._mode != _parse_header(peer_hello, _HELLO):
-            raise InvalidPeerMessage("the peer runs the other mode (intersection vs cardinality)")
+            raise InvalidPeerMessage("the peer runs another mode (intersection, cardinality or alignment)")
         body = peer_hello[_HEADER.size :]
         if len(body) < _POINT:
             raise InvalidPeerMessage("truncated session point")
@@ -258,7 +263,7 @@ class PsiSession:
         doubled = _exponentiate(points, self._scalar, self._workers)
         items = [doubled[i : i + _POINT] for i in range(0, len(doubled), _POINT)]
         self._peer_double = {point: index for index, point in enumerate(items)}
-        if self._mode:
+        if self._mode == 1 or (self._mode == 2 and self._leader):
             items.sort()
         return self._seal(_REPLY, _COUNT.pack(len(items)) + b"".join(items), own_digest)
 
@@ -273,7 +278,7 @@ class PsiSession:
         if self._key is None:
             raise UsageError("call reply(peer_hello) before finishing the session")
         if self._mode != _parse_header(message, kind):
-            raise InvalidPeerMessage("the peer runs the other mode (intersection vs cardinality)")
+            raise InvalidPeerMessage("the peer runs another mode (intersection, cardinality or alignment)")
         nonce = message[_HEADER.size : _HEADER.size + _NONCE]
         if len(nonce) != _NONCE:
             raise InvalidPeerMessage("truncated nonce")
@@ -294,7 +299,7 @@ class PsiSession:
         assert self._peer_double is not None
         own_double = [points[i : i + _POINT] for i in range(0, len(points), _POINT)]
         peer_size = len(self._peer_points) // _POINT
-        if self._mode:
+        if self._mode == 1 or (self._mode == 2 and not self._leader):
             count = sum(point in self._peer_double for point in own_double)
             return PsiResult(cardinality=count, intersection=None, peer_size=peer_size)
         self._matches = {
@@ -344,6 +349,8 @@ def align(leader_sessions: Sequence[PsiSession]) -> tuple[list[Id], list[bytes]]
     """
     if not leader_sessions:
         raise UsageError("alignment needs at least one peer session")
+    if any(session._mode == 1 for session in leader_sessions):
+        raise UsageError("alignment needs sessions in intersection or alignment mode")
     common = set(leader_sessions[0]._matches)
     for session in leader_sessions[1:]:
         common &= set(session._matches)
