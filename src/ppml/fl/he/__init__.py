@@ -1,8 +1,9 @@
-"""Homomorphic encryption for federated learning: one :class:`HEBackend` interface, Paillier on gmpy2."""
+"""Homomorphic encryption for federated learning: one :class:`HEBackend`; Paillier (gmpy2), CKKS (TenSEAL)."""
 
 from __future__ import annotations
 
 from ppml.fl.he.backend import HEBackend
+from ppml.fl.he.ckks import CkksBackend, CkksVector
 from ppml.fl.he.paillier import (
     DEFAULT_FRACTION_BITS,
     DEFAULT_KEY_BITS,
@@ -17,6 +18,8 @@ from ppml.fl.he.paillier import (
 __all__ = [
     "DEFAULT_FRACTION_BITS",
     "DEFAULT_KEY_BITS",
+    "CkksBackend",
+    "CkksVector",
     "EncryptedVector",
     "HEBackend",
     "ObfuscatorPool",
