@@ -14,23 +14,23 @@ import pytest
 
 pytest.importorskip("grpc")
 
-import ppml  # noqa: E402
-from ppml.attestation.client import AttestationClient  # noqa: E402
-from ppml.cli.deployment import LocalDeployment, Steps, local_deployment  # noqa: E402
-from ppml.errors import CoordinatorNotAttested, InvalidPeerMessage, RoundAborted  # noqa: E402
-from ppml.fl.channel import Channel, Message  # noqa: E402
-from ppml.fl.service import (  # noqa: E402
+import ppml
+from ppml.attestation.client import AttestationClient
+from ppml.cli.deployment import LocalDeployment, Steps, local_deployment
+from ppml.errors import CoordinatorNotAttested, InvalidPeerMessage, RoundAborted
+from ppml.fl.channel import Channel, Message
+from ppml.fl.service import (
     Coordinator,
     CoordinatorAttestation,
     CoordinatorVerifier,
     PartyIdentity,
     RoundSpec,
     connect,
+    fl_pb2,
     issue_federation,
 )
-from ppml.fl.service import fl_pb2  # noqa: E402
-from ppml.tee.registry import open_backend  # noqa: E402
-from ppml.tee.runtime import attest  # noqa: E402
+from ppml.tee.registry import open_backend
+from ppml.tee.runtime import attest
 
 pytestmark = pytest.mark.slow
 
