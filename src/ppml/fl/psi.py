@@ -151,7 +151,7 @@ def _parse_header(message: bytes, kind: int) -> int:
         raise InvalidPeerMessage("not a ppml PSI message (bad magic or version)")
     if got_kind != kind:
         raise InvalidPeerMessage(f"expected message kind {kind}, got {got_kind}")
-    if mode not in (0, 1):
+    if mode not in (0, 1, 2):
         raise InvalidPeerMessage(f"unknown mode {mode}")
     return int(mode)
 
