@@ -107,7 +107,10 @@ class SplitNNConfig:
 
     ``gradient_clip`` (per-row L2 bound) and ``gradient_noise`` (Gaussian standard deviation) act
     on the cut-layer gradients the label party sends; both off by default (see the module
-    docstring on label leakage). Gradients on the wire are per-example (row ``i`` is the gradient
+    docstring on label leakage). ``torch_threads`` is what the roles pass to the process-wide
+    ``torch.set_num_threads`` before they compute (None: leave it alone): layers this small run
+    fastest on one thread, and on a busy 2-core host two intra-op threads made one backward pass of
+    a 30-48-1 MLP take 35 ms instead of 0.1 ms. Gradients on the wire are per-example (row ``i`` is the gradient
     of row ``i``'s own loss), so both are in per-example units, independent of ``batch_size``.
 
     Raises:
@@ -126,6 +129,7 @@ class SplitNNConfig:
     top_hidden: tuple[int, ...] = (16,)
     gradient_clip: float | None = None
     gradient_noise: float = 0.0
+    torch_threads: int | None = 1
 
     def __post_init__(self) -> None:
         names = (self.label_party, *self.passive_parties)
@@ -146,6 +150,8 @@ class SplitNNConfig:
             raise UsageError("gradient_clip is a positive number or None")
         if not (math.isfinite(self.gradient_noise) and self.gradient_noise >= 0):
             raise UsageError("gradient_noise is a standard deviation: a number >= 0")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise UsageError("torch_threads is at least 1, or None")
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -327,6 +333,8 @@ def _role(channel: Channel, config: SplitNNConfig, expected: Literal["label", "p
     is_label = channel.party == config.label_party
     if is_label != (expected == "label"):
         raise UsageError(f"{channel.party} is not a {expected} party of this configuration")
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
 
 
 def _batches(rows: int, batch_size: int, order: torch.Tensor | None) -> list[torch.Tensor]:
