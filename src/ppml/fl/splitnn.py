@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import secrets
@@ -217,7 +218,7 @@ class PartyModel:
         end = _MODEL_PREFIX.size + size
         try:
             spec = json.loads(bytes(data[_MODEL_PREFIX.size:end]).decode("utf-8"))
-            model = _model_from_architecture(spec)
+            model = _model_from_architecture(spec, len(data) - end)
             stored = safetensors.torch.load(bytes(data[end:]))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, SafetensorError, UsageError) as exc:
             raise UsageError(f"not a valid split-NN party model ({type(exc).__name__})") from None
@@ -233,7 +234,12 @@ class PartyModel:
         return model
 
 
-def _model_from_architecture(spec: Any) -> PartyModel:
+def _weight_bytes(inputs: int, hidden: Sequence[int], outputs: int) -> int:
+    widths = [inputs, *hidden, outputs]
+    return 4 * sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(widths))
+
+
+def _model_from_architecture(spec: Any, weight_bytes: int) -> PartyModel:
     if not isinstance(spec, dict) or spec.get("role") not in ("label", "passive"):
         raise ValueError("architecture")
     label = spec["role"] == "label"
@@ -241,6 +247,10 @@ def _model_from_architecture(spec: Any) -> PartyModel:
     bottom_hidden = _widths(spec["bottom_hidden"])
     if not isinstance(party, str) or not _is_width(features) or not _is_width(embedding):
         raise ValueError("architecture")
+    # Checked before any layer is allocated: a forged header must not make a party allocate gigabytes.
+    size = _weight_bytes(features, bottom_hidden, embedding)
+    if size > weight_bytes:
+        raise ValueError("weights")
     bottom = _mlp(features, bottom_hidden, embedding)
     if not label:
         return PartyModel(party=party, features=features, embedding_size=embedding, bottom_hidden=bottom_hidden,
@@ -251,6 +261,8 @@ def _model_from_architecture(spec: Any) -> PartyModel:
             or task not in ("binary", "regression")):
         raise ValueError("architecture")
     top_hidden = _widths(spec["top_hidden"])
+    if size + _weight_bytes(embedding * (1 + len(passive)), top_hidden, 1) > weight_bytes:
+        raise ValueError("weights")
     return PartyModel(party=party, features=features, embedding_size=embedding, bottom_hidden=bottom_hidden,
                       bottom=bottom, task=task, top_hidden=top_hidden, passive_parties=tuple(passive),
                       top=_mlp(embedding * (1 + len(passive)), top_hidden, 1))
@@ -267,13 +279,15 @@ def _widths(value: Any) -> tuple[int, ...]:
 
 
 def _mlp(inputs: int, hidden: Sequence[int], outputs: int) -> nn.Sequential:
+    """Linear/ReLU layers with uninitialised weights: built on the meta device, so the global torch
+    RNG is neither used nor advanced (:func:`_initialise` or loaded weights fill them)."""
     layers: list[nn.Module] = []
     width = inputs
     for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU()]
+        layers += [nn.Linear(width, size, device="meta"), nn.ReLU()]
         width = size
-    layers.append(nn.Linear(width, outputs))
-    return nn.Sequential(*layers)
+    layers.append(nn.Linear(width, outputs, device="meta"))
+    return nn.Sequential(*layers).to_empty(device="cpu")
 
 
 def _party_generator(seed: int, party: str, purpose: str) -> torch.Generator:
@@ -347,12 +361,13 @@ def _receive_matrix(channel: Channel, sender: str, kind: str, rows: int, width: 
     return torch.from_numpy(values)
 
 
-def _check_header(header: Any, expected: dict[str, int], *, sender: str) -> dict[str, int]:
+def _check_header(header: Any, expected: dict[str, int | None], *, sender: str) -> dict[str, int]:
+    """A JSON header with exactly ``expected``'s integer fields, equal to them where not None."""
     if not isinstance(header, dict) or set(header) != set(expected) or not all(
             type(value) is int for value in header.values()):
         raise FederatedLearningError(f"{sender} sent a split-NN header with other fields than {sorted(expected)}")
     differences = [f"{name} {header[name]} (here {want})" for name, want in expected.items()
-                   if want >= 0 and header[name] != want]
+                   if want is not None and header[name] != want]
     if differences:
         raise FederatedLearningError(f"{sender} runs the split NN with {', '.join(differences)}: the parties' data "
                                      "or configurations do not match")
@@ -448,7 +463,7 @@ def train_passive_party(channel: Channel, features: npt.ArrayLike, *, config: Sp
     header = _check_header(
         unpack_json(channel.receive(config.label_party, _TRAIN)),
         {"rows": rows, "epochs": config.epochs, "batch_size": config.batch_size,
-         "embedding_size": config.embedding_size, "shuffle_seed": -1},
+         "embedding_size": config.embedding_size, "shuffle_seed": None},
         sender=config.label_party)
     if not 0 <= header["shuffle_seed"] < 1 << 63:
         raise FederatedLearningError(f"{config.label_party} sent a shuffle seed out of range")
