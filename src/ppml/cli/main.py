@@ -535,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ppml.cli.serve_model import add_commands as add_serve_model_commands
 
     add_serve_model_commands(commands)
+    from ppml.cli.fl import add_commands as add_fl_commands
+
+    add_fl_commands(commands)
 
     example = commands.add_parser("example", help="run an example job",
                                   description="Run an example job in this process (Spark local mode unless "
