@@ -23,7 +23,8 @@ Foreign exceptions (OS, HTTP, SQL, Spark) are mapped only at adapter boundaries,
     ├── WeakLegacyKey                 exit 5   a BigDL legacy key that gives no real protection
     ├── FederatedLearningError        exit 9   a federated-learning computation cannot go on
     │   ├── PlaintextOverflow                  a value outside the HE encoding's range (encode or decode)
-    │   └── HeKeyMismatch                      HE operands under different public keys, or no secret key
+    │   ├── HeKeyMismatch                      HE operands under different public keys, or no secret key
+    │   └── MalformedModel                     bytes meant as a federated model share do not parse
     ├── AttestationFailed             exit 8   evidence, policy or token rejected (says why)
     │   ├── QuoteFormatError                   malformed, truncated or oversized evidence
     │   ├── PolicyNotFound                     no such policy (or another app's)
@@ -72,6 +73,7 @@ __all__ = [
     "KmsRequestRejected",
     "KmsUnavailable",
     "MalformedHeData",
+    "MalformedModel",
     "NonceRejected",
     "NotAFile",
     "NotAnEncryptedModel",
@@ -236,6 +238,15 @@ class HeKeyMismatch(FederatedLearningError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class MalformedModel(FederatedLearningError):
+    """Bytes meant as a federated model share (a vertical-LR party's weights) do not parse: wrong
+    format name or version, a missing field, a non-finite weight."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"not a federated model: {reason}")
 
 
 class WeakLegacyKey(PpmlError):
