@@ -93,7 +93,7 @@ def split(x: Array, y: Array, columns: dict[str, slice], *, train_rows: int, see
 def breast_cancer() -> Split:
     data = load_breast_cancer()
     # Guest: mean radius, texture, perimeter and the label; host: seven more "mean" columns.
-    return split(data.data, data.target, {GUEST: slice(0, 3), "host": slice(3, 10)}, train_rows=400, seed=7)
+    return split(data.data, data.target, {GUEST: slice(0, 3), "host": slice(3, 10)}, train_rows=300, seed=7)
 
 
 def synthetic_logistic() -> Split:
@@ -164,6 +164,7 @@ class Central:
     weights: dict[str, Array]
     intercept: float
     gradients: dict[str, list[Array]]
+    losses: list[float]
 
 
 def central_taylor(config: VflConfig, data: Split) -> Central:
@@ -173,10 +174,16 @@ def central_taylor(config: VflConfig, data: Split) -> Central:
     intercept = 0.0
     gradients: dict[str, list[Array]] = {party: [] for party in parts}
     rows = len(data.y_train)
+    losses = []
     for epoch in range(config.epochs):
+        total = 0.0
         for batch in batch_order(config.seed, rows, config.batch_size, epoch):
             z = sum(parts[p][batch] @ weights[p] for p in parts) + intercept
             y = data.y_train[batch]
+            if config.task == "logistic":
+                total += float(np.sum(np.log(2) - 0.5 * (2 * y - 1) * z + 0.125 * z ** 2))
+            else:
+                total += float(np.sum(0.5 * (z - y) ** 2))
             d = 0.25 * z + 0.5 - y if config.task == "logistic" else z - y
             for party, x in parts.items():
                 gradient = x[batch].T @ d / len(batch)
@@ -187,7 +194,8 @@ def central_taylor(config: VflConfig, data: Split) -> Central:
                 weights[party] = weights[party] - config.learning_rate * step
                 if party == GUEST:
                     intercept -= config.learning_rate * float(gradient[-1])
-    return Central(weights, intercept, gradients)
+        losses.append(total / rows)
+    return Central(weights, intercept, gradients, losses)
 
 
 def central_scores(central: Central, data: Split) -> Array:
@@ -197,10 +205,10 @@ def central_scores(central: Central, data: Split) -> Array:
     return z
 
 
-LOGISTIC_1 = VflConfig(epochs=3, batch_size=64, learning_rate=0.3, l2=0.001, task="logistic", seed=42,
+LOGISTIC_1 = VflConfig(epochs=2, batch_size=64, learning_rate=0.3, l2=0.001, task="logistic", seed=42,
                        arbiter=ARBITER, guest=GUEST, hosts=("host",))
-LOGISTIC_2 = dataclasses.replace(LOGISTIC_1, hosts=("host_a", "host_b"), seed=43)
-LINEAR = VflConfig(epochs=3, batch_size=50, learning_rate=0.2, task="linear", seed=44, arbiter=ARBITER,
+LOGISTIC_2 = dataclasses.replace(LOGISTIC_1, epochs=3, hosts=("host_a", "host_b"), seed=43)
+LINEAR = VflConfig(epochs=3, batch_size=50, learning_rate=0.4, task="linear", seed=44, arbiter=ARBITER,
                    guest=GUEST, hosts=("host",))
 
 
@@ -238,6 +246,8 @@ def test_logistic_auc_matches_centralized(fixture: str, request: pytest.FixtureR
     sklearn_auc = roc_auc_score(data.y_test, sklearn.predict_proba(data.all_columns(1))[:, 1])
     print(f"{fixture}: AUC federated {federated_auc:.4f}, central Taylor {taylor_auc:.4f}, "
           f"sklearn {sklearn_auc:.4f}; epoch seconds {[round(s, 2) for s in run.guest.history.epoch_seconds]}")
+    # The loss decrypted by the arbiter (cross terms between hosts included) is the plain Taylor loss.
+    np.testing.assert_allclose(run.arbiter.losses, central.losses, atol=1e-6)
     assert abs(federated_auc - taylor_auc) < 1e-3
     assert abs(federated_auc - sklearn_auc) < 0.01
     assert federated_auc > 0.8
@@ -252,10 +262,11 @@ def test_linear_rmse_matches_least_squares(linear_run: Run) -> None:
     test_design = np.hstack([data.all_columns(1), np.ones((len(data.y_test), 1))])
     least_squares_rmse = float(np.sqrt(np.mean((test_design @ solution - data.y_test) ** 2)))
     print(f"linear: RMSE federated {rmse:.4f}, least squares {least_squares_rmse:.4f}")
-    # Stated tolerance: within 10 % of the closed-form optimum after three epochs of SGD.
-    assert rmse <= 1.10 * least_squares_rmse
+    # Stated tolerance: within 5 % of the closed-form optimum after three epochs of SGD.
+    assert rmse <= 1.05 * least_squares_rmse
     central = central_taylor(LINEAR, data)
     np.testing.assert_allclose(values, central_scores(central, data), atol=1e-6)
+    np.testing.assert_allclose(linear_run.arbiter.losses, central.losses, atol=1e-6)
 
 
 def test_history_has_losses_and_epoch_times(logistic_one_host: Run, linear_run: Run) -> None:
@@ -285,7 +296,10 @@ def test_models_round_trip_and_refuse_garbage(logistic_one_host: Run) -> None:
 
 def test_early_stop_stops_every_party() -> None:
     config = dataclasses.replace(LINEAR, epochs=4, early_stop_tolerance=1e9)
-    run = train(config, dataclasses.replace(synthetic_linear(), y_test=np.zeros(100)))
+    data = synthetic_linear()
+    data = dataclasses.replace(data, guest=(data.guest[0][:100], data.guest[1]), y_train=data.y_train[:100],
+                               hosts={"host": (data.hosts["host"][0][:100], data.hosts["host"][1])})
+    run = train(config, data)
     assert len(run.arbiter.losses) == 2 == len(run.guest.history.losses)
     assert len(run.hosts["host"].history.epoch_seconds) == 2
 

@@ -430,20 +430,24 @@ def guest_train(channel: Channel, *, config: VflConfig, features: npt.ArrayLike,
         for batch in batch_order(seed, rows, config.batch_size, epoch):
             m = len(batch)
             x_batch, y_batch = x[batch], y[batch]
+            u_guest = x_batch @ weights + intercept
+            plain_part = 0.25 * u_guest + 0.5 - y_batch if logistic else u_guest - y_batch
+            # Encrypted before the hosts' scores arrive (it needs none of them): the costly step overlaps.
+            # A fresh encryption, not add_plain: it re-randomises [[d]] (see the module docstring).
+            encrypted_part = backend.encrypt(plain_part.tolist())
             host_scores = [_receive_ciphertext(channel, backend, host, "vfl.u", m) for host in config.hosts]
             host_squares = [_receive_ciphertext(channel, backend, host, "vfl.u_sq", 1) for host in config.hosts]
-            u_guest = x_batch @ weights + intercept
-            host_sum = host_scores[0]
-            for index, host in enumerate(config.hosts[1:], start=1):
-                channel.send(host, "vfl.cross_in", backend.ciphertext_to_bytes(host_sum))
-                host_sum = backend.add(host_sum, host_scores[index])
-            plain_part = 0.25 * u_guest + 0.5 - y_batch if logistic else u_guest - y_batch
+            prefix_sums = [host_scores[0]]  # [[Σ_{j<k} u_j]] for k = 1, 2, ...; the last one is [[U]]
+            for scores in host_scores[1:]:
+                prefix_sums.append(backend.add(prefix_sums[-1], scores))
+            host_sum = prefix_sums[-1]
             scaled_hosts = backend.multiply_plain(host_sum, 0.25) if logistic else host_sum
-            # A fresh encryption, not add_plain: it re-randomises [[d]] (see the module docstring).
-            residual = backend.add(scaled_hosts, backend.encrypt(plain_part.tolist()))
+            residual = backend.add(scaled_hosts, encrypted_part)
             residual_bytes = backend.ciphertext_to_bytes(residual)
             for host in config.hosts:
                 channel.send(host, "vfl.residual", residual_bytes)
+            for host, earlier in zip(config.hosts[1:], prefix_sums, strict=False):
+                channel.send(host, "vfl.cross_in", backend.ciphertext_to_bytes(earlier))
 
             design = np.hstack([x_batch, np.ones((m, 1))]) / m
             gradient = _masked_step(channel, backend, config, backend.matmul_plain(residual, design),
