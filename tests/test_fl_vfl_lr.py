@@ -24,6 +24,7 @@ from ppml.errors import (
     MalformedModel,
     PpmlError,
     UnsafeWarning,
+    UsageError,
 )
 from ppml.fl.channel import Channel, LocalHub, RoundAborted, run_parties
 from ppml.fl.he import EncryptedVector, PaillierBackend, generate_paillier_keypair
@@ -478,3 +479,21 @@ def test_predict_refuses_a_request_for_other_rows(logistic_one_host: Run) -> Non
     }
     with pytest.raises(InvalidPeerMessage):
         run_parties(hub, table)
+
+
+@pytest.mark.parametrize("change", [{"task": "poisson"}, {"epochs": 0}, {"learning_rate": float("nan")},
+                                    {"l2": -1.0}, {"hosts": ()}, {"hosts": (GUEST,)}, {"mask_scale": 0.0},
+                                    {"seed": -1}])
+def test_config_is_validated_once(change: dict[str, Any]) -> None:
+    with pytest.raises(UsageError):
+        dataclasses.replace(LOGISTIC_1, **change)
+
+
+def test_a_role_refuses_a_channel_of_another_party() -> None:
+    hub = LocalHub([ARBITER, GUEST, "host"])
+    with pytest.raises(UsageError):
+        arbiter_train(hub.channel(GUEST), config=LOGISTIC_1, backend=arbiter_backend())
+    with pytest.raises(UsageError):
+        host_train(hub.channel(GUEST), config=LOGISTIC_1, features=np.ones((3, 1)), public_backend=public_backend)
+    with pytest.raises(UsageError):
+        arbiter_train(hub.channel(ARBITER), config=LOGISTIC_1, backend=public_backend(PUBLIC.to_bytes()))

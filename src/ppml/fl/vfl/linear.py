@@ -349,6 +349,11 @@ def _masked_step(channel: Channel, backend: HEBackend[Any], config: VflConfig, g
 # -- roles ----------------------------------------------------------------------------------------
 
 
+def _check_party(channel: Channel, expected: str, role: str) -> None:
+    if channel.party != expected:
+        raise UsageError(f"{channel.party!r} runs the {role} role, but the config names {expected!r}")
+
+
 def arbiter_train(channel: Channel, *, config: VflConfig, backend: HEBackend[Any]) -> TrainingHistory:
     """The arbiter's side of training: hand out the public key, decrypt masked gradients and the
     epoch loss, decide early stopping. ``backend`` holds the secret key.
@@ -357,6 +362,7 @@ def arbiter_train(channel: Channel, *, config: VflConfig, backend: HEBackend[Any
         UsageError: ``backend`` cannot decrypt.
         InvalidPeerMessage, MalformedHeData: a peer's message is malformed (the round aborts).
     """
+    _check_party(channel, config.arbiter, "arbiter")
     if not backend.can_decrypt:
         raise UsageError("the arbiter needs an HE backend with the secret key")
     public_key = backend.public_key_bytes()
@@ -405,6 +411,7 @@ def guest_train(channel: Channel, *, config: VflConfig, features: npt.ArrayLike,
         UsageError: bad features or labels.
         InvalidPeerMessage, MalformedHeData: a peer's message is malformed (the round aborts).
     """
+    _check_party(channel, config.guest, "guest")
     x = _features(features)
     rows, columns = x.shape
     y = np.asarray(labels, dtype=np.float64)
@@ -507,6 +514,8 @@ def host_train(channel: Channel, *, config: VflConfig, features: npt.ArrayLike, 
     position = config.hosts.index(channel.party)
     x = _features(features)
     rows, columns = x.shape
+    if columns < 1:
+        raise UsageError("a host needs at least one feature column")
     masks = _mask_rng(rng)
     backend = public_backend(channel.receive(config.arbiter, "vfl.public_key"))
     seed = _check_setup(_receive_json(channel, config.guest, "vfl.setup"), config._header(rows),
@@ -543,7 +552,8 @@ def host_train(channel: Channel, *, config: VflConfig, features: npt.ArrayLike, 
 
 def guest_predict(channel: Channel, *, config: VflConfig, model: GuestModel, features: npt.ArrayLike,
                   ) -> npt.NDArray[np.float64]:
-    """Score rows with every host (no arbiter, no HE): probabilities (logistic) or values (linear).
+    """Score rows with every host (no arbiter, no HE): probabilities (logistic, through the exact
+    sigmoid: the Taylor expansion serves training only) or values (linear).
 
     Each host sends its plaintext partial scores X_h w_h for these rows, as FATE does; see the
     module docstring for what that reveals.
@@ -551,6 +561,7 @@ def guest_predict(channel: Channel, *, config: VflConfig, model: GuestModel, fea
     Raises:
         InvalidPeerMessage: a host's scores are malformed or of the wrong length.
     """
+    _check_party(channel, config.guest, "guest")
     x = _features(features, columns=len(model.weights))
     rows = x.shape[0]
     for host in config.hosts:
