@@ -45,6 +45,11 @@ What each party learns (semi-honest parties, no collusion between the arbiter an
   gradients far smaller than ``mask_scale``) and the mean loss; never a label, a feature, a weight
   or an unmasked gradient. The labels never leave the guest, in any form but inside [[d]].
 
+Limits of that argument: it assumes semi-honest parties. The arbiter decrypts whatever a party submits
+as its masked gradient or loss, so a *malicious* host could submit [[d]] (or one element of it) instead
+of its gradient and learn labels; the arbiter bounds this only by fixing each party's gradient length
+after its first step and decrypting one loss value per epoch. FATE has the same exposure.
+
 Every message is checked as it arrives (JSON fields, array shapes, ciphertext parsing through the
 backend and vector lengths) and a bad one raises a ppml error that aborts the round at every party.
 
