@@ -24,7 +24,8 @@ Foreign exceptions (OS, HTTP, SQL, Spark) are mapped only at adapter boundaries,
     ├── FederatedLearningError        exit 9   a federated-learning computation cannot go on
     │   ├── PlaintextOverflow                  a value outside the HE encoding's range (encode or decode)
     │   ├── HeKeyMismatch                      HE operands under different public keys, or no secret key
-    │   └── RoundAborted                       a federated round stopped (disconnect, refusal, failure)
+    │   ├── RoundAborted                       a federated round stopped (disconnect, refusal, failure)
+    │   └── MalformedModel                     bytes meant as a federated model share do not parse
     ├── AttestationFailed             exit 8   evidence, policy or token rejected (says why)
     │   ├── QuoteFormatError                   malformed, truncated or oversized evidence
     │   ├── PolicyNotFound                     no such policy (or another app's)
@@ -75,6 +76,7 @@ __all__ = [
     "KmsRequestRejected",
     "KmsUnavailable",
     "MalformedHeData",
+    "MalformedModel",
     "NonceRejected",
     "NotAFile",
     "NotAnEncryptedModel",
@@ -249,6 +251,15 @@ class RoundAborted(FederatedLearningError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"federated round aborted: {reason}")
+
+
+class MalformedModel(FederatedLearningError):
+    """Bytes meant as a federated model share (a vertical-LR party's weights) do not parse: wrong
+    format name or version, a missing field, a non-finite weight."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"not a federated model: {reason}")
 
 
 class WeakLegacyKey(PpmlError):
