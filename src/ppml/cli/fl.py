@@ -12,7 +12,7 @@ from ppml.errors import UsageError
 
 __all__ = ["add_commands"]
 
-JOBS = ("psi", "align")
+JOBS = ("psi", "align", "vfl-lr", "vfl-nn")
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
@@ -39,6 +39,15 @@ def cmd_server(args: argparse.Namespace) -> int:
         raise UsageError("ppml fl server proves its TEE to every party: run it behind the TEE gate "
                          "(ppml tee run --policy ID … -- ppml fl server …)")
     local_roles: dict[str, Any] = {}
+    if args.job == "vfl-lr":
+        if not args.leader or not args.member:
+            raise UsageError("ppml fl server --job vfl-lr needs --leader (the label party) and --member for every other")
+        from ppml.fl.jobs import arbiter_backend
+        from ppml.fl.vfl import arbiter_train
+
+        config = _vfl_lr_config(args)
+        backend = arbiter_backend(args.he, key_bits=args.key_bits)
+        local_roles[config.arbiter] = lambda channel: arbiter_train(channel, config=config, backend=backend)
     spec = RoundSpec(round_id=args.round_id, job=args.job, parties=tuple(args.party),
                      local_parties=tuple(local_roles), max_message=args.max_message_mb << 20,
                      join_timeout=args.join_timeout, receive_timeout=args.receive_timeout)
@@ -108,7 +117,65 @@ def cmd_client(args: argparse.Namespace) -> int:
             _write(aligned, args, kms)
         print(f"aligned: {aligned.num_rows}", flush=True)
         return 0
-    raise UsageError(f"unknown job {args.job!r}")
+    from ppml.fl.jobs import run_vfl_lr, run_vfl_nn, vertical_data, write_outcome
+
+    if not args.leader or not args.member:
+        raise UsageError(f"ppml fl client {args.job} needs --leader (the label party) and --member for every other")
+    if not args.output or not args.output_key:
+        raise UsageError(f"ppml fl client {args.job} writes the model share: give --output DIR and --output-key")
+    label_column = args.label_column if _party_name(args) == args.leader else None
+    with _connect(args, args.job) as channel:
+        data = vertical_data(channel, table, id_column=args.id_column, label_column=label_column,
+                             leader=args.leader, members=args.member, test_fraction=args.test_fraction,
+                             workers=args.workers)
+        if args.job == "vfl-lr":
+            outcome = run_vfl_lr(channel, data, config=_vfl_lr_config(args), he=args.he)
+        else:
+            outcome = run_vfl_nn(channel, data, config=_split_nn_config(args))
+    write_outcome(outcome, args.output, kms=kms, key_id=args.output_key, overwrite=args.force)
+    print(f"aligned: {len(data.train_ids) + len(data.test_ids)} rows ({len(data.test_ids)} held out)", flush=True)
+    if outcome.predictions is not None:
+        print(f"held-out predictions: {outcome.predictions.num_rows} rows, written encrypted to {args.output}",
+              flush=True)
+    return 0
+
+
+def _party_name(args: argparse.Namespace) -> str:
+    from ppml.fl.service import PartyIdentity
+
+    return PartyIdentity.from_files(certificate=Path(args.cert), private_key=Path(args.key), ca=Path(args.ca)).name
+
+
+def _vfl_lr_config(args: argparse.Namespace) -> Any:
+    from ppml.fl.vfl import VflConfig
+
+    return VflConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, l2=args.l2,
+                     task="linear" if args.task == "regression" else "logistic", seed=args.seed,
+                     arbiter=args.arbiter_name, guest=args.leader, hosts=tuple(args.member),
+                     mask_scale=2.0 ** 20 if args.he == "paillier" else 2.0 ** 8)
+
+
+def _split_nn_config(args: argparse.Namespace) -> Any:
+    from ppml.fl.splitnn import SplitNNConfig
+
+    return SplitNNConfig(label_party=args.leader, passive_parties=tuple(args.member), epochs=args.epochs,
+                         batch_size=args.batch_size, learning_rate=args.learning_rate,
+                         task="regression" if args.task == "regression" else "binary", seed=args.seed or 0)
+
+
+def _vfl_options(p: argparse.ArgumentParser, *, server: bool) -> None:
+    group = p.add_argument_group("vertical FL (vfl-lr, vfl-nn): every party and the coordinator give the same values")
+    if server:
+        group.add_argument("--leader", metavar="NAME", help="the label party (guest)")
+        group.add_argument("--member", action="append", metavar="NAME", help="every other party (repeat)")
+    group.add_argument("--task", choices=["classification", "regression"], default="classification")
+    group.add_argument("--epochs", type=integer(1), default=5)
+    group.add_argument("--batch-size", type=integer(1), default=64)
+    group.add_argument("--learning-rate", type=float, default=0.15)
+    group.add_argument("--l2", type=float, default=0.0)
+    group.add_argument("--seed", type=int, default=None, help="minibatch order (default: the guest draws one)")
+    group.add_argument("--he", choices=["paillier", "ckks"], default="paillier", help="vfl-lr: the HE scheme")
+    group.add_argument("--key-bits", type=integer(2048), default=2048, help="vfl-lr, Paillier: modulus bits")
 
 
 def _service_options(p: argparse.ArgumentParser) -> None:
@@ -142,6 +209,7 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--arbiter-name", default="coordinator", metavar="NAME",
                    help="vfl-lr: the name of the coordinator's own arbiter role (holds the HE key)")
     _service_options(p)
+    _vfl_options(p, server=True)
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("client", help="run this party's side of a job against the coordinator",
@@ -166,6 +234,10 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--peer", metavar="NAME", help="psi: the other party")
     p.add_argument("--cardinality-only", action="store_true", help="psi: learn only the size")
     p.add_argument("--leader", metavar="NAME", help="align / vfl: the label party")
-    p.add_argument("--member", action="append", metavar="NAME", help="align: every other party (repeat)")
+    p.add_argument("--member", action="append", metavar="NAME", help="align / vfl: every other party (repeat)")
+    p.add_argument("--label-column", default="label", metavar="NAME", help="vfl: the label party's label column")
+    p.add_argument("--test-fraction", type=float, default=0.25, help="vfl: the last share of aligned rows held out")
+    p.add_argument("--arbiter-name", default="coordinator", metavar="NAME", help="vfl-lr: the coordinator's role")
     _service_options(p)
+    _vfl_options(p, server=False)
     p.set_defaults(func=cmd_client)
