@@ -41,7 +41,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     local_roles: dict[str, Any] = {}
     if args.job == "vfl-lr":
         if not args.leader or not args.member:
-            raise UsageError("ppml fl server --job vfl-lr needs --leader (the label party) and --member for every other")
+            raise UsageError("ppml fl server --job vfl-lr needs --leader (the label party) and every --member")
         from ppml.fl.jobs import arbiter_backend
         from ppml.fl.vfl import arbiter_train
 
