@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ppml.cli._args import integer
 from ppml.errors import UsageError
 
@@ -135,8 +137,16 @@ def cmd_client(args: argparse.Namespace) -> int:
     write_outcome(outcome, args.output, kms=kms, key_id=args.output_key, overwrite=args.force)
     print(f"aligned: {len(data.train_ids) + len(data.test_ids)} rows ({len(data.test_ids)} held out)", flush=True)
     if outcome.predictions is not None:
+        from ppml.datagen import ranking_auc
+
+        labels = outcome.predictions.column("label").to_numpy()
+        scores = outcome.predictions.column("score").to_numpy()
         print(f"held-out predictions: {outcome.predictions.num_rows} rows, written encrypted to {args.output}",
               flush=True)
+        if args.task == "classification":
+            print(f"AUC: {ranking_auc(labels, scores):.4f}", flush=True)
+        else:
+            print(f"RMSE: {float(np.sqrt(np.mean((scores - labels) ** 2))):.4f}", flush=True)
     return 0
 
 
