@@ -64,8 +64,9 @@ class Federation:
 
     def coordinator(self, parties: tuple[str, ...] = ("a", "b"), *, attested: bool = True,
                     local: dict[str, Callable[[Channel], Any]] | None = None,
-                    recorded: list[Message] | None = None, **spec: Any) -> tuple[Coordinator, str]:
-        round_spec = RoundSpec(round_id="r1", job="test", parties=parties, local_parties=tuple(local or {}), **spec)
+                    recorded: list[Message] | None = None, job: str = "test",
+                    **spec: Any) -> tuple[Coordinator, str]:
+        round_spec = RoundSpec(round_id="r1", job=job, parties=parties, local_parties=tuple(local or {}), **spec)
         coordinator = Coordinator(round_spec, attestation=CoordinatorAttestation(self.session) if attested else None,
                                   local_roles=local, recorder=recorded.append if recorded is not None else None)
         port = coordinator.start(host="127.0.0.1", port=0, client_ca_pem=(self.certs / "ca.pem").read_bytes())
@@ -270,3 +271,35 @@ def test_checked_in_stubs_match_the_proto(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     for name in ("fl_pb2.py", "fl_pb2.pyi", "fl_pb2_grpc.py"):
         assert (tmp_path / "ppml" / "fl" / "service" / name).read_text() == (SERVICE_DIR / name).read_text(), name
+
+
+def test_a_party_process_whose_peer_vanishes_fails_cleanly_and_writes_nothing(federation: Federation,
+                                                                                tmp_path: Path) -> None:
+    """``ppml fl client align`` as its own process (party a) while party b crashes mid-protocol: a
+    exits with the round's reason and its output directory never appears."""
+    from ppml.cli.deployment import ppml_command
+
+    deployment = federation.deployment
+    key = deployment.create_key("fl test", gated=False)
+    plain, encrypted = tmp_path / "a.csv", tmp_path / "a.csv.ppml"
+    plain.write_text("id,x\n" + "".join(f"id-{i:05d},{i}\n" for i in range(300)))
+    ppml_command("encrypt", str(plain), str(encrypted), "--key", key, "--kms", deployment.kms_uri, env=deployment.env)
+    coordinator, address = federation.coordinator(job="align")
+    output = tmp_path / "aligned"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ppml.cli.main", "fl", "client", "align", "--coordinator", address, "--round-id", "r1",
+         "--coordinator-policy", deployment.policy_id, "--cert", str(federation.certs / "a.pem"),
+         "--key", str(federation.certs / "a.key"), "--ca", str(federation.certs / "ca.pem"),
+         "--kms", deployment.kms_uri, "--input", str(encrypted), "--leader", "a", "--member", "b",
+         "--output", str(output), "--output-key", key, "--workers", "1"],
+        env=deployment.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    channel = connect(address, identity=federation.identity("b"), verifier=federation.verifier(), round_id="r1",
+                      job="align")
+    channel.receive("a", "psi-hello")
+    channel._grpc_channel.close()  # b's process dies mid-protocol
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 9, stdout + stderr
+    assert "round aborted" in stderr and "b" in stderr
+    assert not output.exists() and not list(tmp_path.glob("aligned*"))
+    with pytest.raises(RoundAborted):
+        coordinator.run()
