@@ -180,7 +180,7 @@ def run_fl_example(name: str, *, workdir: Path, rows: int = 10_000, seed: int = 
     def generate() -> str:
         nonlocal split, overlap
         if example.job == "psi":
-            files, overlap = psi_data(data_dir, rows, seed)
+            _, overlap = psi_data(data_dir, rows, seed)
             return f"{rows:,} ids per party, {overlap:,} shared (known)"
         split = vertical_data(data_dir, seed)
         return (f"breast-cancer set split by columns: guest 10 features + label, host 20; "
