@@ -44,6 +44,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/dl.py
 	$(PY) bench/he.py
 	$(PY) bench/psi.py
+	$(PY) bench/fl.py
 	$(PY) bench/tpch.py --scale-factor 1
 
 clean:
