@@ -45,6 +45,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/he.py
 	$(PY) bench/psi.py
 	$(PY) bench/fl.py
+	$(PY) bench/vfl.py
 	$(PY) bench/tpch.py --scale-factor 1
 
 clean:
