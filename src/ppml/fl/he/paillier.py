@@ -255,6 +255,15 @@ class ObfuscatorPool:
         thread.start()
         return thread
 
+    def add(self, obfuscators: Sequence[int]) -> None:
+        """Put obfuscators computed elsewhere (worker processes, as FGBoost does) into the pool.
+        The caller vouches that each is a fresh r^n mod n² of this key, used nowhere else."""
+        nsquare = self.public_key.nsquare
+        for value in obfuscators:
+            if not 0 < value < nsquare:
+                raise UsageError("an obfuscator lies outside [1, n²)")
+            self._ready.append(gmpy2.mpz(value))
+
     def take(self) -> Any:
         """One unused obfuscator (computed on the spot if none is ready)."""
         try:
