@@ -4,6 +4,7 @@ refusal of malformed peer messages, and model round trips."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -51,7 +52,7 @@ def _split(columns: int, parties: int) -> list[slice]:
     """The label party ~1/3 of the columns, the passive parties the rest in equal shares."""
     first = columns // 3
     edges = np.linspace(first, columns, parties + 1).astype(int).tolist()
-    return [slice(0, first)] + [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return [slice(0, first)] + [slice(a, b) for a, b in itertools.pairwise(edges)]
 
 
 @dataclasses.dataclass
