@@ -32,6 +32,7 @@ import numpy as np
 
 from ppml.fl.channel import Channel, LocalHub, run_parties
 from ppml.fl.fgboost import FgboostConfig, PaillierStats, label_predict, label_train, passive_predict, passive_train
+from ppml.fl.fgboost.packing import obfuscator_chunk
 from ppml.fl.he.paillier import generate_paillier_keypair
 
 TARGET = 0.5
@@ -47,7 +48,8 @@ def single_op_costs(keypair: Any, samples: int) -> dict[str, float]:
     public_key, private_key = keypair
     costs: dict[str, float] = {}
     started = time.perf_counter()
-    obfuscators = [public_key.random_obfuscator() for _ in range(samples)]
+    # The label party holds the key's factors and computes its obfuscators through the CRT.
+    obfuscators = obfuscator_chunk(int(public_key.n), samples, int(private_key._p), int(private_key._q))
     costs["obfuscators"] = (time.perf_counter() - started) / samples
     plaintexts = [int(v) for v in np.random.default_rng(0).integers(0, 1 << 62, samples)]
     started = time.perf_counter()
@@ -123,9 +125,11 @@ def main() -> None:
     print(f"  per-tree wall times: {', '.join(f'{s:.2f}' for s in tree_seconds)} s")
     actual, ideal = actual_total / args.trees, ideal_total / args.trees
     efficiency = ideal / actual
+    cores = min(args.workers, os.cpu_count() or 1)
     verdict = "PASS" if efficiency >= TARGET else "FAIL"
     print(f"per tree: actual {actual:.2f} s (training wall time {actual_total:.2f} s / {args.trees}), "
-          f"ideal {ideal:.2f} s -> efficiency {efficiency:.2f} (target >= {TARGET}) {verdict}")
+          f"ideal {ideal:.2f} s -> efficiency {efficiency:.2f} (target >= {TARGET}) {verdict}; "
+          f"per core ({cores} in use): {efficiency / cores:.2f}")
 
     roles = {
         "guest": lambda ch: label_predict(ch, config=config, model=results["guest"].model,

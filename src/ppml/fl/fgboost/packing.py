@@ -109,14 +109,28 @@ class GhPacking:
 # -- process-pool workers (ints in, ints out) -----------------------------------------------------
 
 
-def obfuscator_chunk(n: int, count: int) -> list[int]:
-    """``count`` fresh r^n mod n² (r uniform in Z_n^*)."""
+def obfuscator_chunk(n: int, count: int, p: int | None = None, q: int | None = None) -> list[int]:
+    """``count`` fresh r^n mod n² (r uniform in Z_n^*). With the factors p, q (the key holder
+    computing its own obfuscators) each power is taken modulo p² and q² with the exponent reduced
+    modulo p(p − 1) and q(q − 1), the orders of those groups, and recombined by the CRT: the same
+    value, about twice as fast (half-size moduli; the exponents stay full length)."""
     modulus, nsquare = gmpy2.mpz(n), gmpy2.mpz(n) * n
+    crt: tuple[Any, ...] | None = None
+    if p is not None and q is not None:
+        psquare, qsquare = gmpy2.mpz(p) ** 2, gmpy2.mpz(q) ** 2
+        crt = (psquare, qsquare, modulus % (psquare - p), modulus % (qsquare - q), gmpy2.invert(psquare, qsquare))
     out: list[int] = []
     while len(out) < count:
         r = secrets.randbelow(n)
-        if r > 0 and gmpy2.gcd(r, modulus) == 1:
+        if r <= 0 or gmpy2.gcd(r, modulus) != 1:
+            continue
+        if crt is None:
             out.append(int(gmpy2.powmod(r, modulus, nsquare)))
+        else:
+            psquare, qsquare, exponent_p, exponent_q, p_inverse = crt
+            mod_p = gmpy2.powmod(r, exponent_p, psquare)
+            mod_q = gmpy2.powmod(r, exponent_q, qsquare)
+            out.append(int(mod_p + psquare * ((mod_q - mod_p) * p_inverse % qsquare)))
     return out
 
 

@@ -238,14 +238,16 @@ class _LabelSession:
         self.passive_features: dict[str, int] = {}
         self._pending: list[Future[list[int]]] = []
 
-    # Obfuscators for the next tree are computed while the passive parties build histograms.
+    # Obfuscators for the next tree are computed while the passive parties build histograms; the
+    # label party holds the key's factors, so it takes the CRT shortcut (packing.obfuscator_chunk).
     def prefetch(self, count: int) -> None:
         n = int(self.public_key.n)
+        p, q = int(self.private_key._p), int(self.private_key._q)
         if self.executor is None:
-            self.pool.fill(count)
+            self.pool.add(obfuscator_chunk(n, count, p, q))
         else:
             parts = _chunks(count, 4 * self.config.workers)
-            self._pending = [self.executor.submit(obfuscator_chunk, n, end - start) for start, end in parts]
+            self._pending = [self.executor.submit(obfuscator_chunk, n, end - start, p, q) for start, end in parts]
         self.stats.obfuscators += count
 
     def collect(self) -> None:
