@@ -25,8 +25,10 @@ from ppml.fl.fgboost import (
     PassiveModel,
     label_predict,
     label_train,
+    open_model,
     passive_predict,
     passive_train,
+    seal_model,
 )
 from ppml.fl.he.paillier import PaillierBackend, PaillierPublicKey, generate_paillier_keypair
 from ppml.fl.wire import pack_json, unpack_array, unpack_json
@@ -280,3 +282,11 @@ def test_models_round_trip_and_predict_identically(binary: Run) -> None:
         LabelModel.from_bytes(pack_json({"format": "ppml.fgboost/1/label"}))
     with pytest.raises(MalformedModel):
         PassiveModel.from_bytes(label_model.to_bytes())
+
+
+def test_models_seal_under_the_envelope(binary: Run, key_store: Any, key_id: str) -> None:
+    label_model, passive_model = binary.results["guest"].model, binary.results["host"].model
+    for model in (label_model, passive_model):
+        sealed = seal_model(model, kms=key_store, key_id=key_id)
+        assert model.to_bytes() not in sealed
+        assert open_model(sealed, kms=key_store) == model

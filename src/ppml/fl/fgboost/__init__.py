@@ -53,7 +53,7 @@ one raises a ppml error that aborts the round at every party.
 
 from __future__ import annotations
 
-from ppml.fl.fgboost.model import FORMAT, LabelModel, PassiveModel, TreeNode, bin_features
+from ppml.fl.fgboost.model import FORMAT, LabelModel, PassiveModel, TreeNode, bin_features, open_model, seal_model
 from ppml.fl.fgboost.packing import FRACTION_BITS, GhPacking
 from ppml.fl.fgboost.protocol import (
     FgboostConfig,
@@ -80,6 +80,8 @@ __all__ = [
     "bin_features",
     "label_predict",
     "label_train",
+    "open_model",
     "passive_predict",
     "passive_train",
+    "seal_model",
 ]

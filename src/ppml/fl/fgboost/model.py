@@ -10,10 +10,13 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from ppml.errors import InvalidPeerMessage, MalformedModel, UsageError
+from ppml.core.envelope import decrypt_bytes, encrypt_bytes
+from ppml.core.keys import DataKeyProvider
+from ppml.errors import InvalidCiphertext, InvalidPeerMessage, MalformedModel, UsageError
 from ppml.fl.wire import pack_json, unpack_json
 
-__all__ = ["FORMAT", "LabelModel", "PassiveModel", "Task", "TreeNode", "bin_features", "check_features"]
+__all__ = ["FORMAT", "LabelModel", "PassiveModel", "Task", "TreeNode", "bin_features", "check_features", "open_model",
+           "seal_model"]
 
 FORMAT: Final = "ppml.fgboost/1"
 MAX_ROWS: Final = 1 << 24
@@ -235,3 +238,26 @@ class PassiveModel:
                 raise MalformedModel("a split is not [column, threshold]")
             splits.append((_index(entry[0], "a split's column", features), _number(entry[1], "a threshold")))
         return cls(features=features, splits=splits)
+
+
+def seal_model(model: LabelModel | PassiveModel, *, kms: DataKeyProvider, key_id: str) -> bytes:
+    """A model share as a ppml envelope (a fresh data key wrapped by ``key_id``), its format name
+    (label or passive) bound as associated data so one kind of share cannot pass for the other."""
+    role = "label" if isinstance(model, LabelModel) else "passive"
+    return encrypt_bytes(model.to_bytes(), kms=kms, key_id=key_id, associated_data=f"{FORMAT}/{role}".encode())
+
+
+def open_model(envelope: bytes, *, kms: DataKeyProvider) -> LabelModel | PassiveModel:
+    """Decrypt and parse :func:`seal_model`'s bytes.
+
+    Raises:
+        InvalidCiphertext: the envelope does not decrypt or its associated data was changed.
+        MalformedModel: the plaintext is not a model share of this format.
+    """
+    for role, kind in (("label", LabelModel), ("passive", PassiveModel)):
+        try:
+            plaintext = decrypt_bytes(envelope, kms=kms, associated_data=f"{FORMAT}/{role}".encode())
+        except InvalidCiphertext:
+            continue
+        return kind.from_bytes(plaintext)
+    raise InvalidCiphertext()
