@@ -72,14 +72,9 @@ def test_ml_pipeline_example(tmp_path: Path) -> None:
     assert metric(output, "AUC") >= oracle(tmp_path, "classification").oracle - 0.01
 
 
-@pytest.mark.slow
-@pytest.mark.spark
-def test_ml_pipeline_example_regression(tmp_path: Path) -> None:
-    output = run_example("ml-pipeline", tmp_path / "ex", "--task", "regression")
-    check_common(output, tmp_path / "ex")
-    assert "trained GBTRegressionModel pipeline" in output
-    truth = oracle(tmp_path, "regression")
-    assert metric(output, "RMSE") <= math.sqrt(truth.oracle ** 2 + 0.05 * truth.signal_std ** 2)
+# The ml-pipeline example's --task regression end to end (GBTRegressor) took ~110 s of make test's
+# budget; what it checked runs elsewhere: a GBTRegressor pipeline on format("ppml") under the same
+# RMSE bound (tests/test_ml_spark.py) and the examples' regression wiring with LightGBM below.
 
 
 @pytest.mark.slow
