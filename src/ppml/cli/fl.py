@@ -14,7 +14,7 @@ from ppml.errors import UsageError
 
 __all__ = ["add_commands"]
 
-JOBS = ("psi", "align", "vfl-lr", "vfl-nn")
+JOBS = ("psi", "align", "vfl-lr", "vfl-nn", "fgboost")
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
@@ -119,7 +119,7 @@ def cmd_client(args: argparse.Namespace) -> int:
             _write(aligned, args, kms)
         print(f"aligned: {aligned.num_rows}", flush=True)
         return 0
-    from ppml.fl.jobs import run_vfl_lr, run_vfl_nn, vertical_data, write_outcome
+    from ppml.fl.jobs import run_fgboost, run_vfl_lr, run_vfl_nn, vertical_data, write_outcome
 
     if not args.leader or not args.member:
         raise UsageError(f"ppml fl client {args.job} needs --leader (the label party) and --member for every other")
@@ -132,6 +132,8 @@ def cmd_client(args: argparse.Namespace) -> int:
                              workers=args.workers)
         if args.job == "vfl-lr":
             outcome = run_vfl_lr(channel, data, config=_vfl_lr_config(args), he=args.he)
+        elif args.job == "fgboost":
+            outcome = run_fgboost(channel, data, config=_fgboost_config(args))
         else:
             outcome = run_vfl_nn(channel, data, config=_split_nn_config(args))
     write_outcome(outcome, args.output, kms=kms, key_id=args.output_key, overwrite=args.force)
@@ -165,6 +167,15 @@ def _vfl_lr_config(args: argparse.Namespace) -> Any:
                      mask_scale=2.0 ** 20 if args.he == "paillier" else 2.0 ** 8)
 
 
+def _fgboost_config(args: argparse.Namespace) -> Any:
+    from ppml.fl.fgboost import FgboostConfig
+
+    return FgboostConfig(trees=args.trees, max_depth=args.max_depth, learning_rate=args.learning_rate,
+                         n_bins=args.bins, task="regression" if args.task == "regression" else "binary",
+                         label_party=args.leader, passive_parties=tuple(args.member), key_bits=args.key_bits,
+                         workers=args.workers)
+
+
 def _split_nn_config(args: argparse.Namespace) -> Any:
     from ppml.fl.splitnn import SplitNNConfig
 
@@ -174,7 +185,7 @@ def _split_nn_config(args: argparse.Namespace) -> Any:
 
 
 def _vfl_options(p: argparse.ArgumentParser, *, server: bool) -> None:
-    group = p.add_argument_group("vertical FL (vfl-lr, vfl-nn): every party and the coordinator give the same values")
+    group = p.add_argument_group("vertical FL (vfl-lr, vfl-nn, fgboost): every party and the coordinator give the same values")
     if server:
         group.add_argument("--leader", metavar="NAME", help="the label party (guest)")
         group.add_argument("--member", action="append", metavar="NAME", help="every other party (repeat)")
@@ -185,7 +196,10 @@ def _vfl_options(p: argparse.ArgumentParser, *, server: bool) -> None:
     group.add_argument("--l2", type=float, default=0.0)
     group.add_argument("--seed", type=int, default=None, help="minibatch order (default: the guest draws one)")
     group.add_argument("--he", choices=["paillier", "ckks"], default="paillier", help="vfl-lr: the HE scheme")
-    group.add_argument("--key-bits", type=integer(2048), default=2048, help="vfl-lr, Paillier: modulus bits")
+    group.add_argument("--key-bits", type=integer(2048), default=2048, help="vfl-lr, fgboost: Paillier modulus bits")
+    group.add_argument("--trees", type=integer(1), default=5, help="fgboost: boosting rounds")
+    group.add_argument("--max-depth", type=integer(1), default=3, help="fgboost: tree depth")
+    group.add_argument("--bins", type=integer(2), default=16, help="fgboost: quantile bins per feature")
 
 
 def _service_options(p: argparse.ArgumentParser) -> None:

@@ -587,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("fl-psi", "two parties find their shared ids by ECDH-PSI through the attested FL coordinator"),
         ("fl-vfl-lr", "vertical logistic regression with Paillier-protected gradients (coordinator + 2 parties)"),
         ("fl-vfl-nn", "a split neural network across two parties (coordinator + 2 parties)"),
+        ("fl-fgboost", "FGBoost: vertical gradient-boosted trees with Paillier-encrypted gradients (2 parties)"),
     ):
         p = example_commands.add_parser(
             name, help=summary,

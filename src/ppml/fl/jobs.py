@@ -33,6 +33,7 @@ __all__ = [
     "public_backend_factory",
     "read_party_table",
     "run_alignment",
+    "run_fgboost",
     "run_psi",
     "run_vfl_lr",
     "run_vfl_nn",
@@ -229,3 +230,19 @@ def write_outcome(outcome: VerticalOutcome, path: Path | str, *, kms: DataKeyPro
             encrypt_stream(io.BytesIO(sink.getvalue().to_pybytes()), lambda: AtomicOutput(part, overwrite=False),
                            kms=kms, key_id=key_id)
     return path
+
+
+def run_fgboost(channel: Channel, data: VerticalData, *, config: Any) -> VerticalOutcome:
+    """Train FGBoost (``ppml.fl.fgboost``: SecureBoost with Paillier) and score the held-out rows."""
+    from ppml.fl.fgboost import label_predict, label_train, passive_predict, passive_train
+
+    if channel.party == config.label_party:
+        if data.train_labels is None:
+            raise UsageError("the label party needs --label-column")
+        trained = label_train(channel, config=config, features=data.train_features, labels=data.train_labels)
+        scores = label_predict(channel, config=config, model=trained.model, features=data.test_features)
+        return VerticalOutcome(model=trained.model.to_bytes(), predictions=_predictions(data, scores),
+                               epoch_seconds=tuple(trained.stats.tree_seconds))
+    passive = passive_train(channel, config=config, features=data.train_features)
+    passive_predict(channel, config=config, model=passive.model, features=data.test_features)
+    return VerticalOutcome(model=passive.model.to_bytes(), predictions=None)
