@@ -185,7 +185,8 @@ def _split_nn_config(args: argparse.Namespace) -> Any:
 
 
 def _vfl_options(p: argparse.ArgumentParser, *, server: bool) -> None:
-    group = p.add_argument_group("vertical FL (vfl-lr, vfl-nn, fgboost): every party and the coordinator give the same values")
+    group = p.add_argument_group("vertical FL (vfl-lr, vfl-nn, fgboost)",
+                                 "every party and the coordinator give the same values")
     if server:
         group.add_argument("--leader", metavar="NAME", help="the label party (guest)")
         group.add_argument("--member", action="append", metavar="NAME", help="every other party (repeat)")
