@@ -1,52 +1,66 @@
-"""Private set intersection: semi-honest ECDH-PSI over the prime-order subgroup of edwards25519.
+"""Private set intersection: semi-honest DH-PSI with X25519 on hashed ids (format version 2).
 
-Construction (two parties A and B, each holding a set of ids; all group operations in libsodium)::
+Construction (two parties A and B, each holding a set of ids; X25519 as RFC 7748, in libsodium)::
 
-    H(x)  = from_uniform(d[:32]) + from_uniform(d[32:]),  d = SHA-512("ppml-psi-v1\\0" || x)
+    H(x)  = BLAKE2b-256("ppml-psi-v2\\0" || x) with bit 255 cleared, reduced mod p = 2^255 - 19
 
-Two Elligator2 maps with cofactor clearing, added, as in RFC 9380's random-oracle ``hash_to_curve``
-(same shape, not byte-compatible with its suite): ``H`` lands in the prime-order subgroup of order
-``L`` and is modelled as a random oracle. Each party draws a secret scalar (``a`` and ``b``, uniform
-mod ``L``) and an ephemeral session scalar, then::
+``H(x)`` is a u-coordinate: a point of curve25519 or of its quadratic twist, each about half the
+time. No rejection sampling is needed, because X25519 is defined for every u (RFC 7748 section 5:
+the top bit is masked and non-canonical values are reduced mod p, so the protocol feeds the digest
+to X25519 unchanged and :func:`hash_to_group` returns the same u in canonical form). Each party
+draws a clamped secret scalar (``a`` and ``b``: 254 random bits, a multiple of 8 with bit 254
+set) and an ephemeral session scalar, and writes ``X(k, u)`` for X25519::
 
-    1. A -> B  HELLO(A) = pub_A, sorted { H(x)^a : x in A }     B -> A  HELLO(B), likewise with b
-    2. A -> B  REPLY(A) = AEAD_k( [ P^a for P in HELLO(B) ] )   in B's order (sorted in
-       B -> A  REPLY(B) = AEAD_k( [ P^b for P in HELLO(A) ] )   cardinality-only mode)
-    3. A computes { H(y)^ba } from HELLO(B) itself and receives { H(x)^ab } in its own order:
-       equal values are common ids, and the order tells A which of its ids they are. B likewise.
+    1. A -> B  HELLO(A) = pub_A, sorted { X(a, H(x)) : x in A }     B -> A  HELLO(B), with b
+    2. A -> B  REPLY(A) = AEAD_k( [ X(a, u) for u in HELLO(B) ] )   in B's order (sorted in
+       B -> A  REPLY(B) = AEAD_k( [ X(b, u) for u in HELLO(A) ] )   cardinality-only mode)
+    3. A computes { X(a, X(b, H(y))) } from HELLO(B) itself and receives { X(b, X(a, H(x))) } in
+       its own order: equal values are common ids, and the order tells A which ids they are.
 
-``k`` is an AEAD key from an ephemeral Diffie-Hellman between ``pub_A`` and ``pub_B`` bound to both
-hellos, so a relaying coordinator never sees double-blinded values: it could otherwise compare
-REPLY(A) with REPLY(B) and learn |A ∩ B| and which positions match.
+The double blinding commutes, ``X(a, X(b, u)) = X(b, X(a, u)) = u([ab]P)``, for every u on the curve
+or on the twist: the Montgomery ladder computes the x-coordinate of a scalar multiple on whichever
+of the two curves u lies, and multiplication by integers commutes on both. Clamped scalars are
+multiples of 8, which clears the cofactors (8 on the curve, 4 on the twist), so every blinded value
+lies in one of the two large prime-order subgroups (orders about 2^252 and 2^253).
 
-Security argument (semi-honest parties and coordinator, random-oracle ``H``): under DDH in the
-prime-order group, ``(H(x)^a)`` for ``x`` in A is indistinguishable from random points to anyone
-without ``a``, and ``H(y)^ab`` for ``y`` not in A is pseudorandom to A (the classic
+``k`` is an AEAD key from an ephemeral X25519 between ``pub_A`` and ``pub_B`` bound to both hellos,
+so a relaying coordinator never sees double-blinded values: it could otherwise compare REPLY(A)
+with REPLY(B) and learn |A ∩ B| and which positions match.
+
+Security argument (semi-honest parties and coordinator, ``H`` a random oracle onto the u-coordinates
+of curve ∪ twist): under DDH in the prime-order subgroups of curve25519 and of its twist, the
+values ``X(a, H(x))`` for ``x`` in A are indistinguishable from random u values to anyone without
+``a``, and ``X(a, X(b, H(y)))`` for ``y`` not in A is pseudorandom to A (the classic
 Huberman-Franklin-Hogg / Meadows DH-PSI argument; see also Ion et al., "On deploying secure
-computing", EuroS&P 2020). Hence:
+computing: private intersection-sum-with-cardinality", EuroS&P 2020). Hence:
 
 * each party learns ``A ∩ B`` (or only ``|A ∩ B|`` in cardinality-only mode, where the replies are
   sorted and no longer in the receiver's order) and the size of the other's set;
-* nothing about the other's non-intersecting ids, which it sees only as pseudorandom points;
+* nothing about the other's non-intersecting ids, which it sees only as pseudorandom u values;
 * a coordinator that relays the messages learns the two set sizes and the message lengths only.
 
 Ids are deduplicated first (set semantics): a set with duplicates behaves as its set, so the
 message sizes are the numbers of *distinct* ids. ``str`` ids are UTF-8 encoded, so ``"a"`` and
-``b"a"`` are the same id. A malicious party could send points for guessed ids or a wrong reply;
-this protocol does not defend against it (semi-honest only, as the design asks). Incoming points are
-checked to be canonical, in the main subgroup and not of small order before they are
-exponentiated, so a malformed message can never make a party multiply its secret by a bad point.
+``b"a"`` are the same id. A malicious party could send values for guessed ids or a wrong reply;
+this protocol does not defend against it (semi-honest only, as the design asks). Incoming u values
+need no subgroup check: curve25519 is twist-secure, so a u on either curve meets a prime-order
+group once the clamped scalar has cleared the cofactor, and the only inputs that would expose
+anything about the secret are the small-order ones, which X25519 maps to the all-zero output.
+So every incoming u must be canonical (below p, bit 255 clear) and an all-zero X25519 output
+refuses the message.
 
 Messages (all integers big-endian; every length checked before slicing)::
 
-    header   magic "PPSI" (4) | version 0x01 (1) | kind (1) | mode (1: 0 = intersection, 1 = count,
+    header   magic "PPSI" (4) | version 0x02 (1) | kind (1) | mode (1: 0 = intersection, 1 = count,
              2 = alignment: the leader's reply is sorted, the member's is in the leader's order)
-    HELLO    header(kind 1) | session point (32) | count u32 | count x point (32), ascending
-    REPLY    header(kind 2) | nonce (24) | XChaCha20-Poly1305( count u32 | count x point (32) )
+    HELLO    header(kind 1) | session public u (32) | count u32 | count x u (32, little-endian
+             canonical X25519 value), ascending bytewise
+    REPLY    header(kind 2) | nonce (24) | XChaCha20-Poly1305( count u32 | count x u (32) )
     INDEXES  header(kind 3) | nonce (24) | XChaCha20-Poly1305( count u32 | count x index u32 )
 
 The AEAD's associated data is the header followed by the BLAKE2b-256 digest of the sender's HELLO.
-INDEXES carries N-party alignment (see :func:`align`). No pickle anywhere.
+INDEXES carries N-party alignment (see :func:`align`). No pickle anywhere on the wire (worker
+processes receive ids and u values through the standard process pool).
 """
 
 from __future__ import annotations
@@ -60,6 +74,7 @@ from dataclasses import dataclass
 
 from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
+from nacl.exceptions import RuntimeError as SodiumRuntimeError
 
 from ppml.errors import InvalidPeerMessage, UsageError
 
@@ -70,13 +85,14 @@ __all__ = [
     "hash_to_group",
 ]
 
-_DOMAIN = b"ppml-psi-v1\x00"
+_DOMAIN = b"ppml-psi-v2\x00"
 _MAGIC = b"PPSI"
-_VERSION = 1
+_VERSION = 2
 _HELLO, _REPLY, _INDEXES = 1, 2, 3
 _HEADER = struct.Struct(">4sBBB")
 _COUNT = struct.Struct(">I")
 _POINT = 32
+_FIELD_PRIME = 2**255 - 19
 _NONCE = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 _MAX_COUNT = 1 << 28
 
@@ -87,29 +103,44 @@ def _id_bytes(item: Id) -> bytes:
     return item.encode("utf-8") if isinstance(item, str) else bytes(item)
 
 
+def _digest(item: bytes) -> bytes:
+    return hashlib.blake2b(_DOMAIN + item, digest_size=32).digest()
+
+
 def hash_to_group(item: Id) -> bytes:
-    """The point ``H(item)`` of the prime-order subgroup (see the module docstring)."""
-    digest = hashlib.sha512(_DOMAIN + _id_bytes(item)).digest()
-    return sodium.crypto_core_ed25519_add(
-        sodium.crypto_core_ed25519_from_uniform(digest[:32]),
-        sodium.crypto_core_ed25519_from_uniform(digest[32:]),
-    )
+    """The 32-byte u-coordinate ``H(item)``, canonical little-endian (see the module docstring)."""
+    value = int.from_bytes(_digest(_id_bytes(item)), "little") & ((1 << 255) - 1)
+    return (value % _FIELD_PRIME).to_bytes(32, "little")
 
 
 def _hash_blind_chunk(args: tuple[list[bytes], bytes]) -> bytes:
     ids, scalar = args
-    return b"".join(sodium.crypto_scalarmult_ed25519_noclamp(scalar, hash_to_group(i)) for i in ids)
+    mult, blake2b, domain = sodium.crypto_scalarmult, hashlib.blake2b, _DOMAIN
+    # X25519 masks bit 255 and reduces mod p itself (RFC 7748 section 5): the same u as H(x).
+    return b"".join([mult(scalar, blake2b(domain + i, digest_size=32).digest()) for i in ids])
 
 
-def _exponentiate_chunk(args: tuple[bytes, bytes]) -> bytes:
-    points, scalar = args
-    out = []
-    for offset in range(0, len(points), _POINT):
-        point = points[offset : offset + _POINT]
-        if not sodium.crypto_core_ed25519_is_valid_point(point):
-            raise InvalidPeerMessage("a point is not in the prime-order subgroup")
-        out.append(sodium.crypto_scalarmult_ed25519_noclamp(scalar, point))
-    return b"".join(out)
+def _exponentiate_chunk(args: tuple[bytes, bytes]) -> bytes | None:
+    """``X(scalar, u)`` for each canonical u of the blob, or None if one is of small order."""
+    values, scalar = args
+    mult = sodium.crypto_scalarmult
+    try:
+        return b"".join([mult(scalar, values[o : o + _POINT]) for o in range(0, len(values), _POINT)])
+    except SodiumRuntimeError:  # libsodium refuses an all-zero output: a small-order input
+        return None
+
+
+def _require_canonical(values: bytes) -> None:
+    """Every 32-byte little-endian u in ``values`` is below p (so bit 255 is clear too)."""
+    top_bytes = values[_POINT - 1 :: _POINT]
+    if top_bytes and max(top_bytes) > 0x7F:
+        raise InvalidPeerMessage("a u-coordinate is not canonical")
+    index = top_bytes.find(b"\x7f")
+    while index >= 0:  # only u >= 2^255 - 2^248 can reach p; check those exactly
+        offset = index * _POINT
+        if int.from_bytes(values[offset : offset + _POINT], "little") >= _FIELD_PRIME:
+            raise InvalidPeerMessage("a u-coordinate is not canonical")
+        index = top_bytes.find(b"\x7f", index + 1)
 
 
 def _chunks(count: int, workers: int) -> list[tuple[int, int]]:
@@ -117,30 +148,40 @@ def _chunks(count: int, workers: int) -> list[tuple[int, int]]:
     return [(start, min(count, start + size)) for start in range(0, count, size)]
 
 
-def _hash_blind(ids: Sequence[bytes], scalar: bytes, workers: int) -> list[bytes]:
+def _hash_blind(ids: Sequence[bytes], scalar: bytes, workers: int) -> bytes:
+    """``X(scalar, H(x))`` for each id, concatenated in the ids' order."""
     if workers <= 1 or len(ids) < 2:
-        blob = _hash_blind_chunk((list(ids), scalar))
-    else:
-        jobs = [(list(ids[s:e]), scalar) for s, e in _chunks(len(ids), workers)]
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            blob = b"".join(pool.map(_hash_blind_chunk, jobs))
-    return [blob[i : i + _POINT] for i in range(0, len(blob), _POINT)]
-
-
-def _exponentiate(points: bytes, scalar: bytes, workers: int) -> bytes:
-    count = len(points) // _POINT
-    if workers <= 1 or count < 2:
-        return _exponentiate_chunk((points, scalar))
-    jobs = [(points[s * _POINT : e * _POINT], scalar) for s, e in _chunks(count, workers)]
+        return _hash_blind_chunk((list(ids), scalar))
+    jobs = [(list(ids[s:e]), scalar) for s, e in _chunks(len(ids), workers)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return b"".join(pool.map(_exponentiate_chunk, jobs))
+        return b"".join(pool.map(_hash_blind_chunk, jobs))
+
+
+def _exponentiate(values: bytes, scalar: bytes, workers: int) -> bytes:
+    """``X(scalar, u)`` for each u of the blob, after the canonical and small-order checks.
+
+    Raises:
+        InvalidPeerMessage: a non-canonical or small-order u.
+    """
+    _require_canonical(values)
+    count = len(values) // _POINT
+    if workers <= 1 or count < 2:
+        parts = [_exponentiate_chunk((values, scalar))]
+    else:
+        jobs = [(values[s * _POINT : e * _POINT], scalar) for s, e in _chunks(count, workers)]
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(_exponentiate_chunk, jobs))
+    if any(part is None for part in parts):
+        raise InvalidPeerMessage("a u-coordinate is of small order")
+    return b"".join(part for part in parts if part is not None)
 
 
 def _random_scalar(random_bytes: Callable[[int], bytes]) -> bytes:
-    while True:
-        scalar = sodium.crypto_core_ed25519_scalar_reduce(random_bytes(64))
-        if scalar != bytes(32):
-            return scalar
+    """A clamped X25519 scalar (RFC 7748 section 5), stored clamped so what it means is explicit."""
+    scalar = bytearray(random_bytes(32))
+    scalar[0] &= 248
+    scalar[31] = (scalar[31] & 127) | 64
+    return bytes(scalar)
 
 
 def _parse_header(message: bytes, kind: int) -> int:
@@ -163,6 +204,10 @@ def _parse_counted(body: bytes, item: int) -> bytes:
     if count > _MAX_COUNT or len(body) != _COUNT.size + count * item:
         raise InvalidPeerMessage("length does not match the count")
     return body[_COUNT.size :]
+
+
+def _split(blob: bytes) -> list[bytes]:
+    return [blob[i : i + _POINT] for i in range(0, len(blob), _POINT)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,7 +233,8 @@ class PsiSession:
     tests; it must be a cryptographic source in use.
 
     Raises:
-        InvalidPeerMessage: a malformed, off-curve, mis-authenticated or mode-mismatched message.
+        InvalidPeerMessage: a malformed, non-canonical, small-order, mis-authenticated or
+            mode-mismatched message.
     """
 
     def __init__(
@@ -215,17 +261,16 @@ class PsiSession:
         self._scalar = _random_scalar(random_bytes)
         self._session_scalar = _random_scalar(random_bytes)
         own = list(originals)
-        blinded = _hash_blind(own, self._scalar, workers)
-        order = sorted(range(len(own)), key=blinded.__getitem__)
-        # Sorting the pseudorandom blinded points is a uniformly random shuffle of the ids.
-        self._own_ids = [own[i] for i in order]
+        # Sorting by the pseudorandom blinded values is a uniformly random shuffle of the ids.
+        ordered = sorted(zip(_split(_hash_blind(own, self._scalar, workers)), own))
+        self._own_ids = [item for _, item in ordered]
         self._hello = self._header(_HELLO) + b"".join(
-            [sodium.crypto_scalarmult_ed25519_base_noclamp(self._session_scalar), _COUNT.pack(len(own))]
-            + [blinded[i] for i in order]
+            [sodium.crypto_scalarmult_base(self._session_scalar), _COUNT.pack(len(own))]
+            + [blinded for blinded, _ in ordered]
         )
         self._key: bytes | None = None
         self._peer_digest = b""
-        self._peer_points = b""
+        self._peer_size = 0
         self._peer_double: dict[bytes, int] | None = None
         self._matches: dict[bytes, int] = {}
 
@@ -238,31 +283,34 @@ class PsiSession:
         return len(self._own_ids)
 
     def hello(self) -> bytes:
-        """Message 1: this party's session point and blinded ids, sorted (reveals only the count)."""
+        """Message 1: this party's session public value and blinded ids, sorted (reveals only the count)."""
         return self._hello
 
     def reply(self, peer_hello: bytes) -> bytes:
-        """Message 2: the peer's blinded points raised to this party's secret, encrypted to the peer.
+        """Message 2: the peer's blinded values blinded again with this party's secret, encrypted to
+        the peer. In the peer's order, or sorted in cardinality-only mode (and by the alignment leader).
 
-        In the peer's order, or sorted in cardinality-only mode.
+        Raises:
+            InvalidPeerMessage: bad framing, a non-canonical or small-order u, or another mode.
         """
         if self._mode != _parse_header(peer_hello, _HELLO):
             raise InvalidPeerMessage("the peer runs another mode (intersection, cardinality or alignment)")
         body = peer_hello[_HEADER.size :]
         if len(body) < _POINT:
-            raise InvalidPeerMessage("truncated session point")
-        session_point, points = body[:_POINT], _parse_counted(body[_POINT:], _POINT)
-        if not sodium.crypto_core_ed25519_is_valid_point(session_point):
-            raise InvalidPeerMessage("the session point is not in the prime-order subgroup")
-        shared = sodium.crypto_scalarmult_ed25519_noclamp(self._session_scalar, session_point)
+            raise InvalidPeerMessage("truncated session value")
+        session_value, values = body[:_POINT], _parse_counted(body[_POINT:], _POINT)
+        _require_canonical(session_value)
+        try:
+            shared = sodium.crypto_scalarmult(self._session_scalar, session_value)
+        except SodiumRuntimeError:
+            raise InvalidPeerMessage("the session value is of small order") from None
         own_digest = hashlib.blake2b(self._hello, digest_size=32).digest()
         self._peer_digest = hashlib.blake2b(peer_hello, digest_size=32).digest()
         transcript = b"".join(sorted([own_digest, self._peer_digest]))
         self._key = hashlib.blake2b(shared + transcript, digest_size=32, person=b"ppml-psi-key").digest()
-        self._peer_points = points
-        doubled = _exponentiate(points, self._scalar, self._workers)
-        items = [doubled[i : i + _POINT] for i in range(0, len(doubled), _POINT)]
-        self._peer_double = {point: index for index, point in enumerate(items)}
+        items = _split(_exponentiate(values, self._scalar, self._workers))
+        self._peer_size = len(items)
+        self._peer_double = {value: index for index, value in enumerate(items)}
         if self._mode == 1 or (self._mode == 2 and self._leader):
             items.sort()
         return self._seal(_REPLY, _COUNT.pack(len(items)) + b"".join(items), own_digest)
@@ -293,19 +341,21 @@ class PsiSession:
 
     def finish(self, peer_reply: bytes) -> PsiResult:
         """Message 2 from the peer in, the result out (the intersection sorted by id bytes)."""
-        points = _parse_counted(self._open(peer_reply, _REPLY), _POINT)
-        if len(points) != len(self._own_ids) * _POINT:
+        values = _parse_counted(self._open(peer_reply, _REPLY), _POINT)
+        if len(values) != len(self._own_ids) * _POINT:
             raise InvalidPeerMessage("the reply does not answer this party's hello")
-        assert self._peer_double is not None
-        own_double = [points[i : i + _POINT] for i in range(0, len(points), _POINT)]
-        peer_size = len(self._peer_points) // _POINT
+        peer_double = self._peer_double
+        assert peer_double is not None
+        own_double = _split(values)
+        peer_size = self._peer_size
         if self._mode == 1 or (self._mode == 2 and not self._leader):
-            count = sum(point in self._peer_double for point in own_double)
+            count = sum(value in peer_double for value in own_double)
             return PsiResult(cardinality=count, intersection=None, peer_size=peer_size)
+        get = peer_double.get
         self._matches = {
-            self._own_ids[i]: self._peer_double[point]
-            for i, point in enumerate(own_double)
-            if point in self._peer_double
+            own_id: index
+            for own_id, index in zip(self._own_ids, map(get, own_double), strict=True)
+            if index is not None
         }
         common = sorted(self._matches)
         return PsiResult(
@@ -345,7 +395,7 @@ def align(leader_sessions: Sequence[PsiSession]) -> tuple[list[Id], list[bytes]]
     What each learns (a star of pairwise PSIs): party ``i`` learns ``L ∩ P_i`` of its own ids and the
     final aligned list, never another party's non-intersecting ids; the leader learns every
     ``L ∩ P_i``; the relaying coordinator learns set sizes and message lengths only (INDEXES is
-    encrypted end to end and holds positions in a list sorted by pseudorandom points).
+    encrypted end to end and holds positions in a list sorted by pseudorandom values).
     """
     if not leader_sessions:
         raise UsageError("alignment needs at least one peer session")
