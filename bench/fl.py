@@ -1,4 +1,4 @@
-"""Federated-learning benchmarks: ppml's ECDH-PSI against openmined-psi on the same sets.
+"""Federated-learning benchmarks: ppml's DH-PSI (X25519) against openmined-psi on the same sets.
 
 Usage::
 
@@ -21,7 +21,8 @@ sides' intersections are checked against the expected N/2 ids.
 
 Reported: seconds per phase and in total, ids/s (2N ids over the total), wire bytes per id (every
 message's length summed, over 2N), the ratio ppml/openmined against the issue's target
-(<= 0.4x, PASS/FAIL) and where ppml's time goes: each libsodium primitive the protocol calls,
+(<= 0.4x, PASS/FAIL) and where ppml's time goes: each primitive the protocol calls per id (the
+BLAKE2b hash, libsodium's X25519 twice: blind, then the peer's value; the canonical check),
 timed on a sample, times the number of calls, beside the measured phases. The load average is
 printed first and last: other work on the machine changes the absolute numbers. The exit status
 is 0 whether or not the target is met; a wrong intersection exits 1.
@@ -137,24 +138,23 @@ def _noop(value: int) -> int:
 
 
 def primitive_costs(workers: int, sample: int = 2000) -> dict[str, float]:
-    """Seconds per call of each libsodium primitive ppml's PSI makes, and of one pool start."""
-    digests = [psi.hashlib.sha512(b"sample-%d" % i).digest() for i in range(sample)]
-    scalar = sodium.crypto_core_ed25519_scalar_reduce(os.urandom(64))
+    """Seconds per call of each primitive ppml's PSI makes per id, and of one pool start."""
+    items = [b"id-%d" % i for i in range(sample)]
+    scalar = psi._random_scalar(os.urandom)
     costs: dict[str, float] = {}
 
-    def per_call(name: str, call: Callable[[], list]) -> list:
+    def per_call(name: str, call: Callable[[], object]) -> object:
         start = time.perf_counter()
         value = call()
         costs[name] = (time.perf_counter() - start) / sample
         return value
 
-    halves = per_call("from_uniform x2", lambda: [
-        (sodium.crypto_core_ed25519_from_uniform(d[:32]), sodium.crypto_core_ed25519_from_uniform(d[32:]))
-        for d in digests])
-    points = per_call("add (decompresses 2 points)", lambda: [sodium.crypto_core_ed25519_add(p, q) for p, q in halves])
-    blinded = per_call("scalarmult_noclamp", lambda: [sodium.crypto_scalarmult_ed25519_noclamp(scalar, p)
-                                                      for p in points])
-    per_call("is_valid_point (subgroup)", lambda: [sodium.crypto_core_ed25519_is_valid_point(p) for p in blinded])
+    digests = per_call("BLAKE2b-256 hash", lambda: [
+        psi.hashlib.blake2b(psi._DOMAIN + i, digest_size=32).digest() for i in items])
+    assert isinstance(digests, list)
+    blinded = per_call("X25519 (crypto_scalarmult)", lambda: [sodium.crypto_scalarmult(scalar, u) for u in digests])
+    assert isinstance(blinded, list)
+    per_call("canonical check (per u)", lambda: psi._require_canonical(b"".join(blinded)))
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
         list(pool.map(_noop, range(workers)))
@@ -224,13 +224,14 @@ def psi_section(args: argparse.Namespace) -> bool:
     print(f"where ppml's time goes (one core, sample of 2,000; x {ids:,} ids = CPU-seconds over both parties):")
     for name, cost in per_id.items():
         print(f"  {name:<34}{cost * 1e6:>7.1f} us/id  {cost * ids:>9.1f} s")
-    crypto = sum(per_id.values()) + costs["scalarmult_noclamp"]  # blind, then exponentiate the peer's
-    print(f"  {'(scalarmult twice: blind + exp.)':<34}{'':>7}        {costs['scalarmult_noclamp'] * ids:>9.1f} s")
+    crypto = sum(per_id.values()) + costs["X25519 (crypto_scalarmult)"]  # blind, then the peer's value
+    print(f"  {'(X25519 twice: blind + peer value)':<34}{'':>7}        "
+          f"{costs['X25519 (crypto_scalarmult)'] * ids:>9.1f} s")
     print(f"  {'crypto per id per party':<34}{crypto * 1e6:>7.1f} us    {crypto * ids:>9.1f} s CPU, "
           f"{crypto * ids / workers:.1f} s on {workers} cores at best")
     print(f"  {'process pool start+stop':<34}{costs['pool start+stop'] * 1e3:>7.1f} ms  x 4 per run")
     if base_total is not None:
-        print(f"  the libsodium calls alone need {crypto * ids / workers / base_total:.2f}x openmined's time on "
+        print(f"  the crypto calls alone need {crypto * ids / workers / base_total:.2f}x openmined's time on "
               f"{workers} cores; the rest of ppml's time is Python (sort, dicts, slicing) and the pools")
     print(f"   {load()}")
     return ok
