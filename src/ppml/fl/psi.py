@@ -2,13 +2,17 @@
 
 Construction (two parties A and B, each holding a set of ids; X25519 as RFC 7748, in libsodium)::
 
-    H(x)  = BLAKE2b-256("ppml-psi-v2\\0" || x) with bit 255 cleared, reduced mod p = 2^255 - 19
+    H(x) = the first u_c, c = 0, 1, ..., on curve25519 (u_c^3 + 486662 u_c^2 + u_c a nonzero square
+           mod p = 2^255 - 19), where u_c = BLAKE2b-256("ppml-psi-v2\\0" || byte c || x) with bit 255
+           cleared, reduced mod p
 
-``H(x)`` is a u-coordinate: a point of curve25519 or of its quadratic twist, each about half the
-time. No rejection sampling is needed, because X25519 is defined for every u (RFC 7748 section 5:
-the top bit is masked and non-canonical values are reduced mod p, so the protocol feeds the digest
-to X25519 unchanged and :func:`hash_to_group` returns the same u in canonical form). Each party
-draws a clamped secret scalar (``a`` and ``b``: 254 random bits, a multiple of 8 with bit 254
+``H`` is a random oracle onto the u-coordinates of curve25519 (each candidate is uniform over all
+u, half of which lie on the curve; about two tries per id). It must not land on the quadratic twist
+as well: X25519 keeps a u on the curve it lies on, so a hello mixing the two would tell, per
+blinded value, which curve ``H(x)`` lies on, and anyone could test a guessed set against that
+count. X25519 reduces a digest with bit 255 set or above p itself (RFC 7748 section 5), so the
+digest is fed to it unchanged; :func:`hash_to_group` returns the same u in canonical form. Each
+party draws a clamped secret scalar (``a`` and ``b``: a multiple of 8 below 2^255 with bit 254
 set) and an ephemeral session scalar, and writes ``X(k, u)`` for X25519::
 
     1. A -> B  HELLO(A) = pub_A, sorted { X(a, H(x)) : x in A }     B -> A  HELLO(B), with b
@@ -18,21 +22,22 @@ set) and an ephemeral session scalar, and writes ``X(k, u)`` for X25519::
        its own order: equal values are common ids, and the order tells A which ids they are.
 
 The double blinding commutes, ``X(a, X(b, u)) = X(b, X(a, u)) = u([ab]P)``, for every u on the curve
-or on the twist: the Montgomery ladder computes the x-coordinate of a scalar multiple on whichever
-of the two curves u lies, and multiplication by integers commutes on both. Clamped scalars are
-multiples of 8, which clears the cofactors (8 on the curve, 4 on the twist), so every blinded value
-lies in one of the two large prime-order subgroups (orders about 2^252 and 2^253).
+and also on its twist (which only a deviating peer would send): the Montgomery ladder computes the
+u-coordinate of a scalar multiple on whichever of the two curves u lies, and multiplication by
+integers commutes on both. Clamped scalars are multiples of 8, which clears the cofactors (8 on
+the curve, 4 on the twist), so every blinded value of an honest run lies in the subgroup of prime
+order ``L`` (about 2^252) of curve25519.
 
 ``k`` is an AEAD key from an ephemeral X25519 between ``pub_A`` and ``pub_B`` bound to both hellos,
 so a relaying coordinator never sees double-blinded values: it could otherwise compare REPLY(A)
 with REPLY(B) and learn |A ∩ B| and which positions match.
 
-Security argument (semi-honest parties and coordinator, ``H`` a random oracle onto the u-coordinates
-of curve ∪ twist): under DDH in the prime-order subgroups of curve25519 and of its twist, the
-values ``X(a, H(x))`` for ``x`` in A are indistinguishable from random u values to anyone without
-``a``, and ``X(a, X(b, H(y)))`` for ``y`` not in A is pseudorandom to A (the classic
-Huberman-Franklin-Hogg / Meadows DH-PSI argument; see also Ion et al., "On deploying secure
-computing: private intersection-sum-with-cardinality", EuroS&P 2020). Hence:
+Security argument (semi-honest parties and coordinator, ``H`` a random oracle onto the curve's
+u-coordinates): under DDH in the prime-order subgroup of curve25519, the values ``X(a, H(x))`` for
+``x`` in A are indistinguishable from random u values of that subgroup to anyone without ``a``, and
+``X(a, X(b, H(y)))`` for ``y`` not in A is pseudorandom to A (the classic Huberman-Franklin-Hogg /
+Meadows DH-PSI argument; see also Ion et al., "On deploying secure computing: private
+intersection-sum-with-cardinality", EuroS&P 2020). Hence:
 
 * each party learns ``A ∩ B`` (or only ``|A ∩ B|`` in cardinality-only mode, where the replies are
   sorted and no longer in the receiver's order) and the size of the other's set;
@@ -43,11 +48,11 @@ Ids are deduplicated first (set semantics): a set with duplicates behaves as its
 message sizes are the numbers of *distinct* ids. ``str`` ids are UTF-8 encoded, so ``"a"`` and
 ``b"a"`` are the same id. A malicious party could send values for guessed ids or a wrong reply;
 this protocol does not defend against it (semi-honest only, as the design asks). Incoming u values
-need no subgroup check: curve25519 is twist-secure, so a u on either curve meets a prime-order
-group once the clamped scalar has cleared the cofactor, and the only inputs that would expose
-anything about the secret are the small-order ones, which X25519 maps to the all-zero output.
-So every incoming u must be canonical (below p, bit 255 clear) and an all-zero X25519 output
-refuses the message.
+need no curve or subgroup check: curve25519 is twist-secure (the twist's order is 4 times a prime
+of about 2^253), so a u on either curve lands in a large prime-order group once the clamped scalar
+has cleared the cofactor, and the only inputs that would expose anything about the secret are the
+small-order ones, which X25519 maps to the all-zero output. So every incoming u must be canonical
+(below p, hence bit 255 clear) and an all-zero X25519 output refuses the message.
 
 Messages (all integers big-endian; every length checked before slicing)::
 
@@ -72,6 +77,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+import gmpy2
 from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
 from nacl.exceptions import RuntimeError as SodiumRuntimeError
@@ -93,6 +99,8 @@ _HEADER = struct.Struct(">4sBBB")
 _COUNT = struct.Struct(">I")
 _POINT = 32
 _FIELD_PRIME = 2**255 - 19
+_CURVE_A = 486662
+_LOW_255_BITS = (1 << 255) - 1
 _NONCE = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 _MAX_COUNT = 1 << 28
 
@@ -103,21 +111,43 @@ def _id_bytes(item: Id) -> bytes:
     return item.encode("utf-8") if isinstance(item, str) else bytes(item)
 
 
-def _digest(item: bytes) -> bytes:
-    return hashlib.blake2b(_DOMAIN + item, digest_size=32).digest()
+def _hash_digests(ids: Sequence[bytes]) -> list[bytes]:
+    """For each id, the BLAKE2b digest whose u (bit 255 cleared, mod p) is ``H(id)`` on the curve.
+
+    Batched by counter: every id tries c = 0, the ones that landed on the twist try c = 1, and so on.
+    """
+    blake2b, legendre, prime, curve_a, low_bits = (
+        hashlib.blake2b, gmpy2.legendre, gmpy2.mpz(_FIELD_PRIME), _CURVE_A, _LOW_255_BITS
+    )
+    digests: list[bytes] = [b""] * len(ids)
+    pending = list(range(len(ids)))
+    for counter in range(256):
+        prefix = _DOMAIN + bytes([counter])
+        tries = [blake2b(prefix + ids[i], digest_size=32).digest() for i in pending]
+        values = [int.from_bytes(digest, "little") & low_bits for digest in tries]
+        on_curve = [legendre(u * (u * (u + curve_a) + 1), prime) == 1 for u in values]
+        for index, digest, found in zip(pending, tries, on_curve, strict=True):
+            if found:
+                digests[index] = digest
+        pending = [index for index, found in zip(pending, on_curve, strict=True) if not found]
+        if not pending:
+            return digests
+    raise AssertionError("256 hashes of one id all missed the curve (probability 2^-256)")
 
 
 def hash_to_group(item: Id) -> bytes:
-    """The 32-byte u-coordinate ``H(item)``, canonical little-endian (see the module docstring)."""
-    value = int.from_bytes(_digest(_id_bytes(item)), "little") & ((1 << 255) - 1)
+    """The 32-byte u-coordinate ``H(item)`` on curve25519, canonical little-endian (see the module
+    docstring)."""
+    value = int.from_bytes(_hash_digests([_id_bytes(item)])[0], "little") & _LOW_255_BITS
     return (value % _FIELD_PRIME).to_bytes(32, "little")
 
 
 def _hash_blind_chunk(args: tuple[list[bytes], bytes]) -> bytes:
     ids, scalar = args
-    mult, blake2b, domain = sodium.crypto_scalarmult, hashlib.blake2b, _DOMAIN
-    # X25519 masks bit 255 and reduces mod p itself (RFC 7748 section 5): the same u as H(x).
-    return b"".join([mult(scalar, blake2b(domain + i, digest_size=32).digest()) for i in ids])
+    mult = sodium.crypto_scalarmult
+    # X25519 masks bit 255 and reduces mod p itself (RFC 7748 section 5): the same u as H(x). A
+    # small-order H(x) (libsodium would raise) has probability about 2^-250.
+    return b"".join([mult(scalar, digest) for digest in _hash_digests(ids)])
 
 
 def _exponentiate_chunk(args: tuple[bytes, bytes]) -> bytes | None:
