@@ -1,6 +1,6 @@
 """Private set intersection: semi-honest DH-PSI with X25519 on hashed ids (format version 2).
 
-Construction (two parties A and B, each holding a set of ids; X25519 as RFC 7748, in libsodium)::
+Construction (two parties A and B, each holding a set of ids; X25519 as RFC 7748, in OpenSSL)::
 
     H(x) = the first u_c, c = 0, 1, ..., on curve25519 (u_c^3 + 486662 u_c^2 + u_c a nonzero square
            mod p = 2^255 - 19), where u_c = BLAKE2b-256("ppml-psi-v2\\0" || byte c || x) with bit 255
@@ -78,9 +78,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import gmpy2
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
-from nacl.exceptions import RuntimeError as SodiumRuntimeError
 
 from ppml.errors import InvalidPeerMessage, UsageError
 
@@ -142,21 +142,30 @@ def hash_to_group(item: Id) -> bytes:
     return (value % _FIELD_PRIME).to_bytes(32, "little")
 
 
+def _x25519(scalar: bytes, value: bytes) -> bytes:
+    """``X(scalar, value)``.
+
+    Raises:
+        ValueError: the output is all zero (``value`` is of small order), as OpenSSL refuses it.
+    """
+    return X25519PrivateKey.from_private_bytes(scalar).exchange(X25519PublicKey.from_public_bytes(value))
+
+
 def _hash_blind_chunk(args: tuple[list[bytes], bytes]) -> bytes:
     ids, scalar = args
-    mult = sodium.crypto_scalarmult
+    exchange, public = X25519PrivateKey.from_private_bytes(scalar).exchange, X25519PublicKey.from_public_bytes
     # X25519 masks bit 255 and reduces mod p itself (RFC 7748 section 5): the same u as H(x). A
-    # small-order H(x) (libsodium would raise) has probability about 2^-250.
-    return b"".join([mult(scalar, digest) for digest in _hash_digests(ids)])
+    # small-order H(x) (OpenSSL would raise) has probability about 2^-250.
+    return b"".join([exchange(public(digest)) for digest in _hash_digests(ids)])
 
 
 def _exponentiate_chunk(args: tuple[bytes, bytes]) -> bytes | None:
     """``X(scalar, u)`` for each canonical u of the blob, or None if one is of small order."""
     values, scalar = args
-    mult = sodium.crypto_scalarmult
+    exchange, public = X25519PrivateKey.from_private_bytes(scalar).exchange, X25519PublicKey.from_public_bytes
     try:
-        return b"".join([mult(scalar, values[o : o + _POINT]) for o in range(0, len(values), _POINT)])
-    except SodiumRuntimeError:  # libsodium refuses an all-zero output: a small-order input
+        return b"".join([exchange(public(values[o : o + _POINT])) for o in range(0, len(values), _POINT)])
+    except ValueError:  # OpenSSL refuses an all-zero output: a small-order input
         return None
 
 
@@ -295,7 +304,8 @@ class PsiSession:
         ordered = sorted(zip(_split(_hash_blind(own, self._scalar, workers)), own))
         self._own_ids = [item for _, item in ordered]
         self._hello = self._header(_HELLO) + b"".join(
-            [sodium.crypto_scalarmult_base(self._session_scalar), _COUNT.pack(len(own))]
+            [X25519PrivateKey.from_private_bytes(self._session_scalar).public_key().public_bytes_raw(),
+             _COUNT.pack(len(own))]
             + [blinded for blinded, _ in ordered]
         )
         self._key: bytes | None = None
@@ -331,8 +341,8 @@ class PsiSession:
         session_value, values = body[:_POINT], _parse_counted(body[_POINT:], _POINT)
         _require_canonical(session_value)
         try:
-            shared = sodium.crypto_scalarmult(self._session_scalar, session_value)
-        except SodiumRuntimeError:
+            shared = _x25519(self._session_scalar, session_value)
+        except ValueError:
             raise InvalidPeerMessage("the session value is of small order") from None
         own_digest = hashlib.blake2b(self._hello, digest_size=32).digest()
         self._peer_digest = hashlib.blake2b(peer_hello, digest_size=32).digest()
