@@ -273,3 +273,17 @@ def test_frozen_v2_vector() -> None:
     alice = PsiSession(["a", "b", "c", "ü"], random_bytes=counter_random(b"alice"))
     alice.reply(bytes.fromhex(vector["messages"]["hello_bob"]))
     assert alice.finish(bytes.fromhex(vector["messages"]["reply_bob"])).intersection == ["c", "ü"]
+
+
+def test_alignment_mode_sorts_only_the_leaders_reply() -> None:
+    a, b = [f"id{i}" for i in range(40)], [f"id{i}" for i in range(20, 70)]
+    leader, member = PsiSession(a, align_as="leader"), PsiSession(b, align_as="member")
+    leader_reply, member_reply = leader.reply(member.hello()), member.reply(leader.hello())
+    assert leader.finish(member_reply).intersection == sorted(set(a) & set(b))
+    assert member.finish(leader_reply).intersection is None
+    sorted_values = psi._split(psi._parse_counted(member._open(leader_reply, psi._REPLY), 32))
+    assert sorted_values == sorted(sorted_values)
+    in_leader_order = psi._split(psi._parse_counted(leader._open(member_reply, psi._REPLY), 32))
+    assert in_leader_order != sorted(in_leader_order)  # 40 pseudorandom values: sorted with odds 1/40!
+    ordered, messages = align([leader])
+    assert member.aligned_ids(messages[0]) == ordered == sorted(set(a) & set(b))
