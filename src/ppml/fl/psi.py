@@ -1,52 +1,71 @@
-"""Private set intersection: semi-honest ECDH-PSI over the prime-order subgroup of edwards25519.
+"""Private set intersection: semi-honest DH-PSI with X25519 on hashed ids (format version 2).
 
-Construction (two parties A and B, each holding a set of ids; all group operations in libsodium)::
+Construction (two parties A and B, each holding a set of ids; X25519 as RFC 7748, in OpenSSL)::
 
-    H(x)  = from_uniform(d[:32]) + from_uniform(d[32:]),  d = SHA-512("ppml-psi-v1\\0" || x)
+    H(x) = the first u_c, c = 0, 1, ..., on curve25519 (u_c^3 + 486662 u_c^2 + u_c a nonzero square
+           mod p = 2^255 - 19), where u_c = BLAKE2b-256("ppml-psi-v2\\0" || byte c || x) with bit 255
+           cleared, reduced mod p
 
-Two Elligator2 maps with cofactor clearing, added, as in RFC 9380's random-oracle ``hash_to_curve``
-(same shape, not byte-compatible with its suite): ``H`` lands in the prime-order subgroup of order
-``L`` and is modelled as a random oracle. Each party draws a secret scalar (``a`` and ``b``, uniform
-mod ``L``) and an ephemeral session scalar, then::
+``H`` is a random oracle onto the u-coordinates of curve25519 (each candidate is uniform over all
+u, half of which lie on the curve; about two tries per id). It must not land on the quadratic twist
+as well: X25519 keeps a u on the curve it lies on, so a hello mixing the two would tell, per
+blinded value, which curve ``H(x)`` lies on, and anyone could test a guessed set against that
+count. X25519 reduces a digest with bit 255 set or above p itself (RFC 7748 section 5), so the
+digest is fed to it unchanged; :func:`hash_to_group` returns the same u in canonical form. Each
+party draws a clamped secret scalar (``a`` and ``b``: a multiple of 8 below 2^255 with bit 254
+set) and an ephemeral session scalar, and writes ``X(k, u)`` for X25519::
 
-    1. A -> B  HELLO(A) = pub_A, sorted { H(x)^a : x in A }     B -> A  HELLO(B), likewise with b
-    2. A -> B  REPLY(A) = AEAD_k( [ P^a for P in HELLO(B) ] )   in B's order (sorted in
-       B -> A  REPLY(B) = AEAD_k( [ P^b for P in HELLO(A) ] )   cardinality-only mode)
-    3. A computes { H(y)^ba } from HELLO(B) itself and receives { H(x)^ab } in its own order:
-       equal values are common ids, and the order tells A which of its ids they are. B likewise.
+    1. A -> B  HELLO(A) = pub_A, sorted { X(a, H(x)) : x in A }     B -> A  HELLO(B), with b
+    2. A -> B  REPLY(A) = AEAD_k( [ X(a, u) for u in HELLO(B) ] )   in B's order (sorted in
+       B -> A  REPLY(B) = AEAD_k( [ X(b, u) for u in HELLO(A) ] )   cardinality-only mode)
+    3. A computes { X(a, X(b, H(y))) } from HELLO(B) itself and receives { X(b, X(a, H(x))) } in
+       its own order: equal values are common ids, and the order tells A which ids they are.
 
-``k`` is an AEAD key from an ephemeral Diffie-Hellman between ``pub_A`` and ``pub_B`` bound to both
-hellos, so a relaying coordinator never sees double-blinded values: it could otherwise compare
-REPLY(A) with REPLY(B) and learn |A ∩ B| and which positions match.
+The double blinding commutes, ``X(a, X(b, u)) = X(b, X(a, u)) = u([ab]P)``, for every u on the curve
+and also on its twist (which only a deviating peer would send): the Montgomery ladder computes the
+u-coordinate of a scalar multiple on whichever of the two curves u lies, and multiplication by
+integers commutes on both. Clamped scalars are multiples of 8, which clears the cofactors (8 on
+the curve, 4 on the twist), so every blinded value of an honest run lies in the subgroup of prime
+order ``L`` (about 2^252) of curve25519.
 
-Security argument (semi-honest parties and coordinator, random-oracle ``H``): under DDH in the
-prime-order group, ``(H(x)^a)`` for ``x`` in A is indistinguishable from random points to anyone
-without ``a``, and ``H(y)^ab`` for ``y`` not in A is pseudorandom to A (the classic
-Huberman-Franklin-Hogg / Meadows DH-PSI argument; see also Ion et al., "On deploying secure
-computing", EuroS&P 2020). Hence:
+``k`` is an AEAD key from an ephemeral X25519 between ``pub_A`` and ``pub_B`` bound to both hellos,
+so a relaying coordinator never sees double-blinded values: it could otherwise compare REPLY(A)
+with REPLY(B) and learn |A ∩ B| and which positions match.
+
+Security argument (semi-honest parties and coordinator, ``H`` a random oracle onto the curve's
+u-coordinates): under DDH in the prime-order subgroup of curve25519, the values ``X(a, H(x))`` for
+``x`` in A are indistinguishable from random u values of that subgroup to anyone without ``a``, and
+``X(a, X(b, H(y)))`` for ``y`` not in A is pseudorandom to A (the classic Huberman-Franklin-Hogg /
+Meadows DH-PSI argument; see also Ion et al., "On deploying secure computing: private
+intersection-sum-with-cardinality", EuroS&P 2020). Hence:
 
 * each party learns ``A ∩ B`` (or only ``|A ∩ B|`` in cardinality-only mode, where the replies are
   sorted and no longer in the receiver's order) and the size of the other's set;
-* nothing about the other's non-intersecting ids, which it sees only as pseudorandom points;
+* nothing about the other's non-intersecting ids, which it sees only as pseudorandom u values;
 * a coordinator that relays the messages learns the two set sizes and the message lengths only.
 
 Ids are deduplicated first (set semantics): a set with duplicates behaves as its set, so the
 message sizes are the numbers of *distinct* ids. ``str`` ids are UTF-8 encoded, so ``"a"`` and
-``b"a"`` are the same id. A malicious party could send points for guessed ids or a wrong reply;
-this protocol does not defend against it (semi-honest only, as the design asks). Incoming points are
-checked to be canonical, in the main subgroup and not of small order before they are
-exponentiated, so a malformed message can never make a party multiply its secret by a bad point.
+``b"a"`` are the same id. A malicious party could send values for guessed ids or a wrong reply;
+this protocol does not defend against it (semi-honest only, as the design asks). Incoming u values
+need no curve or subgroup check: curve25519 is twist-secure (the twist's order is 4 times a prime
+of about 2^253), so a u on either curve lands in a large prime-order group once the clamped scalar
+has cleared the cofactor, and the only inputs that would expose anything about the secret are the
+small-order ones, which X25519 maps to the all-zero output. So every incoming u must be canonical
+(below p, hence bit 255 clear) and an all-zero X25519 output refuses the message.
 
 Messages (all integers big-endian; every length checked before slicing)::
 
-    header   magic "PPSI" (4) | version 0x01 (1) | kind (1) | mode (1: 0 = intersection, 1 = count,
+    header   magic "PPSI" (4) | version 0x02 (1) | kind (1) | mode (1: 0 = intersection, 1 = count,
              2 = alignment: the leader's reply is sorted, the member's is in the leader's order)
-    HELLO    header(kind 1) | session point (32) | count u32 | count x point (32), ascending
-    REPLY    header(kind 2) | nonce (24) | XChaCha20-Poly1305( count u32 | count x point (32) )
+    HELLO    header(kind 1) | session public u (32) | count u32 | count x u (32, little-endian
+             canonical X25519 value), ascending bytewise
+    REPLY    header(kind 2) | nonce (24) | XChaCha20-Poly1305( count u32 | count x u (32) )
     INDEXES  header(kind 3) | nonce (24) | XChaCha20-Poly1305( count u32 | count x index u32 )
 
 The AEAD's associated data is the header followed by the BLAKE2b-256 digest of the sender's HELLO.
-INDEXES carries N-party alignment (see :func:`align`). No pickle anywhere.
+INDEXES carries N-party alignment (see :func:`align`). No pickle anywhere on the wire (worker
+processes receive ids and u values through the standard process pool).
 """
 
 from __future__ import annotations
@@ -58,6 +77,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+import gmpy2
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
 
@@ -70,13 +91,16 @@ __all__ = [
     "hash_to_group",
 ]
 
-_DOMAIN = b"ppml-psi-v1\x00"
+_DOMAIN = b"ppml-psi-v2\x00"
 _MAGIC = b"PPSI"
-_VERSION = 1
+_VERSION = 2
 _HELLO, _REPLY, _INDEXES = 1, 2, 3
 _HEADER = struct.Struct(">4sBBB")
 _COUNT = struct.Struct(">I")
 _POINT = 32
+_FIELD_PRIME = 2**255 - 19
+_CURVE_A = 486662
+_LOW_255_BITS = (1 << 255) - 1
 _NONCE = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 _MAX_COUNT = 1 << 28
 
@@ -87,29 +111,75 @@ def _id_bytes(item: Id) -> bytes:
     return item.encode("utf-8") if isinstance(item, str) else bytes(item)
 
 
-def hash_to_group(item: Id) -> bytes:
-    """The point ``H(item)`` of the prime-order subgroup (see the module docstring)."""
-    digest = hashlib.sha512(_DOMAIN + _id_bytes(item)).digest()
-    return sodium.crypto_core_ed25519_add(
-        sodium.crypto_core_ed25519_from_uniform(digest[:32]),
-        sodium.crypto_core_ed25519_from_uniform(digest[32:]),
+def _hash_digests(ids: Sequence[bytes]) -> list[bytes]:
+    """For each id, the BLAKE2b digest whose u (bit 255 cleared, mod p) is ``H(id)`` on the curve.
+
+    Batched by counter: every id tries c = 0, the ones that landed on the twist try c = 1, and so on.
+    """
+    blake2b, legendre, prime, curve_a, low_bits = (
+        hashlib.blake2b, gmpy2.legendre, gmpy2.mpz(_FIELD_PRIME), _CURVE_A, _LOW_255_BITS
     )
+    digests: list[bytes] = [b""] * len(ids)
+    pending = list(range(len(ids)))
+    for counter in range(256):
+        prefix = _DOMAIN + bytes([counter])
+        tries = [blake2b(prefix + ids[i], digest_size=32).digest() for i in pending]
+        values = [int.from_bytes(digest, "little") & low_bits for digest in tries]
+        on_curve = [legendre(u * (u * (u + curve_a) + 1), prime) == 1 for u in values]
+        for index, digest, found in zip(pending, tries, on_curve, strict=True):
+            if found:
+                digests[index] = digest
+        pending = [index for index, found in zip(pending, on_curve, strict=True) if not found]
+        if not pending:
+            return digests
+    raise AssertionError("256 hashes of one id all missed the curve (probability 2^-256)")
+
+
+def hash_to_group(item: Id) -> bytes:
+    """The 32-byte u-coordinate ``H(item)`` on curve25519, canonical little-endian (see the module
+    docstring)."""
+    value = int.from_bytes(_hash_digests([_id_bytes(item)])[0], "little") & _LOW_255_BITS
+    return (value % _FIELD_PRIME).to_bytes(32, "little")
+
+
+def _x25519(scalar: bytes, value: bytes) -> bytes:
+    """``X(scalar, value)``.
+
+    Raises:
+        ValueError: the output is all zero (``value`` is of small order), as OpenSSL refuses it.
+    """
+    return X25519PrivateKey.from_private_bytes(scalar).exchange(X25519PublicKey.from_public_bytes(value))
 
 
 def _hash_blind_chunk(args: tuple[list[bytes], bytes]) -> bytes:
     ids, scalar = args
-    return b"".join(sodium.crypto_scalarmult_ed25519_noclamp(scalar, hash_to_group(i)) for i in ids)
+    exchange, public = X25519PrivateKey.from_private_bytes(scalar).exchange, X25519PublicKey.from_public_bytes
+    # X25519 masks bit 255 and reduces mod p itself (RFC 7748 section 5): the same u as H(x). A
+    # small-order H(x) (OpenSSL would raise) has probability about 2^-250.
+    return b"".join([exchange(public(digest)) for digest in _hash_digests(ids)])
 
 
-def _exponentiate_chunk(args: tuple[bytes, bytes]) -> bytes:
-    points, scalar = args
-    out = []
-    for offset in range(0, len(points), _POINT):
-        point = points[offset : offset + _POINT]
-        if not sodium.crypto_core_ed25519_is_valid_point(point):
-            raise InvalidPeerMessage("a point is not in the prime-order subgroup")
-        out.append(sodium.crypto_scalarmult_ed25519_noclamp(scalar, point))
-    return b"".join(out)
+def _exponentiate_chunk(args: tuple[bytes, bytes]) -> bytes | None:
+    """``X(scalar, u)`` for each canonical u of the blob, or None if one is of small order."""
+    values, scalar = args
+    exchange, public = X25519PrivateKey.from_private_bytes(scalar).exchange, X25519PublicKey.from_public_bytes
+    try:
+        return b"".join([exchange(public(values[o : o + _POINT])) for o in range(0, len(values), _POINT)])
+    except ValueError:  # OpenSSL refuses an all-zero output: a small-order input
+        return None
+
+
+def _require_canonical(values: bytes) -> None:
+    """Every 32-byte little-endian u in ``values`` is below p (so bit 255 is clear too)."""
+    top_bytes = values[_POINT - 1 :: _POINT]
+    if top_bytes and max(top_bytes) > 0x7F:
+        raise InvalidPeerMessage("a u-coordinate is not canonical")
+    index = top_bytes.find(b"\x7f")
+    while index >= 0:  # only u >= 2^255 - 2^248 can reach p; check those exactly
+        offset = index * _POINT
+        if int.from_bytes(values[offset : offset + _POINT], "little") >= _FIELD_PRIME:
+            raise InvalidPeerMessage("a u-coordinate is not canonical")
+        index = top_bytes.find(b"\x7f", index + 1)
 
 
 def _chunks(count: int, workers: int) -> list[tuple[int, int]]:
@@ -117,30 +187,40 @@ def _chunks(count: int, workers: int) -> list[tuple[int, int]]:
     return [(start, min(count, start + size)) for start in range(0, count, size)]
 
 
-def _hash_blind(ids: Sequence[bytes], scalar: bytes, workers: int) -> list[bytes]:
+def _hash_blind(ids: Sequence[bytes], scalar: bytes, workers: int) -> bytes:
+    """``X(scalar, H(x))`` for each id, concatenated in the ids' order."""
     if workers <= 1 or len(ids) < 2:
-        blob = _hash_blind_chunk((list(ids), scalar))
-    else:
-        jobs = [(list(ids[s:e]), scalar) for s, e in _chunks(len(ids), workers)]
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            blob = b"".join(pool.map(_hash_blind_chunk, jobs))
-    return [blob[i : i + _POINT] for i in range(0, len(blob), _POINT)]
-
-
-def _exponentiate(points: bytes, scalar: bytes, workers: int) -> bytes:
-    count = len(points) // _POINT
-    if workers <= 1 or count < 2:
-        return _exponentiate_chunk((points, scalar))
-    jobs = [(points[s * _POINT : e * _POINT], scalar) for s, e in _chunks(count, workers)]
+        return _hash_blind_chunk((list(ids), scalar))
+    jobs = [(list(ids[s:e]), scalar) for s, e in _chunks(len(ids), workers)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return b"".join(pool.map(_exponentiate_chunk, jobs))
+        return b"".join(pool.map(_hash_blind_chunk, jobs))
+
+
+def _exponentiate(values: bytes, scalar: bytes, workers: int) -> bytes:
+    """``X(scalar, u)`` for each u of the blob, after the canonical and small-order checks.
+
+    Raises:
+        InvalidPeerMessage: a non-canonical or small-order u.
+    """
+    _require_canonical(values)
+    count = len(values) // _POINT
+    if workers <= 1 or count < 2:
+        parts = [_exponentiate_chunk((values, scalar))]
+    else:
+        jobs = [(values[s * _POINT : e * _POINT], scalar) for s, e in _chunks(count, workers)]
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(_exponentiate_chunk, jobs))
+    if any(part is None for part in parts):
+        raise InvalidPeerMessage("a u-coordinate is of small order")
+    return b"".join(part for part in parts if part is not None)
 
 
 def _random_scalar(random_bytes: Callable[[int], bytes]) -> bytes:
-    while True:
-        scalar = sodium.crypto_core_ed25519_scalar_reduce(random_bytes(64))
-        if scalar != bytes(32):
-            return scalar
+    """A clamped X25519 scalar (RFC 7748 section 5), stored clamped so what it means is explicit."""
+    scalar = bytearray(random_bytes(32))
+    scalar[0] &= 248
+    scalar[31] = (scalar[31] & 127) | 64
+    return bytes(scalar)
 
 
 def _parse_header(message: bytes, kind: int) -> int:
@@ -163,6 +243,10 @@ def _parse_counted(body: bytes, item: int) -> bytes:
     if count > _MAX_COUNT or len(body) != _COUNT.size + count * item:
         raise InvalidPeerMessage("length does not match the count")
     return body[_COUNT.size :]
+
+
+def _split(blob: bytes) -> list[bytes]:
+    return [blob[i : i + _POINT] for i in range(0, len(blob), _POINT)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,7 +272,8 @@ class PsiSession:
     tests; it must be a cryptographic source in use.
 
     Raises:
-        InvalidPeerMessage: a malformed, off-curve, mis-authenticated or mode-mismatched message.
+        InvalidPeerMessage: a malformed, non-canonical, small-order, mis-authenticated or
+            mode-mismatched message.
     """
 
     def __init__(
@@ -215,17 +300,18 @@ class PsiSession:
         self._scalar = _random_scalar(random_bytes)
         self._session_scalar = _random_scalar(random_bytes)
         own = list(originals)
-        blinded = _hash_blind(own, self._scalar, workers)
-        order = sorted(range(len(own)), key=blinded.__getitem__)
-        # Sorting the pseudorandom blinded points is a uniformly random shuffle of the ids.
+        # Sorting by the pseudorandom blinded values is a uniformly random shuffle of the ids.
+        blinded = _split(_hash_blind(own, self._scalar, workers))
+        order = sorted(range(len(own)), key=blinded.__getitem__)  # faster than sorting pairs
         self._own_ids = [own[i] for i in order]
         self._hello = self._header(_HELLO) + b"".join(
-            [sodium.crypto_scalarmult_ed25519_base_noclamp(self._session_scalar), _COUNT.pack(len(own))]
+            [X25519PrivateKey.from_private_bytes(self._session_scalar).public_key().public_bytes_raw(),
+             _COUNT.pack(len(own))]
             + [blinded[i] for i in order]
         )
         self._key: bytes | None = None
         self._peer_digest = b""
-        self._peer_points = b""
+        self._peer_size = 0
         self._peer_double: dict[bytes, int] | None = None
         self._matches: dict[bytes, int] = {}
 
@@ -238,31 +324,34 @@ class PsiSession:
         return len(self._own_ids)
 
     def hello(self) -> bytes:
-        """Message 1: this party's session point and blinded ids, sorted (reveals only the count)."""
+        """Message 1: this party's session public value and blinded ids, sorted (reveals only the count)."""
         return self._hello
 
     def reply(self, peer_hello: bytes) -> bytes:
-        """Message 2: the peer's blinded points raised to this party's secret, encrypted to the peer.
+        """Message 2: the peer's blinded values blinded again with this party's secret, encrypted to
+        the peer. In the peer's order, or sorted in cardinality-only mode (and by the alignment leader).
 
-        In the peer's order, or sorted in cardinality-only mode.
+        Raises:
+            InvalidPeerMessage: bad framing, a non-canonical or small-order u, or another mode.
         """
         if self._mode != _parse_header(peer_hello, _HELLO):
             raise InvalidPeerMessage("the peer runs another mode (intersection, cardinality or alignment)")
         body = peer_hello[_HEADER.size :]
         if len(body) < _POINT:
-            raise InvalidPeerMessage("truncated session point")
-        session_point, points = body[:_POINT], _parse_counted(body[_POINT:], _POINT)
-        if not sodium.crypto_core_ed25519_is_valid_point(session_point):
-            raise InvalidPeerMessage("the session point is not in the prime-order subgroup")
-        shared = sodium.crypto_scalarmult_ed25519_noclamp(self._session_scalar, session_point)
+            raise InvalidPeerMessage("truncated session value")
+        session_value, values = body[:_POINT], _parse_counted(body[_POINT:], _POINT)
+        _require_canonical(session_value)
+        try:
+            shared = _x25519(self._session_scalar, session_value)
+        except ValueError:
+            raise InvalidPeerMessage("the session value is of small order") from None
         own_digest = hashlib.blake2b(self._hello, digest_size=32).digest()
         self._peer_digest = hashlib.blake2b(peer_hello, digest_size=32).digest()
         transcript = b"".join(sorted([own_digest, self._peer_digest]))
         self._key = hashlib.blake2b(shared + transcript, digest_size=32, person=b"ppml-psi-key").digest()
-        self._peer_points = points
-        doubled = _exponentiate(points, self._scalar, self._workers)
-        items = [doubled[i : i + _POINT] for i in range(0, len(doubled), _POINT)]
-        self._peer_double = {point: index for index, point in enumerate(items)}
+        items = _split(_exponentiate(values, self._scalar, self._workers))
+        self._peer_size = len(items)
+        self._peer_double = {value: index for index, value in enumerate(items)}
         if self._mode == 1 or (self._mode == 2 and self._leader):
             items.sort()
         return self._seal(_REPLY, _COUNT.pack(len(items)) + b"".join(items), own_digest)
@@ -293,19 +382,21 @@ class PsiSession:
 
     def finish(self, peer_reply: bytes) -> PsiResult:
         """Message 2 from the peer in, the result out (the intersection sorted by id bytes)."""
-        points = _parse_counted(self._open(peer_reply, _REPLY), _POINT)
-        if len(points) != len(self._own_ids) * _POINT:
+        values = _parse_counted(self._open(peer_reply, _REPLY), _POINT)
+        if len(values) != len(self._own_ids) * _POINT:
             raise InvalidPeerMessage("the reply does not answer this party's hello")
-        assert self._peer_double is not None
-        own_double = [points[i : i + _POINT] for i in range(0, len(points), _POINT)]
-        peer_size = len(self._peer_points) // _POINT
+        peer_double = self._peer_double
+        assert peer_double is not None
+        own_double = _split(values)
+        peer_size = self._peer_size
         if self._mode == 1 or (self._mode == 2 and not self._leader):
-            count = sum(point in self._peer_double for point in own_double)
+            count = sum(value in peer_double for value in own_double)
             return PsiResult(cardinality=count, intersection=None, peer_size=peer_size)
+        get = peer_double.get
         self._matches = {
-            self._own_ids[i]: self._peer_double[point]
-            for i, point in enumerate(own_double)
-            if point in self._peer_double
+            own_id: index
+            for own_id, index in zip(self._own_ids, map(get, own_double), strict=True)
+            if index is not None
         }
         common = sorted(self._matches)
         return PsiResult(
@@ -345,7 +436,7 @@ def align(leader_sessions: Sequence[PsiSession]) -> tuple[list[Id], list[bytes]]
     What each learns (a star of pairwise PSIs): party ``i`` learns ``L ∩ P_i`` of its own ids and the
     final aligned list, never another party's non-intersecting ids; the leader learns every
     ``L ∩ P_i``; the relaying coordinator learns set sizes and message lengths only (INDEXES is
-    encrypted end to end and holds positions in a list sorted by pseudorandom points).
+    encrypted end to end and holds positions in a list sorted by pseudorandom values).
     """
     if not leader_sessions:
         raise UsageError("alignment needs at least one peer session")
