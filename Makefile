@@ -46,6 +46,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/psi.py
 	$(PY) bench/fl.py
 	$(PY) bench/vfl.py
+	$(PY) bench/fgboost.py
 	$(PY) bench/tpch.py --scale-factor 1
 
 clean:
