@@ -51,7 +51,7 @@ FL_EXAMPLES = {
         FlExample(name="fl-fgboost", job="fgboost", parties=(GUEST, HOST),
                   summary="FGBoost: SecureBoost-style vertical gradient-boosted trees, Paillier-encrypted "
                   "gradients, each split's threshold kept by the party owning the feature",
-                  job_args=("--trees", "5", "--max-depth", "3", "--learning-rate", "0.3", "--bins", "16")),
+                  job_args=("--max-depth", "3", "--learning-rate", "0.3", "--bins", "16")),
         FlExample(name="fl-vfl-nn", job="vfl-nn", parties=(GUEST, HOST),
                   summary="a split neural network: each party a bottom model, the label party the top model",
                   job_args=("--epochs", "10", "--batch-size", "32", "--learning-rate", "0.01", "--seed", "1")),
@@ -118,7 +118,7 @@ def vertical_data(directory: Path, seed: int) -> VerticalSplit:
                          features={p: x[order][:, columns[p]] for p in (GUEST, HOST)}, labels=y[order])
 
 
-def centralized_auc(split: VerticalSplit, job: str, test_fraction: float, seed: int) -> float:
+def centralized_auc(split: VerticalSplit, job: str, test_fraction: float, seed: int, trees: int = 5) -> float:
     """The same aligned rows, split and standardised the same way, every column in one place:
     scikit-learn's LogisticRegression (vfl-lr), an MLP of the split NN's total shape (vfl-nn) or
     XGBoost with FGBoost's trees, depth, learning rate and bins (fgboost)."""
@@ -136,7 +136,7 @@ def centralized_auc(split: VerticalSplit, job: str, test_fraction: float, seed: 
     if job == "fgboost":
         from xgboost import XGBClassifier
 
-        model = XGBClassifier(n_estimators=5, max_depth=3, learning_rate=0.3, max_bin=16, tree_method="hist",
+        model = XGBClassifier(n_estimators=trees, max_depth=3, learning_rate=0.3, max_bin=16, tree_method="hist",
                               reg_lambda=1.0, min_child_weight=1.0, base_score=float(split.labels[:cut].mean()))
     elif job == "vfl-lr":
         model = LogisticRegression(max_iter=1000)
@@ -181,8 +181,10 @@ def _shown(log: Path, prefixes: tuple[str, ...]) -> list[str]:
 
 
 def run_fl_example(name: str, *, workdir: Path, rows: int = 10_000, seed: int = 7, he: str = "paillier",
-                   timeout: float = 900.0) -> int:
+                   trees: int = 5, timeout: float = 900.0) -> int:
     example = FL_EXAMPLES[name]
+    if example.job == "fgboost":
+        example = dataclasses.replace(example, job_args=(*example.job_args, "--trees", str(trees)))
     steps = Steps()
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = workdir / "data"
@@ -276,11 +278,11 @@ def run_fl_example(name: str, *, workdir: Path, rows: int = 10_000, seed: int = 
             for process in [*processes.values(), server]:
                 if process.poll() is None:
                     stop_process(process)
-    return _report(name, example, workdir, split, overlap, seed, steps)
+    return _report(name, example, workdir, split, overlap, seed, steps, trees)
 
 
 def _report(name: str, example: FlExample, workdir: Path, split: VerticalSplit | None, overlap: int, seed: int,
-            steps: Steps) -> int:
+            steps: Steps, trees: int) -> int:
     if example.job == "psi":
         counts = {party: _shown(workdir / f"{party}.log", ("intersection:",)) for party in example.parties}
         lines = {line for shown in counts.values() for line in shown}
@@ -296,7 +298,7 @@ def _report(name: str, example: FlExample, workdir: Path, split: VerticalSplit |
     if not metric:
         print(f"FAILED: the label party printed no AUC; see {workdir / (GUEST + '.log')}")
         return 1
-    central = centralized_auc(split, example.job, 0.25, seed)
+    central = centralized_auc(split, example.job, 0.25, seed, trees)
     print(f"\nmodel shares written encrypted: {', '.join(str(workdir / (p + '-result')) for p in example.parties)}")
     print(f"({steps.elapsed:.1f} s in all)")
     baseline = "centralized XGBoost" if example.job == "fgboost" else "centralized"

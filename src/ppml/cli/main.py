@@ -354,7 +354,7 @@ def cmd_example_fl(args: argparse.Namespace) -> int:
     from ppml.cli.fl_examples import run_fl_example
 
     return run_fl_example(args.example, workdir=Path(args.workdir or f".example-{args.example}"), rows=args.rows,
-                          seed=args.seed, he=args.he)
+                          seed=args.seed, he=args.he, trees=max(1, args.trees))
 
 
 def cmd_example_ml(args: argparse.Namespace) -> int:
@@ -599,7 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--rows", type=_non_negative_int, default=10_000, help="ids per party (half shared)")
         if name == "fl-vfl-lr":
             p.add_argument("--he", choices=["paillier", "ckks"], default="paillier")
-        p.set_defaults(func=cmd_example_fl, rows=10_000, he="paillier")
+        if name == "fl-fgboost":
+            p.add_argument("--trees", type=_non_negative_int, default=5, help="boosting rounds (XGBoost gets as many)")
+        p.set_defaults(func=cmd_example_fl, rows=10_000, he="paillier", trees=5)
 
     p = commands.add_parser(
         "demo",
