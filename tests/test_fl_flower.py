@@ -1,0 +1,353 @@
+"""Horizontal FL on Flower with SecAgg+ (ppml.fl.flower): SecAgg+ parameter checks, the SuperLink's
+attestation as a SuperNode checks it, and a real deployment on loopback (SuperLink + 3 SuperNodes as
+processes in the Flower venv, TLS everywhere, SuperNode authentication on, ``flwr run``) in which
+the aggregate equals the plain weighted mean within SecAgg+'s quantisation bound, the server
+receives no plaintext update, a wrong-shaped update is refused and a client killed mid-round is
+survived."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from joserfc.jwk import ECKey
+
+from ppml.attestation.tokens import TokenSigner
+from ppml.core.evidence import Claims
+from ppml.errors import CoordinatorNotAttested, ServiceUnavailable, UsageError
+from ppml.fl.flower import SecAggPlusParams
+from ppml.fl.flower import deployment as fd
+from ppml.fl.flower import env as flower_env
+from ppml.fl.flower import model as models
+from ppml.fl.flower.attest import superlink_certificate, verify_superlink
+from ppml.fl.service import Coordinator, CoordinatorAttestation, CoordinatorVerifier, PartyIdentity, RoundSpec
+from ppml.fl.service import issue_federation
+from ppml.tabular.tables import write_csv_table
+from ppml.tee.keys import kms_for
+
+TESTS = Path(__file__).parent
+ROWS = (120, 160, 200)
+FEATURES = 4
+
+# -- SecAgg+ parameters -----------------------------------------------------------------------------
+
+
+def test_an_even_num_shares_is_refused_before_anything_starts() -> None:
+    with pytest.raises(UsageError, match="num_shares must be odd"):
+        SecAggPlusParams(clients=4, num_shares=4, threshold=2)
+    with pytest.raises(UsageError, match="threshold"):
+        SecAggPlusParams(clients=3, num_shares=3, threshold=3)
+    with pytest.raises(UsageError, match="overflow"):
+        SecAggPlusParams(clients=5, num_shares=5, threshold=3, quantization_range=1 << 30)
+    params = SecAggPlusParams(clients=5, num_shares=5, threshold=3)
+    assert params.tolerated_dropouts == 2
+
+
+def test_write_app_refuses_an_even_num_shares_through_the_server_app_config(tmp_path: Path) -> None:
+    # The ServerApp builds SecAggPlusParams from the run config: the same check, before Flower's.
+    with pytest.raises(UsageError, match="odd"):
+        SecAggPlusParams(clients=4, num_shares=int(fd.APP_CONFIG["num-shares"]) + 1, threshold=2)
+    with pytest.raises(UsageError, match="unknown Flower run config"):
+        fd.write_app(tmp_path, config={"no-such-key": 1})
+
+
+# -- the SuperLink's attestation --------------------------------------------------------------------
+
+
+class _Session:
+    """An attested session as the gate hands it on: a token naming a TEE key, and that key."""
+
+    def __init__(self, signer: TokenSigner, policy: str) -> None:
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        jwk = ECKey.import_key(self._key.public_key()).as_dict(private=False)
+        claims = Claims(tee="tdx", report_data="11" * 64, debug=False, tcb_status="UpToDate", mr_td="22" * 48)
+        self.token = signer.issue(claims=claims, nonce="n", policy_ids=[policy], runtime_data={"tee_public_key": jwk},
+                                  now=time.time())
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message, ec.ECDSA(hashes.SHA256()))
+
+
+class _TlsServer:
+    """Stands in for the SuperLink's TLS port (only its certificate matters to the check)."""
+
+    def __init__(self, certificate: Path, key: Path) -> None:
+        import ssl
+        import threading
+        import socket
+
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificate, key)
+
+        def serve() -> None:
+            while True:
+                try:
+                    connection, _ = self._socket.accept()
+                except OSError:
+                    return
+                try:
+                    with context.wrap_socket(connection, server_side=True):
+                        pass
+                except (OSError, ssl.SSLError):
+                    pass
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+@pytest.fixture()
+def attested_superlink(tmp_path: Path) -> Iterator[dict[str, object]]:
+    signer = TokenSigner.generate(issuer="https://as.test")
+    issue_federation(tmp_path / "fed", ["org0", "org1"])
+    issue_federation(tmp_path / "other", ["org0"])
+    certificate = superlink_certificate()
+    (tmp_path / "sl.pem").write_bytes(certificate.certificate_pem)
+    (tmp_path / "sl.key").write_bytes(certificate.private_key_pem)
+    superlink = _TlsServer(tmp_path / "sl.pem", tmp_path / "sl.key")
+    spec = RoundSpec(round_id="flower-attest", job="flower-attest", parties=("org0", "org1"), join_timeout=600)
+    endpoint = Coordinator(spec, attestation=CoordinatorAttestation(_Session(signer, "p1")), certificate=certificate)
+    port = endpoint.start(host="127.0.0.1", port=0, client_ca_pem=(tmp_path / "fed" / "ca.pem").read_bytes())
+    other = Coordinator(spec, attestation=CoordinatorAttestation(_Session(signer, "p1")))  # its own certificate
+    other_port = other.start(host="127.0.0.1", port=0, client_ca_pem=(tmp_path / "fed" / "ca.pem").read_bytes())
+    yield {"signer": signer, "base": tmp_path, "superlink": f"127.0.0.1:{superlink.port}",
+           "attest": f"127.0.0.1:{port}", "relay": f"127.0.0.1:{other_port}", "pem": certificate.certificate_pem}
+    endpoint.stop()
+    other.stop()
+    superlink.close()
+
+
+def _identity(base: Path, ca: str, name: str) -> PartyIdentity:
+    return PartyIdentity.from_files(certificate=base / ca / f"{name}.pem", private_key=base / ca / f"{name}.key",
+                                    ca=base / "fed" / "ca.pem")
+
+
+def test_a_supernode_pins_the_attested_superlink_certificate(attested_superlink: dict[str, object]) -> None:
+    s = attested_superlink
+    signer, base = s["signer"], s["base"]
+    assert isinstance(signer, TokenSigner) and isinstance(base, Path)
+    verifier = CoordinatorVerifier(jwks=signer.jwks(), issuer="https://as.test", policy_id="p1")
+    pem, token = verify_superlink(str(s["superlink"]), str(s["attest"]), identity=_identity(base, "fed", "org0"),
+                                  verifier=verifier)
+    assert pem == s["pem"] and "p1" in token.policy_ids
+    # another policy, an endpoint bound to another certificate (a relay), a forged token's signer
+    with pytest.raises(CoordinatorNotAttested, match="policies"):
+        verify_superlink(str(s["superlink"]), str(s["attest"]), identity=_identity(base, "fed", "org0"),
+                         verifier=CoordinatorVerifier(jwks=signer.jwks(), issuer="https://as.test", policy_id="p2"))
+    with pytest.raises(CoordinatorNotAttested, match="another certificate"):
+        verify_superlink(str(s["superlink"]), str(s["relay"]), identity=_identity(base, "fed", "org0"),
+                         verifier=verifier)
+    stranger = TokenSigner.generate(issuer="https://as.test")
+    with pytest.raises(CoordinatorNotAttested, match="token was refused"):
+        verify_superlink(str(s["superlink"]), str(s["attest"]), identity=_identity(base, "fed", "org0"),
+                         verifier=CoordinatorVerifier(jwks=stranger.jwks(), issuer="https://as.test", policy_id="p1"))
+
+
+def test_a_supernode_operator_with_a_wrong_certificate_cannot_even_ask(attested_superlink: dict[str, object]) -> None:
+    s = attested_superlink
+    signer, base = s["signer"], s["base"]
+    assert isinstance(signer, TokenSigner) and isinstance(base, Path)
+    verifier = CoordinatorVerifier(jwks=signer.jwks(), issuer="https://as.test", policy_id="p1")
+    with pytest.raises(ServiceUnavailable):
+        verify_superlink(str(s["superlink"]), str(s["attest"]), identity=_identity(base, "other", "org0"),
+                         verifier=verifier)
+
+
+# -- a deployment on loopback -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Federation:
+    """A SuperLink (TLS, SuperNode auth) and three SuperNodes, each with its encrypted table."""
+
+    def __init__(self, base: Path, env: Path) -> None:
+        self.base, self.env = base, env
+        self.home = base / "flwr-home"
+        self.kms_uri = f"local:{base / 'keys'}"
+        kms = kms_for(self.kms_uri)
+        self.key = kms.create_primary_key(description="hfl test").key_id
+        rng = np.random.default_rng(3)
+        self.data: list[tuple[np.ndarray, np.ndarray]] = []
+        for index, rows in enumerate(ROWS):
+            x = rng.normal(size=(rows, FEATURES))
+            y = (x[:, 0] - x[:, 1] + 0.3 * rng.normal(size=rows) > 0).astype(np.int64)
+            self.data.append((x, y))
+            table = pa.table({**{f"x{j}": x[:, j] for j in range(FEATURES)}, "label": y})
+            write_csv_table(table, base / f"party{index}.csv.ppml", kms=kms, key_id=self.key)
+        certificate = superlink_certificate()
+        self.cert, key_file = base / "superlink.pem", base / "superlink.key"
+        self.cert.write_bytes(certificate.certificate_pem)
+        key_file.write_bytes(certificate.private_key_pem)
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        fd.write_cli_config(self.home, superlink=self.address, root_certificate=self.cert)
+        environment = fd.flwr_environment(env, self.home)
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._environment = environment
+        self.processes["superlink"] = subprocess.Popen(
+            fd.superlink_argv(env, port=self.port, certificate=self.cert, private_key=key_file,
+                              state=base / "state.db"),
+            stdout=(base / "superlink.log").open("wb"), stderr=subprocess.STDOUT, env=environment,
+            start_new_session=True)
+        fd.wait_for_port(self.port, process=self.processes["superlink"])
+        self.marker = base / "hang.marker"
+        for index in range(len(ROWS)):
+            self.start_node(index)
+
+    def start_node(self, index: int, *, register: bool = True) -> subprocess.Popen[bytes]:
+        private, public = fd.node_key(self.base / "nodes", f"node{index}")
+        if register and not (self.base / "nodes" / f"node{index}.registered").exists():
+            fd.register_supernode(self.env, self.home, public)
+            (self.base / "nodes" / f"node{index}.registered").write_text("")
+        node_config: dict[str, str | int] = {"data-path": str(self.base / f"party{index}.csv.ppml"),
+                                             "kms": self.kms_uri, "seed": index}
+        if index == 2:
+            node_config.update({"behaviour": "wrong-shape,hang", "marker": str(self.marker)})
+        process = subprocess.Popen(
+            fd.supernode_argv(self.env, superlink=self.address, root_certificate=self.cert, auth_key=private,
+                              port=_free_port(), node_config=node_config),
+            stdout=(self.base / f"node{index}.log").open("ab"), stderr=subprocess.STDOUT, env=self._environment,
+            start_new_session=True)
+        self.processes[f"node{index}"] = process
+        return process
+
+    def kill(self, name: str) -> None:
+        process = self.processes[name]
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+    def close(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for name, process in self.processes.items():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill(name)
+
+    def run(self, name: str, *, clientapp: str = "ppml.fl.flower.client_app:client_app",
+            **config: str | int | float | bool) -> tuple[list[np.ndarray], dict[str, object]]:
+        app = self.base / f"app-{name}"
+        result = self.base / f"result-{name}"
+        result.mkdir()
+        fd.write_app(app, config={"features": FEATURES, "result-dir": str(result), "secagg-timeout": 20.0, **config},
+                     clientapp=clientapp)
+        shutil.copy(TESTS / "flower_test_client.py", app / "flower_test_client.py")
+        summary = fd.run_app(self.env, self.home, app, log=self.base / f"run-{name}.log", timeout=240)
+        with np.load(result / "aggregate.npz", allow_pickle=False) as loaded:
+            return [loaded[f"arr_{i}"] for i in range(len(loaded.files))], summary
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    env = flower_env.create(flower_env.default_path())
+    federation = Federation(tmp_path_factory.mktemp("flower"), env)
+    try:
+        yield federation
+    finally:
+        federation.close()
+
+
+def _local_updates(federation: Federation, parties: list[int]) -> tuple[list[list[np.ndarray]], list[int]]:
+    """What each party's ClientApp computes, recomputed here: the same model, data and seed."""
+    updates, counts = [], []
+    for index in parties:
+        model = models.build("mlp", features=FEATURES, classes=2, hidden=16, seed=0)
+        x, y = federation.data[index]
+        models.train(model, x, y, epochs=1, batch_size=32, learning_rate=0.1, seed=index)
+        updates.append(models.get_weights(model))
+        counts.append(len(y))
+    return updates, counts
+
+
+def _weighted_mean(updates: list[list[np.ndarray]], counts: list[int]) -> list[np.ndarray]:
+    total = sum(counts)
+    return [sum(c * u[i] for u, c in zip(updates, counts)) / total for i in range(len(updates[0]))]
+
+
+@pytest.mark.slow
+def test_secagg_plus_aggregate_equals_the_plain_mean_and_the_server_sees_no_update(federation: Federation) -> None:
+    record = federation.base / "record"
+    record.mkdir()
+    model_path = federation.base / "global.ckpt.ppml"
+    aggregate, summary = federation.run("honest", **{"record-dir": str(record), "model-path": str(model_path),
+                                                     "model-kms": federation.kms_uri, "model-key": federation.key})
+    updates, counts = _local_updates(federation, [0, 1, 2])
+    expected = _weighted_mean(updates, counts)
+    params = SecAggPlusParams(clients=3, num_shares=3, threshold=2)
+    largest = max(float(np.abs(w).max()) for u in updates for w in u)
+    bound = params.error_bound(total_weight=sum(counts), max_abs_value=largest)
+    error = max(float(np.abs(a - e).max()) for a, e in zip(aggregate, expected))
+    assert error <= bound, (error, bound)
+    assert summary["refused"] == [] and summary["rounds"] == [{"round": 1, "results": 3, "failures": 0}]
+    # the server received three masked vectors, none of them (nor its quantised form) an update
+    received = [np.load(path, allow_pickle=False) for path in sorted(record.glob("masked-*.npy"))]
+    assert len(received) == 3
+    for masked in received:
+        assert masked.max() > 2**31  # uniform masks over [0, 2^32)
+        for update in updates:
+            flat = np.concatenate([w.ravel() for w in update])
+            quantised = (np.clip(flat, -8, 8) + 8) * ((1 << 22) / 16)
+            assert np.mean(np.abs(masked - flat) < 1e-3) < 0.01
+            assert np.mean(np.abs(masked - quantised) < 64 * 1 << 22) < 0.05
+    # the final global model was saved encrypted in ppml's checkpoint format
+    from ppml.torch.checkpoint import load
+
+    assert b"weight" not in model_path.read_bytes()
+    state = load(model_path, kms=kms_for(federation.kms_uri))
+    assert all(np.allclose(value.numpy(), a, atol=1e-6) for value, a in zip(state.values(), aggregate))
+
+
+@pytest.mark.slow
+def test_an_update_of_the_wrong_shape_is_refused_and_the_round_goes_on(federation: Federation) -> None:
+    aggregate, summary = federation.run("wrong-shape", clientapp="flower_test_client:wrong_shape_app")
+    assert len(summary["refused"]) == 1  # type: ignore[arg-type]
+    updates, counts = _local_updates(federation, [0, 1])
+    expected = _weighted_mean(updates, counts)
+    bound = SecAggPlusParams(clients=3, num_shares=3, threshold=2).error_bound(total_weight=sum(counts), max_abs_value=2.0)
+    assert max(float(np.abs(a - e).max()) for a, e in zip(aggregate, expected)) <= bound
+
+
+@pytest.mark.slow
+def test_a_client_killed_mid_round_leaves_the_aggregate_of_the_others(federation: Federation) -> None:
+    import threading
+
+    def kill_when_training() -> None:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline and not federation.marker.exists():
+            time.sleep(0.2)
+        federation.kill("node2")
+
+    killer = threading.Thread(target=kill_when_training, daemon=True)
+    killer.start()
+    aggregate, summary = federation.run("dropout", clientapp="flower_test_client:dropout_app")
+    killer.join(5)
+    assert federation.marker.exists()
+    updates, counts = _local_updates(federation, [0, 1])
+    expected = _weighted_mean(updates, counts)
+    bound = SecAggPlusParams(clients=3, num_shares=3, threshold=2).error_bound(total_weight=sum(counts), max_abs_value=2.0)
+    assert max(float(np.abs(a - e).max()) for a, e in zip(aggregate, expected)) <= bound
+    assert json.loads(json.dumps(summary))["rounds"][0]["results"] == 2
