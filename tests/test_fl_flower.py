@@ -31,8 +31,14 @@ from ppml.fl.flower import deployment as fd
 from ppml.fl.flower import env as flower_env
 from ppml.fl.flower import model as models
 from ppml.fl.flower.attest import superlink_certificate, verify_superlink
-from ppml.fl.service import Coordinator, CoordinatorAttestation, CoordinatorVerifier, PartyIdentity, RoundSpec
-from ppml.fl.service import issue_federation
+from ppml.fl.service import (
+    Coordinator,
+    CoordinatorAttestation,
+    CoordinatorVerifier,
+    PartyIdentity,
+    RoundSpec,
+    issue_federation,
+)
 from ppml.tabular.tables import write_csv_table
 from ppml.tee.keys import kms_for
 
@@ -83,9 +89,9 @@ class _TlsServer:
     """Stands in for the SuperLink's TLS port (only its certificate matters to the check)."""
 
     def __init__(self, certificate: Path, key: Path) -> None:
+        import socket
         import ssl
         import threading
-        import socket
 
         self._socket = socket.create_server(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
@@ -308,11 +314,12 @@ def test_secagg_plus_aggregate_equals_the_plain_mean_and_the_server_sees_no_upda
     assert len(received) == 3
     for masked in received:
         assert masked.max() > 2**31  # uniform masks over [0, 2^32)
-        for update in updates:
+        for update, count in zip(updates, counts):
             flat = np.concatenate([w.ravel() for w in update])
-            quantised = (np.clip(flat, -8, 8) + 8) * ((1 << 22) / 16)
+            # what the client would send unmasked: its update scaled by its weight and quantised
+            quantised = (np.clip(flat * count / params.max_weight, -8, 8) + 8) * ((1 << 22) / 16)
             assert np.mean(np.abs(masked - flat) < 1e-3) < 0.01
-            assert np.mean(np.abs(masked - quantised) < 64 * 1 << 22) < 0.05
+            assert np.mean(np.abs(masked - quantised) < 64) < 0.01
     # the final global model was saved encrypted in ppml's checkpoint format
     from ppml.torch.checkpoint import load
 
@@ -327,7 +334,8 @@ def test_an_update_of_the_wrong_shape_is_refused_and_the_round_goes_on(federatio
     assert len(summary["refused"]) == 1  # type: ignore[arg-type]
     updates, counts = _local_updates(federation, [0, 1])
     expected = _weighted_mean(updates, counts)
-    bound = SecAggPlusParams(clients=3, num_shares=3, threshold=2).error_bound(total_weight=sum(counts), max_abs_value=2.0)
+    bound = SecAggPlusParams(clients=3, num_shares=3, threshold=2).error_bound(total_weight=sum(counts),
+                                                                               max_abs_value=2.0)
     assert max(float(np.abs(a - e).max()) for a, e in zip(aggregate, expected)) <= bound
 
 
@@ -348,6 +356,7 @@ def test_a_client_killed_mid_round_leaves_the_aggregate_of_the_others(federation
     assert federation.marker.exists()
     updates, counts = _local_updates(federation, [0, 1])
     expected = _weighted_mean(updates, counts)
-    bound = SecAggPlusParams(clients=3, num_shares=3, threshold=2).error_bound(total_weight=sum(counts), max_abs_value=2.0)
+    bound = SecAggPlusParams(clients=3, num_shares=3, threshold=2).error_bound(total_weight=sum(counts),
+                                                                               max_abs_value=2.0)
     assert max(float(np.abs(a - e).max()) for a, e in zip(aggregate, expected)) <= bound
     assert json.loads(json.dumps(summary))["rounds"][0]["results"] == 2

@@ -601,6 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--he", choices=["paillier", "ckks"], default="paillier")
         p.set_defaults(func=cmd_example_fl, rows=10_000, he="paillier")
 
+    from ppml.cli.fl_flower import add_example as add_hfl_example
+
+    add_hfl_example(example_commands)
+
     p = commands.add_parser(
         "demo",
         help="run the whole workflow on embedded defaults",

@@ -30,7 +30,7 @@ def load_party_data(path: str, kms_uri: str) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(columns[:-1], axis=1), columns[-1].astype(np.int64)
 
 
-class _Party(NumPyClient):  # type: ignore[misc]
+class _Party(NumPyClient):  # type: ignore[misc,unused-ignore]
     def __init__(self, context: Context) -> None:
         self.run_config = context.run_config
         node = context.node_config

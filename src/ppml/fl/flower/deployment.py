@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ppml.errors import PpmlError, UsageError
 from ppml.fl.flower.env import executable
 
-__all__ = ["APP_CONFIG", "FlowerRunFailed", "flwr_environment", "node_key", "register_supernode", "run_app",
-           "superlink_argv", "supernode_argv", "write_app", "write_cli_config"]
+__all__ = ["APP_CONFIG", "FlowerRunFailed", "flwr_environment", "free_port", "node_key", "register_supernode",
+           "run_app", "superlink_argv", "supernode_argv", "write_app", "write_cli_config"]
 
 _CONNECTION: Final = "ppml"
 
@@ -130,6 +130,14 @@ def register_supernode(env: Path, home: Path, public_key: Path) -> str:
     if result.returncode:
         raise FlowerRunFailed(f"registering {public_key.name}: {(result.stdout + result.stderr)[-1500:]}")
     return result.stdout.strip()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def wait_for_port(port: int, *, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None) -> None:

@@ -28,7 +28,8 @@ FLOWER_REQUIREMENT: Final = "flwr==1.42.*"
 _PTH: Final = "zzz-ppml-main-venv.pth"
 _STAMP: Final = ".ppml-flower-ready"
 _CHECK: Final = ("import flwr, torch, numpy, cryptography, google.protobuf as pb; "
-                 "import ppml.fl.flower.server_app, ppml.fl.flower.client_app, ppml.core.envelope, ppml.tabular.tables, ppml.torch.checkpoint; "
+                 "import ppml.fl.flower.server_app, ppml.fl.flower.client_app, ppml.core.envelope, "
+                 "ppml.tabular.tables, ppml.torch.checkpoint; "
                  "print('flwr', flwr.__version__, 'torch', torch.__version__, 'cryptography', "
                  "cryptography.__version__, 'protobuf', pb.__version__)")
 

@@ -64,7 +64,8 @@ class _CheckingGrid:
             if reply.has_error():
                 kept.append(reply)
                 continue
-            vectors = [bytes_to_ndarray(b) for b in reply.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
+            masked = reply.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
+            vectors = [bytes_to_ndarray(b) for b in masked]
             node = reply.metadata.src_node_id
             if [tuple(v.shape) for v in vectors] != self._shapes:
                 _log.warning("ppml: refused the masked update of node %s: shapes %s, the model's are %s", node,
@@ -121,7 +122,7 @@ def _server_main(grid: Grid, context: Context) -> None:
             modulus_range=params.modulus_range, max_weight=params.max_weight, timeout=params.timeout))
     else:
         workflow = DefaultWorkflow()
-    workflow(checking, legacy)  # type: ignore[arg-type]
+    workflow(checking, legacy)
     elapsed = time.monotonic() - started
     if strategy.final is None:
         raise RuntimeError("no round produced an aggregate")
