@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ppml.errors import PpmlError, UsageError
 from ppml.fl.flower.env import executable
+from ppml.fl.flower.params import SecAggPlusParams
 
 __all__ = ["APP_CONFIG", "FlowerRunFailed", "flwr_environment", "free_port", "node_key", "register_supernode",
            "run_app", "superlink_argv", "supernode_argv", "write_app", "write_cli_config"]
@@ -59,12 +60,24 @@ def write_app(directory: Path, *, config: Mapping[str, str | int | float | bool]
               clientapp: str = "ppml.fl.flower.client_app:client_app",
               serverapp: str = "ppml.fl.flower.server_app:server_app") -> Path:
     """The Flower App (``pyproject.toml``) ``flwr run`` bundles: its components live in ppml,
-    which the Flower venv imports; ``config`` overrides :data:`APP_CONFIG`."""
+    which the Flower venv imports; ``config`` overrides :data:`APP_CONFIG`.
+
+    Raises:
+        UsageError: an unknown key, or SecAgg+ parameters :class:`SecAggPlusParams` refuses (an
+            even ``num-shares``), before any Flower process sees them.
+    """
     unknown = set(config) - set(APP_CONFIG)
     if unknown:
         raise UsageError(f"unknown Flower run config keys {sorted(unknown)}")
-    directory.mkdir(parents=True, exist_ok=True)
     values = {**APP_CONFIG, **config}
+    if values["secagg"]:
+        # Flower's own checks come later, in the ServerApp, and miss an even num_shares.
+        SecAggPlusParams(clients=int(values["clients"]), num_shares=int(values["num-shares"]),
+                         threshold=int(values["threshold"]), clipping_range=float(values["clipping-range"]),
+                         quantization_range=int(values["quantization-range"]),
+                         modulus_range=int(values["modulus-range"]), max_weight=float(values["max-weight"]),
+                         timeout=float(values["secagg-timeout"]))
+    directory.mkdir(parents=True, exist_ok=True)
     lines = ['[build-system]', 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', '',
              '[project]', 'name = "ppmlhfl"', 'version = "1.0.0"', 'description = "ppml horizontal FL"',
              'license = "Apache-2.0"', 'dependencies = []', '', '[tool.hatch.build.targets.wheel]',
