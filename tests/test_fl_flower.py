@@ -259,7 +259,7 @@ class Federation:
         app = self.base / f"app-{name}"
         result = self.base / f"result-{name}"
         result.mkdir()
-        fd.write_app(app, config={"features": FEATURES, "result-dir": str(result), "secagg-timeout": 20.0, **config},
+        fd.write_app(app, config={"features": FEATURES, "result-dir": str(result), "secagg-timeout": 30.0, **config},
                      clientapp=clientapp)
         shutil.copy(TESTS / "flower_test_client.py", app / "flower_test_client.py")
         summary = fd.run_app(self.env, self.home, app, log=self.base / f"run-{name}.log", timeout=240)

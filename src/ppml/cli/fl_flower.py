@@ -117,6 +117,7 @@ def cmd_example_hfl(args: argparse.Namespace) -> int:
 
 
 PARTIES = ("org0", "org1", "org2")
+LOCAL_EPOCHS, LEARNING_RATE = 5, 0.2  # the centralized baseline trains rounds × LOCAL_EPOCHS epochs
 
 
 def _digits_split(directory: Path, seed: int) -> tuple[dict[str, Path], Any, Any, Any, Any]:
@@ -244,7 +245,8 @@ def run_hfl_example(*, workdir: Path, model: str = "mlp", rounds: int = 3, seed:
             model_path = workdir / "global-model.ckpt.ppml"
             app = fd.write_app(workdir / "app", config={
                 "clients": len(PARTIES), "min-clients": 2, "num-rounds": rounds, "model": model, "features": 64,
-                "classes": 10, "hidden": 32, "seed": seed, "local-epochs": 2, "batch-size": 32, "learning-rate": 0.1,
+                "classes": 10, "hidden": 32, "seed": seed, "local-epochs": LOCAL_EPOCHS, "batch-size": 32,
+                "learning-rate": LEARNING_RATE,
                 **params.run_config(), "model-path": str(model_path), "model-kms": kms, "model-key": keys["model"]})
             summary = steps.run(f"flwr run: {rounds} rounds of FedAvg with SecAgg+ (num_shares 3, threshold 2)",
                                 lambda: fd.run_app(env, home, app, log=workdir / "run.log", timeout=900),
@@ -260,7 +262,8 @@ def run_hfl_example(*, workdir: Path, model: str = "mlp", rounds: int = 3, seed:
         global_model.load_state_dict(load(model_path, kms=kms_for(kms)))
     accuracy = models.accuracy(global_model, x_test, y_test)
     central = models.build(model, features=64, classes=10, hidden=32, seed=seed)
-    models.train(central, x_train, y_train, epochs=2 * rounds, batch_size=32, learning_rate=0.1, seed=seed)
+    models.train(central, x_train, y_train, epochs=LOCAL_EPOCHS * rounds, batch_size=32,
+                 learning_rate=LEARNING_RATE, seed=seed)
     print(f"\nglobal model written encrypted: {model_path} ({summary['seconds']:.1f} s of federated training)")
     print(f"({steps.elapsed:.1f} s in all)")
     print(f"accuracy: {accuracy:.4f} (centralized: {models.accuracy(central, x_test, y_test):.4f})")
