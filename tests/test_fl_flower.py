@@ -7,6 +7,7 @@ survived. The Flower venv comes from ``ppml fl flower-env`` (``make test`` creat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -357,3 +358,34 @@ def test_a_client_killed_mid_round_leaves_the_aggregate_of_the_others(federation
     bound = params.error_bound(total_weight=sum(counts), max_abs_value=largest)
     assert max(float(np.abs(a - e).max()) for a, e in zip(aggregate, expected)) <= bound
     assert json.loads(json.dumps(summary))["rounds"][0]["results"] == 2
+
+
+@pytest.mark.slow
+def test_a_supernode_with_an_unregistered_key_is_refused(federation: Federation) -> None:
+    private, _ = fd.node_key(federation.base / "nodes", "stranger")
+    argv = fd.supernode_argv(federation.env, superlink=federation.address, root_certificate=federation.cert,
+                             auth_key=private, port=_free_port(),
+                             node_config={"data-path": str(federation.base / "party0.csv.ppml"),
+                                          "kms": federation.kms_uri})
+    argv[argv.index("--max-retries") + 1] = "0"
+    log = federation.base / "stranger.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=federation._environment,
+                                   start_new_session=True)
+    try:
+        assert process.wait(60) != 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    text = log.read_text(errors="replace")
+    assert "Failed to activate SuperNode" in text and "SuperNode ID" not in text
+
+
+def test_the_superlink_wrapper_refuses_to_run_outside_the_tee_gate(tmp_path: Path) -> None:
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "ppml.cli.main", "fl", "flower-superlink", "--port", "1",
+                             "--attest-port", "0", "--party", "a", "--ca", str(tmp_path / "ca.pem"), "--state-dir",
+                             str(tmp_path)], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("PPML_TEE")})
+    assert result.returncode != 0 and "behind the TEE gate" in result.stderr
