@@ -93,7 +93,8 @@ def main() -> int:
                 spawn(fd.supernode_argv(env, superlink=f"127.0.0.1:{port}", root_certificate=cert, auth_key=private,
                                         port=fd.free_port(),
                                         node_config={"data-path": str(base / f"party{index}.csv.ppml"),
-                                                     "kms": kms_uri, "seed": index}), f"node{index}.log")
+                                                     "kms": kms_uri, "seed": index},
+                                        runtime=fd.runtime_tls(base / "nodes", f"node{index}")), f"node{index}.log")
             results = {}
             for mode in ("plain", "secagg"):
                 app = fd.write_app(base / f"app-{mode}", clientapp=(

@@ -233,7 +233,8 @@ class Federation:
             node_config.update({"behaviour": "wrong-shape,hang", "marker": str(self.marker)})
         process = subprocess.Popen(
             fd.supernode_argv(self.env, superlink=self.address, root_certificate=self.cert, auth_key=private,
-                              port=_free_port(), node_config=node_config),
+                              port=_free_port(), node_config=node_config,
+                              runtime=fd.runtime_tls(self.base / "nodes", f"node{index}")),
             stdout=(self.base / f"node{index}.log").open("ab"), stderr=subprocess.STDOUT, env=self._environment,
             start_new_session=True)
         self.processes[f"node{index}"] = process
@@ -366,7 +367,8 @@ def test_a_supernode_with_an_unregistered_key_is_refused(federation: Federation)
     argv = fd.supernode_argv(federation.env, superlink=federation.address, root_certificate=federation.cert,
                              auth_key=private, port=_free_port(),
                              node_config={"data-path": str(federation.base / "party0.csv.ppml"),
-                                          "kms": federation.kms_uri})
+                                          "kms": federation.kms_uri},
+                             runtime=fd.runtime_tls(federation.base / "nodes", "stranger"))
     argv[argv.index("--max-retries") + 1] = "0"
     log = federation.base / "stranger.log"
     with log.open("wb") as handle:

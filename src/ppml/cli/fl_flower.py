@@ -86,7 +86,7 @@ def cmd_flower_superlink(args: argparse.Namespace) -> int:
 def cmd_flower_supernode(args: argparse.Namespace) -> int:
     """Verify the SuperLink's attestation, then exec flower-supernode pinned to its certificate."""
     from ppml.fl.flower.attest import verify_superlink
-    from ppml.fl.flower.deployment import supernode_argv
+    from ppml.fl.flower.deployment import runtime_tls, supernode_argv
     from ppml.fl.service import CoordinatorVerifier, PartyIdentity
 
     env = _env(args)
@@ -103,8 +103,9 @@ def cmd_flower_supernode(args: argparse.Namespace) -> int:
     node_config = dict(item.split("=", 1) for item in args.node_config)
     print(f"SuperLink attested (policy {args.superlink_policy}, simulated TEE: {token.simulated}); "
           f"{identity.name} joins pinned to its certificate", flush=True)
+    runtime = runtime_tls(Path(args.state_dir), identity.name)
     argv = supernode_argv(env, superlink=args.superlink, root_certificate=pinned, auth_key=Path(args.auth_key),
-                          port=args.port, node_config=node_config)
+                          port=args.port, node_config=node_config, runtime=runtime)
     os.environ["PATH"] = f"{env / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
     sys.stdout.flush()
     os.execv(argv[0], argv)
@@ -143,6 +144,22 @@ def _digits_split(directory: Path, seed: int) -> tuple[dict[str, Path], Any, Any
     return files, x[train], y[train], x[test], y[test]
 
 
+def _stop_group(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM to the process group ``process`` leads (Flower's programs start children of their
+    own: the SuperExec, the ServerApp), then SIGKILL to what is left after ``timeout``."""
+    import contextlib
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(5)
+
+
 def run_hfl_example(*, workdir: Path, model: str = "mlp", rounds: int = 3, seed: int = 7) -> int:
     """``ppml example fl-hfl``: a SuperLink behind the (simulated) TEE gate and three SuperNodes that
     verify it first, FedAvg with SecAgg+ on each party's encrypted digits, the global model saved
@@ -150,7 +167,7 @@ def run_hfl_example(*, workdir: Path, model: str = "mlp", rounds: int = 3, seed:
     import time
 
     import ppml.cli.main as entry
-    from ppml.cli.deployment import Steps, local_deployment, ppml_command, stop_process
+    from ppml.cli.deployment import Steps, local_deployment, ppml_command
     from ppml.cli.fl_examples import Gate
     from ppml.fl.flower import SecAggPlusParams
     from ppml.fl.flower import deployment as fd
@@ -203,7 +220,7 @@ def run_hfl_example(*, workdir: Path, model: str = "mlp", rounds: int = 3, seed:
                         gate.argv("fl", "flower-superlink", "--env", str(env), "--port", str(port), "--attest-port",
                                   str(attest_port), *[a for p in PARTIES for a in ("--party", p)],
                                   "--ca", str(federation / "ca.pem"), "--state-dir", str(state)),
-                        stdout=handle, stderr=subprocess.STDOUT, env=deployment.env))
+                        stdout=handle, stderr=subprocess.STDOUT, env=deployment.env, start_new_session=True))
                 deadline = time.monotonic() + 120
                 while "Flower SuperLink on" not in log.read_text(errors="replace"):
                     if processes[0].poll() is not None or time.monotonic() > deadline:
@@ -232,7 +249,7 @@ def run_hfl_example(*, workdir: Path, model: str = "mlp", rounds: int = 3, seed:
                              "--auth-key", str(node_keys[party][0]), "--port", str(free_port()),
                              "--node-config", f"data-path={files[party]}.ppml", "--node-config", f"kms={kms}",
                              "--node-config", f"seed={index}", "--state-dir", str(workdir / "nodes")],
-                            stdout=handle, stderr=subprocess.STDOUT, env=deployment.env))
+                            stdout=handle, stderr=subprocess.STDOUT, env=deployment.env, start_new_session=True))
                 deadline = time.monotonic() + 60
                 for party in PARTIES:
                     while "SuperLink attested" not in (workdir / f"{party}.log").read_text(errors="replace"):
@@ -253,8 +270,7 @@ def run_hfl_example(*, workdir: Path, model: str = "mlp", rounds: int = 3, seed:
                                 lambda s: f"{s['seconds']:.1f} s in the ServerApp; rounds {s['rounds']}")
         finally:
             for process in reversed(processes):
-                if process.poll() is None:
-                    stop_process(process)
+                _stop_group(process)
         from ppml.tee.keys import kms_for
         from ppml.torch.checkpoint import load
 

@@ -26,7 +26,7 @@ from ppml.fl.flower.env import executable
 from ppml.fl.flower.params import SecAggPlusParams
 
 __all__ = ["APP_CONFIG", "FlowerRunFailed", "flwr_environment", "free_port", "node_key", "register_supernode",
-           "run_app", "superlink_argv", "supernode_argv", "write_app", "write_cli_config"]
+           "run_app", "runtime_tls", "superlink_argv", "supernode_argv", "write_app", "write_cli_config"]
 
 _CONNECTION: Final = "ppml"
 
@@ -128,11 +128,31 @@ def superlink_argv(env: Path, *, port: int, certificate: Path, private_key: Path
             "--database", str(state)]
 
 
+def runtime_tls(directory: Path, name: str) -> tuple[Path, Path]:
+    """A SuperNode's certificate and key for its own Runtime API (which its ClientApp processes
+    call on loopback): self-signed for 127.0.0.1, made here; ``(certificate, private key)``."""
+    from ppml.fl.service.identity import CoordinatorCertificate
+
+    directory.mkdir(parents=True, exist_ok=True)
+    certificate, key = directory / f"{name}.runtime.pem", directory / f"{name}.runtime.key"
+    if not key.exists():
+        made = CoordinatorCertificate.generate()
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(made.private_key_pem)
+        certificate.write_bytes(made.certificate_pem)
+    return certificate, key
+
+
 def supernode_argv(env: Path, *, superlink: str, root_certificate: Path, auth_key: Path, port: int,
-                   node_config: Mapping[str, str | int]) -> list[str]:
+                   node_config: Mapping[str, str | int], runtime: tuple[Path, Path]) -> list[str]:
+    """``flower-supernode`` with TLS to the SuperLink (trusting ``root_certificate``) and on its own
+    Runtime API (``runtime``: :func:`runtime_tls`), authenticated by ``auth_key``."""
     config = " ".join(f"{key}={_toml_value(value)}" for key, value in node_config.items())
+    certificate, key = runtime
     return [str(executable(env, "flower-supernode")), "--root-certificates", str(root_certificate), "--superlink",
             superlink, "--auth-supernode-private-key", str(auth_key), "--port", str(port), "--node-config", config,
+            "--ssl-certfile", str(certificate), "--ssl-keyfile", str(key), "--ssl-ca-certfile", str(certificate),
             "--max-retries", "5"]
 
 
