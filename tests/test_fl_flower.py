@@ -177,14 +177,6 @@ def test_a_supernode_operator_with_a_wrong_certificate_cannot_even_ask(attested_
 # -- a deployment on loopback -----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class Federation:
     """A SuperLink (TLS, SuperNode auth) and three SuperNodes, each with its encrypted table."""
 
@@ -206,7 +198,7 @@ class Federation:
         self.cert, key_file = base / "superlink.pem", base / "superlink.key"
         self.cert.write_bytes(certificate.certificate_pem)
         key_file.write_bytes(certificate.private_key_pem)
-        self.port = _free_port()
+        self.port = fd.free_port()
         self.address = f"127.0.0.1:{self.port}"
         fd.write_cli_config(self.home, superlink=self.address, root_certificate=self.cert)
         environment = fd.flwr_environment(env, self.home)
@@ -233,7 +225,7 @@ class Federation:
             node_config.update({"behaviour": "wrong-shape,hang", "marker": str(self.marker)})
         process = subprocess.Popen(
             fd.supernode_argv(self.env, superlink=self.address, root_certificate=self.cert, auth_key=private,
-                              port=_free_port(), node_config=node_config,
+                              port=fd.free_port(), node_config=node_config,
                               runtime=fd.runtime_tls(self.base / "nodes", f"node{index}")),
             stdout=(self.base / f"node{index}.log").open("ab"), stderr=subprocess.STDOUT, env=self._environment,
             start_new_session=True)
@@ -365,7 +357,7 @@ def test_a_client_killed_mid_round_leaves_the_aggregate_of_the_others(federation
 def test_a_supernode_with_an_unregistered_key_is_refused(federation: Federation) -> None:
     private, _ = fd.node_key(federation.base / "nodes", "stranger")
     argv = fd.supernode_argv(federation.env, superlink=federation.address, root_certificate=federation.cert,
-                             auth_key=private, port=_free_port(),
+                             auth_key=private, port=fd.free_port(),
                              node_config={"data-path": str(federation.base / "party0.csv.ppml"),
                                           "kms": federation.kms_uri},
                              runtime=fd.runtime_tls(federation.base / "nodes", "stranger"))
