@@ -1,6 +1,8 @@
 """Horizontal FL on Flower with SecAgg+ (ppml.fl.flower): SecAgg+ parameter checks, the SuperLink's
-attestation as a SuperNode checks it, and a real deployment on loopback (SuperLink + 3 SuperNodes as
-processes in the Flower venv, TLS everywhere, SuperNode authentication on, ``flwr run``) in which
+attestation as a SuperNode checks it, and a real deployment on loopback (a SuperLink behind the
+simulated TEE gate and 3 SuperNodes, each started by ``ppml fl flower-supernode`` once it verified
+the SuperLink's attestation; Flower's processes in the Flower venv, TLS everywhere, SuperNode
+authentication on, ``flwr run``) in which
 the aggregate equals the plain weighted mean within SecAgg+'s quantisation bound, the server
 receives no plaintext update, a wrong-shaped update is refused and a client killed mid-round is
 survived. The Flower venv comes from ``ppml fl flower-env`` (``make test`` creates it first)."""
@@ -13,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +27,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
+import ppml
 from ppml.attestation.tokens import TokenSigner
+from ppml.cli.deployment import LocalDeployment, Steps, local_deployment
+from ppml.cli.fl_examples import Gate
 from ppml.core.evidence import Claims
 from ppml.errors import CoordinatorNotAttested, ServiceUnavailable, UsageError
 from ppml.fl.flower import SecAggPlusParams
@@ -178,9 +184,10 @@ def test_a_supernode_operator_with_a_wrong_certificate_cannot_even_ask(attested_
 
 
 class Federation:
-    """A SuperLink (TLS, SuperNode auth) and three SuperNodes, each with its encrypted table."""
+    """A SuperLink (TLS, SuperNode auth) behind the TEE gate and three SuperNodes that verified its
+    attestation, each with its encrypted table."""
 
-    def __init__(self, base: Path, env: Path) -> None:
+    def __init__(self, base: Path, env: Path, deployment: LocalDeployment) -> None:
         self.base, self.env = base, env
         self.home = base / "flwr-home"
         self.kms_uri = f"local:{base / 'keys'}"
@@ -194,39 +201,56 @@ class Federation:
             self.data.append((x, y))
             table = pa.table({**{f"x{j}": x[:, j] for j in range(FEATURES)}, "label": y})
             write_csv_table(table, base / f"party{index}.csv.ppml", kms=kms, key_id=self.key)
-        certificate = superlink_certificate()
-        self.cert, key_file = base / "superlink.pem", base / "superlink.key"
-        self.cert.write_bytes(certificate.certificate_pem)
-        key_file.write_bytes(certificate.private_key_pem)
-        self.port = fd.free_port()
+        # The production path: the SuperLink behind the (simulated) TEE gate, its TLS key made
+        # there; each SuperNode through `ppml fl flower-supernode`, which verifies its attestation
+        # against the attestation service and pins its certificate before Flower starts.
+        self.deployment = deployment
+        issue_federation(base / "fed", [f"node{index}" for index in range(len(ROWS))])
+        self.port, self.attest_port = fd.free_port(), fd.free_port()
         self.address = f"127.0.0.1:{self.port}"
-        fd.write_cli_config(self.home, superlink=self.address, root_certificate=self.cert)
-        environment = fd.flwr_environment(env, self.home)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._environment = environment
+        state = base / "superlink"
+        log = base / "superlink.log"
         self.processes["superlink"] = subprocess.Popen(
-            fd.superlink_argv(env, port=self.port, certificate=self.cert, private_key=key_file,
-                              state=base / "state.db"),
-            stdout=(base / "superlink.log").open("wb"), stderr=subprocess.STDOUT, env=environment,
-            start_new_session=True)
-        fd.wait_for_port(self.port, process=self.processes["superlink"])
+            Gate(deployment).argv("fl", "flower-superlink", "--env", str(env), "--port", str(self.port),
+                                  "--attest-port", str(self.attest_port),
+                                  *[a for i in range(len(ROWS)) for a in ("--party", f"node{i}")],
+                                  "--ca", str(base / "fed" / "ca.pem"), "--state-dir", str(state)),
+            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=deployment.env, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while "Flower SuperLink on" not in log.read_text(errors="replace"):
+            assert self.processes["superlink"].poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert "Attestation Success!" in log.read_text()
+        self.cert = state / "superlink.pem"
+        fd.write_cli_config(self.home, superlink=self.address, root_certificate=self.cert)
+        self._environment = fd.flwr_environment(env, self.home)
         self.marker = base / "hang.marker"
         for index in range(len(ROWS)):
             self.start_node(index)
+        for index in range(len(ROWS)):
+            node_log = base / f"node{index}.log"
+            while "SuperLink attested" not in node_log.read_text(errors="replace"):
+                assert self.processes[f"node{index}"].poll() is None and time.monotonic() < deadline, \
+                    node_log.read_text()
+                time.sleep(0.2)
 
-    def start_node(self, index: int, *, register: bool = True) -> subprocess.Popen[bytes]:
+    def start_node(self, index: int) -> subprocess.Popen[bytes]:
         private, public = fd.node_key(self.base / "nodes", f"node{index}")
-        if register and not (self.base / "nodes" / f"node{index}.registered").exists():
+        if not (self.base / "nodes" / f"node{index}.registered").exists():
             fd.register_supernode(self.env, self.home, public)
             (self.base / "nodes" / f"node{index}.registered").write_text("")
-        node_config: dict[str, str | int] = {"data-path": str(self.base / f"party{index}.csv.ppml"),
-                                             "kms": self.kms_uri, "seed": index}
+        node_config = [f"data-path={self.base / f'party{index}.csv.ppml'}", f"kms={self.kms_uri}", f"seed={index}"]
         if index == 2:
-            node_config.update({"behaviour": "wrong-shape,hang", "marker": str(self.marker)})
+            node_config += ["behaviour=wrong-shape,hang", f"marker={self.marker}"]
+        d, fed = self.deployment, self.base / "fed"
         process = subprocess.Popen(
-            fd.supernode_argv(self.env, superlink=self.address, root_certificate=self.cert, auth_key=private,
-                              port=fd.free_port(), node_config=node_config,
-                              runtime=fd.runtime_tls(self.base / "nodes", f"node{index}")),
+            [sys.executable, "-m", "ppml.cli.main", "fl", "flower-supernode", "--env", str(self.env),
+             "--superlink", self.address, "--attest", f"127.0.0.1:{self.attest_port}",
+             "--superlink-policy", d.policy_id, "--attestation-url", d.server.url, "--attestation-ca", str(d.server.ca),
+             "--cert", str(fed / f"node{index}.pem"), "--key", str(fed / f"node{index}.key"), "--ca",
+             str(fed / "ca.pem"), "--auth-key", str(private), "--port", str(fd.free_port()), "--state-dir",
+             str(self.base / "nodes"), *[a for item in node_config for a in ("--node-config", item)]],
             stdout=(self.base / f"node{index}.log").open("ab"), stderr=subprocess.STDOUT, env=self._environment,
             start_new_session=True)
         self.processes[f"node{index}"] = process
@@ -264,11 +288,13 @@ class Federation:
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     env = flower_env.create(flower_env.default_path())
-    federation = Federation(tmp_path_factory.mktemp("flower"), env)
-    try:
-        yield federation
-    finally:
-        federation.close()
+    base = tmp_path_factory.mktemp("flower")
+    with local_deployment(base / "deployment", Steps(), entrypoint=Path(ppml.__file__).parent / "cli" / "main.py") as d:
+        federation = Federation(base, env, d)
+        try:
+            yield federation
+        finally:
+            federation.close()
 
 
 def _local_updates(federation: Federation, parties: list[int]) -> tuple[list[list[np.ndarray]], list[int]]:
