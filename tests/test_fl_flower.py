@@ -297,11 +297,12 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
             federation.close()
 
 
-def _local_updates(federation: Federation, parties: list[int]) -> tuple[list[list[np.ndarray]], list[int]]:
+def _local_updates(federation: Federation, parties: list[int], *,
+                   model_kind: str = "mlp") -> tuple[list[list[np.ndarray]], list[int]]:
     """What each party's ClientApp computes, recomputed here: the same model, data and seed."""
     updates, counts = [], []
     for index in parties:
-        model = models.build("mlp", features=FEATURES, classes=2, hidden=16, seed=0)
+        model = models.build(model_kind, features=FEATURES, classes=2, hidden=16, seed=0)
         x, y = federation.data[index]
         models.train(model, x, y, epochs=1, batch_size=32, learning_rate=0.1, seed=index)
         updates.append(models.get_weights(model))
@@ -367,10 +368,11 @@ def test_a_client_killed_mid_round_leaves_the_aggregate_of_the_others(federation
 
     killer = threading.Thread(target=kill_when_training, daemon=True)
     killer.start()
-    aggregate, summary = federation.run("dropout", clientapp="flower_test_client:dropout_app")
+    # logistic regression here (the MLP in the round above): FedAvg over both models
+    aggregate, summary = federation.run("dropout", clientapp="flower_test_client:dropout_app", model="logreg")
     killer.join(5)
     assert federation.marker.exists()
-    updates, counts = _local_updates(federation, [0, 1])
+    updates, counts = _local_updates(federation, [0, 1], model_kind="logreg")
     expected = _weighted_mean(updates, counts)
     params = SecAggPlusParams(clients=3, num_shares=3, threshold=2, max_weight=float(fd.APP_CONFIG["max-weight"]))
     largest = max(float(np.abs(w).max()) for u in updates for w in u)
