@@ -6,9 +6,18 @@ STAMP  := $(VENV)/.ppml-installed
 EXTRAS ?= test,postgres,spark,ml,dl,fl
 ROWS   ?= 1000000
 
-.PHONY: demo test bench venv clean
+FLOWER_VENV ?= .venv-flower
+FLOWER_STAMP := $(FLOWER_VENV)/.ppml-flower-ready
+
+.PHONY: demo test bench venv flower-venv clean
 
 venv: $(STAMP)
+
+# Flower pins protobuf/cryptography/FastAPI below ppml's: it gets its own venv (docs/fl.md).
+flower-venv: $(FLOWER_STAMP)
+
+$(FLOWER_STAMP): $(STAMP)
+	$(VENV)/bin/ppml fl flower-env --path $(FLOWER_VENV)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "ppml needs Python 3.11+"'
@@ -18,11 +27,11 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/ppml jvm build
 	@touch $@
 
-demo: venv
+demo: venv flower-venv
 	$(VENV)/bin/ppml demo --workdir .demo --rows $(ROWS)
 
-test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: venv flower-venv
+	PPML_FLOWER_VENV=$(abspath $(FLOWER_VENV)) $(PY) -m pytest $(PYTEST_ARGS)
 
 # The benchmarks also need the bench extra (tpchgen-cli), installed over the venv's own extras.
 BENCH_STAMP := $(VENV)/.ppml-bench-installed
@@ -31,7 +40,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS),bench]'
 	@touch $@
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) flower-venv
 	$(PY) bench/crypto.py
 	$(PY) bench/kms.py
 	$(PY) bench/attestation.py
@@ -45,9 +54,10 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/he.py
 	$(PY) bench/psi.py
 	$(PY) bench/fl.py
+	PPML_FLOWER_VENV=$(abspath $(FLOWER_VENV)) $(PY) bench/flower.py
 	$(PY) bench/vfl.py
 	$(PY) bench/fgboost.py
 	$(PY) bench/tpch.py --scale-factor 1
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache build src/*.egg-info src/ppml/spark/jars
+	rm -rf $(VENV) $(FLOWER_VENV) .demo .pytest_cache build src/*.egg-info src/ppml/spark/jars

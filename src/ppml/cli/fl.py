@@ -266,3 +266,7 @@ def add_commands(commands: Any) -> None:
     _service_options(p)
     _vfl_options(p, server=False)
     p.set_defaults(func=cmd_client)
+
+    from ppml.cli.fl_flower import add_commands as add_flower_commands
+
+    add_flower_commands(sub)

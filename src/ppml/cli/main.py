@@ -603,6 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--trees", type=_non_negative_int, default=5, help="boosting rounds (XGBoost gets as many)")
         p.set_defaults(func=cmd_example_fl, rows=10_000, he="paillier", trees=5)
 
+    from ppml.cli.fl_flower import add_example as add_hfl_example
+
+    add_hfl_example(example_commands)
+
     p = commands.add_parser(
         "demo",
         help="run the whole workflow on embedded defaults",

@@ -99,7 +99,8 @@ class Coordinator(fl_pb2_grpc.CoordinatorServicer):
 
     def __init__(self, spec: RoundSpec, *, attestation: CoordinatorAttestation | None,
                  local_roles: Mapping[str, Callable[[Channel], Any]] | None = None,
-                 recorder: Callable[[Message], None] | None = None) -> None:
+                 recorder: Callable[[Message], None] | None = None,
+                 certificate: CoordinatorCertificate | None = None) -> None:
         roles = dict(local_roles or {})
         if set(roles) != set(spec.local_parties):
             raise UsageError("give exactly one role for each of the coordinator's own parties")
@@ -118,7 +119,9 @@ class Coordinator(fl_pb2_grpc.CoordinatorServicer):
         self._finished = threading.Event()
         self._all_joined = threading.Event()
         self._results: dict[str, Any] = {}
-        self.certificate = CoordinatorCertificate.generate()
+        # ``certificate``: one the TEE made for a server it shares with this coordinator (the Flower
+        # SuperLink's, whose attestation this coordinator answers); by default a fresh one.
+        self.certificate = certificate or CoordinatorCertificate.generate()
         self._server: grpc.Server | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -148,6 +151,11 @@ class Coordinator(fl_pb2_grpc.CoordinatorServicer):
         if self._aborted is not None:
             raise RoundAborted(self._aborted)
         return dict(self._results)
+
+    def stop(self) -> None:
+        """Stop serving (an attest-only coordinator, which never runs a round, ends this way)."""
+        if self._server is not None:
+            self._server.stop(grace=1).wait()
 
     def abort(self, reason: str) -> None:
         with self._lock:
