@@ -71,6 +71,7 @@ processes receive ids and u values through the standard process pool).
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -187,12 +188,19 @@ def _chunks(count: int, workers: int) -> list[tuple[int, int]]:
     return [(start, min(count, start + size)) for start in range(0, count, size)]
 
 
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes forked from a clean forkserver, never from this process: a party holds a
+    live gRPC connection while it computes, and a child forked from it would share (and, exiting,
+    write to) the parent's TLS stream."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
+
+
 def _hash_blind(ids: Sequence[bytes], scalar: bytes, workers: int) -> bytes:
     """``X(scalar, H(x))`` for each id, concatenated in the ids' order."""
     if workers <= 1 or len(ids) < 2:
         return _hash_blind_chunk((list(ids), scalar))
     jobs = [(list(ids[s:e]), scalar) for s, e in _chunks(len(ids), workers)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with _pool(workers) as pool:
         return b"".join(pool.map(_hash_blind_chunk, jobs))
 
 
@@ -208,7 +216,7 @@ def _exponentiate(values: bytes, scalar: bytes, workers: int) -> bytes:
         parts = [_exponentiate_chunk((values, scalar))]
     else:
         jobs = [(values[s * _POINT : e * _POINT], scalar) for s, e in _chunks(count, workers)]
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with _pool(workers) as pool:
             parts = list(pool.map(_exponentiate_chunk, jobs))
     if any(part is None for part in parts):
         raise InvalidPeerMessage("a u-coordinate is of small order")
