@@ -30,4 +30,4 @@ def key_id(key_store: LocalKeyStore) -> str:
     return info.key_id
 
 # Session fixtures for real servers and Spark, declared once so each starts once per session.
-pytest_plugins = ["server_fixtures", "spark_fixtures"]
+pytest_plugins = ["server_fixtures", "spark_fixtures", "process_watch"]
