@@ -38,11 +38,11 @@ def check_collateral(*, tee: str, files: Sequence[tuple[Path, Path]] = (), pccs:
                            detail="not checked: no collateral given",
                            fix="give --dcap-collateral TCB_INFO QE_IDENTITY (as to ppml serve) or "
                                "--pccs URL --fmspc HEX, or --skip collateral")
-    loaded: list[tuple[str, Any]] = []
+    loaded: list[tuple[str, str, Any]] = []
     try:
         for tcb_info, qe_identity in files:
             chain = list(signing_chain) if signing_chain is not None else intel_tcb_signing_chain()
-            loaded.append((f"{tcb_info.name}+{qe_identity.name}",
+            loaded.append((str(tcb_info), str(qe_identity),
                            Collateral.from_files(tcb_info, qe_identity, tcb_info_signing_chain=chain,
                                                  qe_identity_signing_chain=chain)))
         if pccs:
@@ -52,32 +52,34 @@ def check_collateral(*, tee: str, files: Sequence[tuple[Path, Path]] = (), pccs:
                                    fix="give --fmspc HEX (12 hex digits, from the platform's PCK certificate)")
             kind = "tdx" if tee == "tdx" else "sgx"
             with httpx.Client(verify=client_context(pccs_ca), timeout=timeout, transport=transport) as client:
-                loaded.append((f"PCCS {pccs}", fetch_from_pccs(pccs, fmspc, tee=kind, client=client)))
+                loaded.append((f"from PCCS {pccs}", f"from PCCS {pccs}",
+                               fetch_from_pccs(pccs, fmspc, tee=kind, client=client)))
     except (AttestationFailed, OSError, ValueError) as exc:
         reason = exc.reason if isinstance(exc, AttestationFailed) else str(exc)
         return CheckResult(name="collateral", status=Status.FAIL, detail=f"cannot load collateral: {reason}",
                            fix="fetch the documents again from your PCCS or Intel PCS "
                                "(…/certification/v4/tcb?fmspc=… and …/qe/identity), unmodified")
     status, parts, fixes = Status.PASS, [], []
-    for source, collateral in loaded:
-        for what, document in ((f"{collateral.tcb_info.id} TCB Info", collateral.tcb_info),
-                               (f"{collateral.qe_identity.id} QE Identity", collateral.qe_identity)):
+    for tcb_source, qe_source, collateral in loaded:
+        for what, source, document in (
+                (f"{collateral.tcb_info.id} TCB Info", tcb_source, collateral.tcb_info),
+                (f"{collateral.qe_identity.id} QE Identity", qe_source, collateral.qe_identity)):
             days = (document.next_update.timestamp() - now) / 86400
-            when = f"{what} ({source}) nextUpdate {document.next_update:%Y-%m-%dT%H:%MZ}"
+            when = f"{what} {source}: nextUpdate {document.next_update:%Y-%m-%dT%H:%MZ}"
             if document.issue_date.timestamp() > now:
                 status = Status.FAIL
                 parts.append(f"{when}, issued in the future ({document.issue_date:%Y-%m-%d})")
                 fixes.append("check this host's clock")
             elif days <= 0:
                 status = Status.FAIL
-                parts.append(f"{when}: stale for {-days:.0f} days")
+                parts.append(f"{when}, stale for {-days:.0f} days")
                 fixes.append("refresh the collateral from the PCCS/Intel PCS and restart `ppml serve` with it "
                              "(attestation fails on stale collateral)")
             elif days < warn_days:
                 status = Status.FAIL if status is Status.FAIL else Status.WARN
-                parts.append(f"{when}: expires in {days:.1f} days")
+                parts.append(f"{when}, in {days:.1f} days")
                 fixes.append(f"refresh the collateral within {days:.1f} days")
             else:
-                parts.append(f"{when} (in {days:.0f} days)")
+                parts.append(f"{when}, in {days:.0f} days")
     return CheckResult(name="collateral", status=status, detail="; ".join(parts),
                        fix="; ".join(dict.fromkeys(fixes)))
