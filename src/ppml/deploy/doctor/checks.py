@@ -137,10 +137,10 @@ def run_checks(options: DoctorOptions, *, environ: Mapping[str, str] | None = No
                 credentials = credentials or endpoint.credentials_path
                 probe = probe_service("kms", endpoint.base_url, "/healthz", ca_path=endpoint.ca_path,
                                       ca_hint=f"--ca FILE, ?ca=FILE or ${KMS_CA_ENV}", timeout=options.timeout,
-                                      now=now)
+                                      now=now, label=endpoint.uri)
                 if isinstance(probe, Probe):
                     probes.append(probe)
-                results["kms"] = check_kms(probe, uri=endpoint.uri, now=now(), warn_days=options.cert_warn_days)
+                results["kms"] = check_kms(probe, now=now(), warn_days=options.cert_warn_days)
     if "as" not in options.skip:
         if options.attestation_url is None:
             results["as"] = CheckResult(name="as", status=Status.FAIL,

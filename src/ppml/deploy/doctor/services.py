@@ -52,20 +52,23 @@ class Probe:
 
 
 def probe_service(name: str, base_url: str, path: str, *, ca_path: Path | None, ca_hint: str,
-                  timeout: float = 5.0, now: Callable[[], float] = time.time) -> Probe | CheckResult:
+                  timeout: float = 5.0, now: Callable[[], float] = time.time,
+                  label: str | None = None) -> Probe | CheckResult:
     """GET ``base_url + path`` with verified TLS (the CA bundle, else the system store): the
-    :class:`Probe`, or a FAIL result naming the fault and the fix."""
+    :class:`Probe`, or a FAIL result naming the fault and the fix. ``label`` names the service
+    in the lines (a KMS URI rather than its https base URL)."""
+    shown = label or base_url
     parts = urlsplit(base_url)
     if parts.scheme != "https":
-        return CheckResult(name=name, status=Status.FAIL, detail=f"{base_url}: not an https URL",
+        return CheckResult(name=name, status=Status.FAIL, detail=f"{shown}: not an https URL",
                            fix="ppml's services speak HTTPS only: use https:// (ppml serve has no plain HTTP)")
     if ca_path is not None and not ca_path.is_file():
-        return CheckResult(name=name, status=Status.FAIL, detail=f"{base_url}: CA bundle {ca_path} not found",
+        return CheckResult(name=name, status=Status.FAIL, detail=f"{shown}: CA bundle {ca_path} not found",
                            fix=f"point {ca_hint} at the CA certificate that signed the server's certificate")
     try:
         context = client_context(ca_path)
     except ssl.SSLError as exc:
-        return CheckResult(name=name, status=Status.FAIL, detail=f"{base_url}: CA bundle {ca_path} unusable ({exc})",
+        return CheckResult(name=name, status=Status.FAIL, detail=f"{shown}: CA bundle {ca_path} unusable ({exc})",
                            fix=f"point {ca_hint} at a PEM CA certificate")
     sent = now()
     try:
@@ -75,18 +78,18 @@ def probe_service(name: str, base_url: str, path: str, *, ca_path: Path | None, 
             certificate = ssl_object.getpeercert() if ssl_object is not None else None
             response.read()
     except httpx.TransportError as exc:
-        detail, fix = _transport_fault(exc, base_url, ca_path, ca_hint, timeout)
+        detail, fix = _transport_fault(exc, shown, ca_path, ca_hint, timeout)
         return CheckResult(name=name, status=Status.FAIL, detail=detail, fix=fix)
     received = now()
     if not certificate or "notAfter" not in certificate:
-        return CheckResult(name=name, status=Status.FAIL, detail=f"{base_url}: no verified peer certificate",
+        return CheckResult(name=name, status=Status.FAIL, detail=f"{shown}: no verified peer certificate",
                            fix="report this: the TLS layer returned no certificate")
     expires = datetime.fromtimestamp(ssl.cert_time_to_seconds(certificate["notAfter"]), UTC)
     try:
         body = response.json()
     except ValueError:
         body = None
-    return Probe(url=base_url, status_code=response.status_code, body=body, certificate_expires=expires,
+    return Probe(url=shown, status_code=response.status_code, body=body, certificate_expires=expires,
                  server_date=_http_date(response.headers.get("date")), sent=sent, received=received)
 
 
@@ -137,21 +140,21 @@ def _certificate_result(name: str, probe: Probe, what: str, *, now: float, warn_
     return CheckResult(name=name, status=Status.PASS, detail=f"{probe.url}: {what}; {expiry}")
 
 
-def check_kms(probe: Probe | CheckResult, *, uri: str, now: float, warn_days: int = CERT_WARN_DAYS) -> CheckResult:
+def check_kms(probe: Probe | CheckResult, *, now: float, warn_days: int = CERT_WARN_DAYS) -> CheckResult:
     """The KMS answered /healthz with ``{"status": "ok"}`` over verified TLS."""
     if isinstance(probe, CheckResult):
         return probe
     body = probe.body if isinstance(probe.body, dict) else {}
     if probe.status_code == 503:
         return CheckResult(name="kms", status=Status.FAIL,
-                           detail=f"{uri}: TLS verified, but the KMS's storage is unavailable "
+                           detail=f"{probe.url}: TLS verified, but the KMS's storage is unavailable "
                                   f"({body.get('reason', 'no reason given')})",
                            fix="check the KMS's database (the --db URL of `ppml serve`) and its logs")
     if probe.status_code != 200 or body.get("status") != "ok":
         return CheckResult(name="kms", status=Status.FAIL,
-                           detail=f"{uri}: TLS verified, but GET /healthz answered HTTP {probe.status_code}",
+                           detail=f"{probe.url}: TLS verified, but GET /healthz answered HTTP {probe.status_code}",
                            fix="check that the URI names a ppml KMS (`ppml serve`), not another service")
-    return _certificate_result("kms", dataclasses.replace(probe, url=uri), "TLS verified, /healthz ok",
+    return _certificate_result("kms", probe, "TLS verified, /healthz ok",
                                now=now, warn_days=warn_days)
 
 
@@ -173,9 +176,9 @@ def check_attestation_service(probe: Probe | CheckResult, *, now: float,
 def check_clock(probes: Sequence[Probe], *, max_skew: float = MAX_CLOCK_SKEW) -> CheckResult:
     """This host's clock against each server's ``Date`` header.
 
-    ``Date`` has whole seconds, so the server's time lies in ``[Date, Date + 1)`` at some instant
-    between sending and receiving: the skew is judged with that uncertainty, and fails only when
-    it is certainly beyond ``max_skew``.
+    ``Date`` has whole seconds and servers refresh it about once a second (uvicorn does), so the
+    server's time lies in ``[Date, Date + 2)`` at some instant between sending and receiving: the
+    skew is judged with that uncertainty, and fails only when it is certainly beyond ``max_skew``.
     """
     dated = [p for p in probes if p.server_date is not None]
     if not dated:
@@ -185,8 +188,8 @@ def check_clock(probes: Sequence[Probe], *, max_skew: float = MAX_CLOCK_SKEW) ->
     worst: tuple[float, float, Probe] | None = None
     for probe in dated:
         assert probe.server_date is not None
-        skew = probe.server_date.timestamp() + 0.5 - (probe.sent + probe.received) / 2
-        error = 0.5 + (probe.received - probe.sent) / 2
+        skew = probe.server_date.timestamp() + 1 - (probe.sent + probe.received) / 2
+        error = 1 + (probe.received - probe.sent) / 2
         if worst is None or abs(skew) > abs(worst[0]):
             worst = (skew, error, probe)
     assert worst is not None
