@@ -102,12 +102,15 @@ def _kms_endpoint(options: DoctorOptions, environ: Mapping[str, str]) -> KmsEndp
     return dataclasses.replace(endpoint, ca_path=options.ca) if options.ca else endpoint
 
 
-def _attestation_endpoint(options: DoctorOptions, environ: Mapping[str, str]) -> tuple[str, Path | None]:
-    assert options.attestation_url is not None
-    parts = urlsplit(options.attestation_url)
-    ca = options.ca or Path(parse_qs(parts.query).get("ca", [environ.get(_AS_CA_ENV, "")])[0] or ".")
+def _attestation_endpoint(url: str, ca: Path | None, environ: Mapping[str, str]) -> tuple[str, Path | None]:
+    """(base URL, CA bundle) as :class:`ppml.attestation.client.AttestationClient` reads them:
+    ``https://`` or ``ppml+https://``, the CA from ``ca``, else ``?ca=``, else $PPML_AS_CA."""
+    parts = urlsplit(url)
     scheme = "https" if parts.scheme in ("https", "ppml+https") else parts.scheme
-    return f"{scheme}://{parts.netloc}", (None if str(ca) == "." else ca)
+    if ca is None:
+        named = parse_qs(parts.query).get("ca", [environ.get(_AS_CA_ENV, "")])[0]
+        ca = Path(named).expanduser() if named else None
+    return f"{scheme}://{parts.netloc}", ca
 
 
 def run_checks(options: DoctorOptions, *, environ: Mapping[str, str] | None = None,
@@ -123,31 +126,33 @@ def run_checks(options: DoctorOptions, *, environ: Mapping[str, str] | None = No
     identity = identity or FileIdentity.current()
     results: dict[str, CheckResult] = {}
     probes: list[Probe] = []
+    endpoint = _kms_endpoint(options, environ) if options.kms is not None else None
     credentials = options.credentials
+    if credentials is None and isinstance(endpoint, KmsEndpoint):
+        credentials = endpoint.credentials_path
+    if credentials is None and environ.get(CREDENTIALS_ENV):
+        credentials = Path(environ[CREDENTIALS_ENV]).expanduser()
 
     if "kms" not in options.skip:
-        if options.kms is None:
+        if endpoint is None:
             results["kms"] = CheckResult(name="kms", status=Status.FAIL, detail="not checked: no KMS URI given",
                                          fix="give --kms ppml+https://HOST:PORT (or $PPML_KMS), or --skip kms")
+        elif isinstance(endpoint, CheckResult):
+            results["kms"] = endpoint
         else:
-            endpoint = _kms_endpoint(options, environ)
-            if isinstance(endpoint, CheckResult):
-                results["kms"] = endpoint
-            else:
-                credentials = credentials or endpoint.credentials_path
-                probe = probe_service("kms", endpoint.base_url, "/healthz", ca_path=endpoint.ca_path,
-                                      ca_hint=f"--ca FILE, ?ca=FILE or ${KMS_CA_ENV}", timeout=options.timeout,
-                                      now=now, label=endpoint.uri)
-                if isinstance(probe, Probe):
-                    probes.append(probe)
-                results["kms"] = check_kms(probe, now=now(), warn_days=options.cert_warn_days)
+            probe = probe_service("kms", endpoint.base_url, "/healthz", ca_path=endpoint.ca_path,
+                                  ca_hint=f"--ca FILE, ?ca=FILE or ${KMS_CA_ENV}", timeout=options.timeout,
+                                  now=now, label=endpoint.uri)
+            if isinstance(probe, Probe):
+                probes.append(probe)
+            results["kms"] = check_kms(probe, now=now(), warn_days=options.cert_warn_days)
     if "as" not in options.skip:
         if options.attestation_url is None:
             results["as"] = CheckResult(name="as", status=Status.FAIL,
                                         detail="not checked: no attestation service URL given",
                                         fix="give --as https://HOST:PORT (or $PPML_AS_URL), or --skip as")
         else:
-            base_url, ca_path = _attestation_endpoint(options, environ)
+            base_url, ca_path = _attestation_endpoint(options.attestation_url, options.ca, environ)
             probe = probe_service("as", base_url, "/.well-known/jwks.json", ca_path=ca_path,
                                   ca_hint=f"--ca FILE, ?ca=FILE or ${_AS_CA_ENV}", timeout=options.timeout, now=now)
             if isinstance(probe, Probe):
@@ -161,8 +166,6 @@ def run_checks(options: DoctorOptions, *, environ: Mapping[str, str] | None = No
             pccs_ca=options.pccs_ca, now=now(), warn_days=options.collateral_warn_days, timeout=options.timeout,
             transport=pccs_transport, signing_chain=collateral_signing_chain)
     if "credentials" not in options.skip:
-        if credentials is None and environ.get(CREDENTIALS_ENV):
-            credentials = Path(environ[CREDENTIALS_ENV])
         results["credentials"] = check_credentials(credentials, identity=identity)
     if "spark-secret" not in options.skip:
         results["spark-secret"] = check_spark_secret(options.spark_secret, identity=identity)
