@@ -369,7 +369,7 @@ def test_the_spark_secret_must_exist_be_private_and_long_enough(tmp_path: Path) 
     short.chmod(0o600)
     result = check_spark_secret(short, identity=ME)
     assert result.status is Status.FAIL and "28 characters, fewer than 32" in result.detail
-    assert "s3cr3t" not in result.line() and "--new-secret-file" in result.fix
+    assert "s3cr3t" not in result.line() and "openssl rand -hex 32" in result.fix
 
 
 def test_the_spark_secret_floor_is_the_one_ppml_submit_enforces(tmp_path: Path) -> None:

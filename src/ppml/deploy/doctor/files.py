@@ -18,8 +18,8 @@ __all__ = ["MIN_SPARK_SECRET_CHARS", "check_credentials", "check_private_file", 
 MIN_SPARK_SECRET_CHARS: Final = 32
 
 
-def check_private_file(name: str, path: Path, *, identity: FileIdentity) -> tuple[CheckResult, bool]:
-    """Owner and mode of a secret file; (result, readable by the rules).
+def check_private_file(name: str, path: Path, *, identity: FileIdentity) -> CheckResult:
+    """Owner and mode of a secret file (PASS when the file may be read for its content).
 
     Passes ``0600``/``0400`` owned by ``identity``, and the shape a Kubernetes Secret volume has
     in a non-root pod (``0440`` owned by root, group one of ``identity``'s: the kubelet's fsGroup
@@ -30,31 +30,31 @@ def check_private_file(name: str, path: Path, *, identity: FileIdentity) -> tupl
         info = path.stat()
     except FileNotFoundError:
         return CheckResult(name=name, status=Status.FAIL, detail=f"{path}: no such file",
-                           fix="create it or point at the right file"), False
+                           fix="create it or point at the right file")
     except OSError as exc:
         return CheckResult(name=name, status=Status.FAIL, detail=f"{path}: {exc.strerror}",
-                           fix="check the path and its directories' permissions"), False
+                           fix="check the path and its directories' permissions")
     if not stat.S_ISREG(info.st_mode):
         return CheckResult(name=name, status=Status.FAIL, detail=f"{path}: not a regular file",
-                           fix="point at the file itself"), False
+                           fix="point at the file itself")
     mode = stat.S_IMODE(info.st_mode)
     shown = f"{path}: mode {mode:04o}, owner uid {info.st_uid}"
     if mode & 0o007:
         return CheckResult(name=name, status=Status.FAIL, detail=f"{shown}: readable or writable by others",
-                           fix=f"chmod 600 {path} (and rotate the secret: others may have read it)"), False
+                           fix=f"chmod 600 {path} (and rotate the secret: others may have read it)")
     kubernetes_shape = (info.st_uid == 0 and mode in (0o440, 0o400)
                         and info.st_gid in identity.gids)
     if kubernetes_shape and info.st_uid != identity.uid:
         return CheckResult(name=name, status=Status.PASS,
-                           detail=f"{shown}, group {info.st_gid}: a read-only Secret volume read through fsGroup"), True
+                           detail=f"{shown}, group {info.st_gid}: a read-only Secret volume read through fsGroup")
     if info.st_uid != identity.uid:
         return CheckResult(name=name, status=Status.FAIL,
                            detail=f"{shown}: not owned by this user (uid {identity.uid})",
-                           fix=f"chown {identity.uid} {path}, or run as the user the file belongs to"), False
+                           fix=f"chown {identity.uid} {path}, or run as the user the file belongs to")
     if mode & 0o070:
         return CheckResult(name=name, status=Status.FAIL, detail=f"{shown}: group bits set",
-                           fix=f"chmod 600 {path}"), False
-    return CheckResult(name=name, status=Status.PASS, detail=shown), True
+                           fix=f"chmod 600 {path}")
+    return CheckResult(name=name, status=Status.PASS, detail=shown)
 
 
 def check_credentials(path: Path | None, *, identity: FileIdentity) -> CheckResult:
@@ -63,8 +63,8 @@ def check_credentials(path: Path | None, *, identity: FileIdentity) -> CheckResu
         return CheckResult(name="credentials", status=Status.FAIL, detail="not checked: no credentials file given",
                            fix=f"give --credentials FILE (or credentials= in the KMS URI, or ${CREDENTIALS_ENV}), "
                                "or --skip credentials")
-    result, readable = check_private_file("credentials", path, identity=identity)
-    if not readable:
+    result = check_private_file("credentials", path, identity=identity)
+    if result.status is not Status.PASS:
         return result
     try:
         credentials = load_credentials(path)
@@ -81,8 +81,8 @@ def check_spark_secret(path: Path | None, *, identity: FileIdentity) -> CheckRes
         return CheckResult(name="spark-secret", status=Status.FAIL, detail="not checked: no secret file given",
                            fix="give --spark-secret FILE (the --secret-file of `ppml submit`), or --skip "
                                "spark-secret where Spark makes its own (local master)")
-    result, readable = check_private_file("spark-secret", path, identity=identity)
-    if not readable:
+    result = check_private_file("spark-secret", path, identity=identity)
+    if result.status is not Status.PASS:
         return result
     try:
         with open(path, "rb") as f:
@@ -93,6 +93,6 @@ def check_spark_secret(path: Path | None, *, identity: FileIdentity) -> CheckRes
     if length < MIN_SPARK_SECRET_CHARS:
         return CheckResult(name="spark-secret", status=Status.FAIL,
                            detail=f"{path}: secret is {length} characters, fewer than {MIN_SPARK_SECRET_CHARS}",
-                           fix=f"make a new one: `ppml submit --new-secret-file {path}` (256 random bits), "
+                           fix=f"make a new one, 256 random bits: (umask 077; openssl rand -hex 32 > {path}), "
                                "and give it to the cluster too")
     return dataclasses.replace(result, detail=f"{result.detail}; {length} characters")
