@@ -20,7 +20,7 @@ __all__ = ["add_commands"]
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from ppml.deploy.doctor import CHECKS, DoctorOptions, as_json, run_checks, summary
+    from ppml.deploy.doctor import DoctorOptions, as_json, run_checks, summary
     from ppml.deploy.k8s import RPC_SECRET_PATH
 
     environ = os.environ
@@ -41,7 +41,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         collateral_warn_days=args.collateral_warn_days, timeout=args.timeout,
     )
     results = run_checks(options)
-    assert [r.name for r in results] == list(CHECKS)
     if args.json:
         print(as_json(results))
     else:
