@@ -28,9 +28,13 @@ from joserfc.jwk import ECKey, KeySet
 from ppml.core.evidence import Claims
 from ppml.errors import TokenRejected
 
-__all__ = ["DEFAULT_TOKEN_TTL", "AttestationToken", "TokenSigner", "TokenVerifier"]
+__all__ = ["DEFAULT_TOKEN_TTL", "NOT_BEFORE_MARGIN", "TOKEN_LEEWAY", "AttestationToken", "TokenSigner", "TokenVerifier"]
 
 DEFAULT_TOKEN_TTL: Final = 300
+#: Seconds a token's ``nbf`` lies before its ``iat``, and the verifier's default leeway: together
+#: the clock skew a verifier may trail the attestation service by (``ppml doctor`` checks it).
+NOT_BEFORE_MARGIN: Final = 5
+TOKEN_LEEWAY: Final = 5
 _ALGORITHM: Final = "ES256"
 _MAX_TOKEN: Final = 32 << 10
 
@@ -76,7 +80,7 @@ class TokenSigner:
               runtime_data: Mapping[str, Any], now: float) -> str:
         issued = int(now)
         payload = {
-            "iss": self.issuer, "iat": issued, "nbf": issued - 5, "exp": issued + self.ttl,
+            "iss": self.issuer, "iat": issued, "nbf": issued - NOT_BEFORE_MARGIN, "exp": issued + self.ttl,
             "jti": uuid.uuid4().hex, "nonce": nonce, "policy_ids": list(policy_ids),
             "claims": claims.to_dict(), "runtime_data": dict(runtime_data), "simulated": claims.simulated,
         }
@@ -92,7 +96,7 @@ class TokenSigner:
 class TokenVerifier:
     """Verifies tokens against a JWKS (ES256 only), the issuer and the validity window."""
 
-    def __init__(self, jwks: Mapping[str, Any], *, issuer: str, leeway: int = 5) -> None:
+    def __init__(self, jwks: Mapping[str, Any], *, issuer: str, leeway: int = TOKEN_LEEWAY) -> None:
         self._keys = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
         self.issuer = issuer
         self.leeway = leeway

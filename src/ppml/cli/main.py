@@ -545,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ppml.cli.fl import add_commands as add_fl_commands
 
     add_fl_commands(commands)
+    from ppml.cli.doctor import add_commands as add_doctor_commands
+
+    add_doctor_commands(commands)
 
     example = commands.add_parser("example", help="run an example job",
                                   description="Run an example job in this process (Spark local mode unless "

@@ -4,6 +4,9 @@
 ``ppml submit --master k8s://… --deploy-mode cluster`` hands to spark-submit, with the TEE's
 resources, secrets mounted as files and a restricted security context. It depends only on
 :mod:`ppml.errors`, so the Spark integration can use it without a cycle.
+
+:mod:`ppml.deploy.doctor` (``ppml doctor``) checks a running deployment from the outside; it uses
+the KMS and attestation clients and is not imported here.
 """
 
 from __future__ import annotations
