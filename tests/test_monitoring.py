@@ -25,7 +25,7 @@ from ppml.attestation.failures import FAILURE_REASONS, failure_reason
 from ppml.core.keys import SECRET_ACCESS
 from ppml.errors import AttestationFailed, NonceRejected, PolicyNotFound, QuoteFormatError
 from ppml.kms.tls import client_context
-from ppml.spark.submit import METRICS_NAMESPACE
+from ppml.spark.submit import METRICS_NAMESPACE, SubmitOptions, build_submission
 from servers import free_port
 from test_kms_hardening import Deployment
 from test_kms_server import b64
@@ -105,6 +105,27 @@ def test_dashboard_is_well_formed() -> None:
                    "ppml_attestation_failures_total", "ppml_kms_audit_chain_seq", "metrics_executor_",
                    f"metrics_{METRICS_NAMESPACE}_driver_DAGScheduler"):
         assert wanted in exprs, wanted
+
+
+# -- ppml submit's Spark settings ----------------------------------------------------------------
+
+
+def _submitted_conf(tmp_path: Path, *conf: tuple[str, str]) -> dict[str, str]:
+    argv, _ = build_submission(SubmitOptions(app="job.py", master="local[1]", conf=conf), tmp_path)
+    lines = Path(argv[argv.index("--properties-file") + 1]).read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def test_submit_turns_on_sparks_prometheus_endpoints_unless_told_otherwise(tmp_path: Path) -> None:
+    conf = _submitted_conf(tmp_path / "default")
+    assert conf["spark.ui.prometheus.enabled"] == "true"
+    assert conf["spark.metrics.conf.*.sink.prometheusServlet.class"] == "org.apache.spark.metrics.sink.PrometheusServlet"
+    assert conf["spark.metrics.conf.*.sink.prometheusServlet.path"] == "/metrics/prometheus"
+    assert conf["spark.metrics.namespace"] == METRICS_NAMESPACE
+    own = _submitted_conf(tmp_path / "own", ("spark.metrics.namespace", "${spark.app.name}"),
+                          ("spark.ui.prometheus.enabled", "false"), ("spark.ui.enabled", "false"))
+    assert own["spark.metrics.namespace"] == "${spark.app.name}" and own["spark.ui.prometheus.enabled"] == "false"
+    assert own["spark.ui.enabled"] == "false"
 
 
 # -- the attestation failure reasons -------------------------------------------------------------

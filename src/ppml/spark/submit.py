@@ -20,9 +20,9 @@ Secrets never go on a command line: the RPC secret and every other Spark setting
 user's ``--properties-file`` merged below ``--conf``) are written to one 0600 ``--properties-file``.
 Spark's own processes get ``spark.redaction.regex`` extended so ``apikey``/``token``/``key``
 values never show in the UI or event log. Spark's Prometheus endpoints are on, under a fixed
-metrics namespace (:func:`monitoring_conf`), unless the user's settings say otherwise. Spark logs warnings and errors only unless ``verbose``
-(:mod:`ppml.spark.launch`). On Kubernetes, :func:`pod_problems` warns of loopback URLs and local
-paths that would go into pods.
+metrics namespace (:func:`monitoring_conf`), unless the user's settings say otherwise. Spark
+logs warnings and errors only unless ``verbose`` (:mod:`ppml.spark.launch`). On Kubernetes,
+:func:`pod_problems` warns of loopback URLs and local paths that would go into pods.
 
 Spark hangs with vague errors when the submission's secret, RPC cipher or TLS settings do not
 match the cluster's. Against a standalone master, ``ppml submit`` watches the driver's output for
