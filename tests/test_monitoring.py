@@ -119,8 +119,9 @@ def _submitted_conf(tmp_path: Path, *conf: tuple[str, str]) -> dict[str, str]:
 def test_submit_turns_on_sparks_prometheus_endpoints_unless_told_otherwise(tmp_path: Path) -> None:
     conf = _submitted_conf(tmp_path / "default")
     assert conf["spark.ui.prometheus.enabled"] == "true"
-    assert conf["spark.metrics.conf.*.sink.prometheusServlet.class"] == "org.apache.spark.metrics.sink.PrometheusServlet"
-    assert conf["spark.metrics.conf.*.sink.prometheusServlet.path"] == "/metrics/prometheus"
+    servlet = "spark.metrics.conf.*.sink.prometheusServlet"
+    assert conf[f"{servlet}.class"] == "org.apache.spark.metrics.sink.PrometheusServlet"
+    assert conf[f"{servlet}.path"] == "/metrics/prometheus"
     assert conf["spark.metrics.namespace"] == METRICS_NAMESPACE
     own = _submitted_conf(tmp_path / "own", ("spark.metrics.namespace", "${spark.app.name}"),
                           ("spark.ui.prometheus.enabled", "false"), ("spark.ui.enabled", "false"))
