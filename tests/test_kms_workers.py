@@ -106,6 +106,12 @@ def test_two_workers_serve_one_database_with_one_audit_chain(two_workers: KmsSer
                         r'status="200"\} ([0-9.e+]+)')
     counted = sum(float(m[2]) for m in map(sample.fullmatch, metrics.splitlines()) if m)
     assert counted == sum(operations) - len(apps)
+    by_action = re.compile(r'ppml_kms_actions_total\{action="(?:generate_data_key|decrypt)",api="native",'
+                           r'code="200"\} ([0-9.e+]+)')
+    assert sum(float(m[1]) for m in map(by_action.fullmatch, metrics.splitlines()) if m) == counted
+    # The audit head comes from the database: one series, whichever worker answers.
+    heads = [line for line in metrics.splitlines() if line.startswith("ppml_kms_audit_chain_seq ")]
+    assert len(heads) == 1 and float(heads[0].split()[1]) >= counted
 
     server.stop()
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]

@@ -13,6 +13,11 @@ Native API::
 eHSM actions (added to ``/ehsm``): UploadQuotePolicy, GetQuotePolicy, VerifyQuote (``result`` is
 a boolean, as BigDL's client reads it, plus ``sgx_ql_qv_result`` with the DCAP code, and a
 ``sign`` over the result as eHSM computes it), GenerateQuote (the service attests itself).
+
+Metrics (on the registry the host app passes): ``ppml_attestation_verifications_total{operation,
+result}`` counts evidence verifications by ``attest``, ``verify`` and ``VerifyQuote`` with result
+``ok`` or ``failed``, and ``ppml_attestation_failures_total{reason}`` says why, in the closed set of
+:mod:`ppml.attestation.failures`.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from typing import Any, Final
 
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, Field
 
+from ppml.attestation.failures import failure_reason, mismatch_reason
 from ppml.attestation.service import AttestationService
 from ppml.core.evidence import Claims, Evidence, report_data_for
 from ppml.core.policy import Measurements, parse_policy
@@ -94,11 +101,33 @@ def add_attestation_routes(
     apikey_of: Callable[[str], bytes | None],
     add_ehsm_action: Callable[[str, EhsmHandler, frozenset[str]], None],
     self_evidence: Callable[[bytes], Evidence] | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> None:
     """Mount the attestation API. ``authenticated`` is the KMS's request authenticator (returns a
     context with ``appid``); ``apikey_of`` gives an app's apikey (to sign VerifyQuote results as
     eHSM does); ``add_ehsm_action(name, handler, payload_fields)`` registers an eHSM action;
-    ``self_evidence`` produces the service's own evidence for GenerateQuote."""
+    ``self_evidence`` produces the service's own evidence for GenerateQuote; the metrics go on
+    ``registry`` (a private one when None)."""
+    registry = registry if registry is not None else CollectorRegistry()
+    verifications = Counter("ppml_attestation_verifications_total",
+                            "Evidence verifications by operation (attest, verify, VerifyQuote): ok or failed",
+                            ["operation", "result"], registry=registry)
+    failures = Counter("ppml_attestation_failures_total", "Failed attestations by reason (a closed set)",
+                       ["reason"], registry=registry)
+
+    def verified(operation: str) -> None:
+        verifications.labels(operation, "ok").inc()
+
+    def failed(operation: str, reason: str) -> None:
+        verifications.labels(operation, "failed").inc()
+        failures.labels(reason).inc()
+
+    def counted(operation: str, work: Callable[[], Any]) -> Any:
+        try:
+            return work()
+        except AttestationFailed as exc:
+            failed(operation, failure_reason(exc))
+            raise
 
     @app.exception_handler(AttestationFailed)
     async def attestation_failed(request: Request, exc: AttestationFailed) -> JSONResponse:
@@ -122,8 +151,10 @@ def add_attestation_routes(
     @app.post("/v1/attestation/attest", tags=["attestation"])
     async def attest(body: AttestRequest) -> JSONResponse:
         """Verify evidence bound to the nonce and runtime data; returns a short-lived token."""
-        result = await call(service.attest, _evidence(body.evidence), nonce=body.nonce,
-                            runtime_data=body.runtime_data, policy_ids=body.policy_ids)
+        evidence = _evidence(body.evidence)
+        result = await call(counted, "attest", lambda: service.attest(
+            evidence, nonce=body.nonce, runtime_data=body.runtime_data, policy_ids=body.policy_ids))
+        verified("attest")
         return JSONResponse({"token": result.token, "claims": result.claims.to_dict(),
                              "policy_ids": list(result.policy_ids)})
 
@@ -143,11 +174,18 @@ def add_attestation_routes(
     @app.post("/v1/attestation/verify", tags=["attestation"])
     async def verify(body: VerifyRequest = Body(...), ctx: Any = Depends(authenticated)) -> JSONResponse:
         """Verify evidence (no nonce binding) and, with ``policy_id``, evaluate that policy."""
-        claims = await call(service.verify_evidence, _evidence(body.evidence))
+        evidence = _evidence(body.evidence)
+        claims = await call(counted, "verify", lambda: service.verify_evidence(evidence))
         result: dict[str, Any] = {"claims": claims.to_dict()}
-        if body.policy_id:
-            reasons = (await call(service.get_policy, body.policy_id, owner=ctx.appid)).mismatches(claims)
-            result.update({"policy_id": body.policy_id, "match": not reasons, "mismatches": reasons})
+        policy_id = body.policy_id
+        if policy_id:
+            policy = await call(counted, "verify", lambda: service.get_policy(policy_id, owner=ctx.appid))
+            reasons = policy.mismatches(claims)
+            result.update({"policy_id": policy_id, "match": not reasons, "mismatches": reasons})
+            if reasons:
+                failed("verify", mismatch_reason(reasons))
+                return JSONResponse(result)
+        verified("verify")
         return JSONResponse(result)
 
     # -- eHSM actions --------------------------------------------------------------------------
@@ -188,10 +226,18 @@ def add_attestation_routes(
                 reasons = policy.mismatches(claims)
                 ok = not reasons
                 result.update({"mr_enclave": claims.mr_enclave or "", "mr_signer": claims.mr_signer or ""})
+                if reasons:
+                    failed("VerifyQuote", mismatch_reason(reasons))
+            elif not ok:
+                failed("VerifyQuote", "simulated_refused" if claims.simulated else "policy_mismatch")
+            if ok:
+                verified("VerifyQuote")
             code = qv_result_code(claims)
-        except PolicyNotFound:
+        except PolicyNotFound as exc:
+            failed("VerifyQuote", failure_reason(exc))
             raise
         except AttestationFailed as exc:
+            failed("VerifyQuote", failure_reason(exc))
             ok, code = False, qv_result_code(None, exc)
         result.update({"result": ok, "sgx_ql_qv_result": code})
         apikey = apikey_of(ctx.appid) or b""

@@ -168,7 +168,7 @@ def _run(service: KmsService, attestation: AttestationService, options: ServeOpt
 
         add_attestation_routes(app, attestation, authenticated=hooks.authenticated, call=hooks.call,
                                apikey_of=hooks.apikey_of, add_ehsm_action=add_ehsm_action,
-                               self_evidence=_self_evidence(options))
+                               self_evidence=_self_evidence(options), registry=hooks.registry)
 
     app = create_app(service, open_enrollment=options.open_enrollment, extend=extend)
     if sock is None or os.environ.get("PPML_WORKER_INDEX") == "0":

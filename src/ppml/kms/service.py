@@ -626,6 +626,14 @@ class KmsService:
                                         when=self._datetime(), mac=self._root.audit_mac)
         self._dialect.append_audit(conn, records, new_head)
 
+    def audit_head(self) -> tuple[int, bytes]:
+        """The audit chain's head: the last record's sequence number and MAC ((0, 32 zero bytes)
+        for an empty chain). Not secret: the MAC is keyed by the root key, so knowing it lets
+        nobody forge a record; watched from outside (metrics), it anchors the chain's history."""
+        with self.storage.transaction(durable=False) as conn:
+            head = conn.execute(select(db.audit_head.c.seq, db.audit_head.c.mac)).one()
+        return int(head.seq), bytes(head.mac)
+
     def verify_audit(self) -> AuditReport:
         """Walk the chain: any altered, deleted, inserted or reordered record breaks it."""
         with self.storage.transaction() as conn:

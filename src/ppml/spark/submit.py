@@ -19,9 +19,10 @@ cluster      ``--tee X``, k8s://…    driver and executors in TEE pods (pod tem
 Secrets never go on a command line: the RPC secret and every other Spark setting (ppml's, the
 user's ``--properties-file`` merged below ``--conf``) are written to one 0600 ``--properties-file``.
 Spark's own processes get ``spark.redaction.regex`` extended so ``apikey``/``token``/``key``
-values never show in the UI or event log. Spark logs warnings and errors only unless ``verbose``
-(:mod:`ppml.spark.launch`). On Kubernetes, :func:`pod_problems` warns of loopback URLs and local
-paths that would go into pods.
+values never show in the UI or event log. Spark's Prometheus endpoints are on, under a fixed
+metrics namespace (:func:`monitoring_conf`), unless the user's settings say otherwise. Spark
+logs warnings and errors only unless ``verbose`` (:mod:`ppml.spark.launch`). On Kubernetes,
+:func:`pod_problems` warns of loopback URLs and local paths that would go into pods.
 
 Spark hangs with vague errors when the submission's secret, RPC cipher or TLS settings do not
 match the cluster's. Against a standalone master, ``ppml submit`` watches the driver's output for
@@ -65,10 +66,13 @@ from ppml.spark.session import (
     write_properties_file,
 )
 
-__all__ = ["EXECUTOR_JAVA_HOME", "MISMATCH_SIGNATURES", "SubmitOptions", "build_submission", "executor_launcher_conf",
-           "pod_problems", "real_java", "spark_submit_path", "submit"]
+__all__ = ["EXECUTOR_JAVA_HOME", "METRICS_NAMESPACE", "MISMATCH_SIGNATURES", "SubmitOptions", "build_submission",
+           "executor_launcher_conf", "monitoring_conf", "pod_problems", "real_java", "spark_submit_path", "submit"]
 
 TEES: Final = ("none", "simulated", "sgx-gramine", "tdx")
+#: ``spark.metrics.namespace`` set by ``ppml submit``: Spark prefixes its metrics' names with the
+#: application id otherwise, so no dashboard query could name them (docs/monitoring.md).
+METRICS_NAMESPACE: Final = "ppml"
 #: The executors' ``JAVA_HOME`` on a standalone cluster: its ``bin/java`` is ppml's TEE launcher.
 EXECUTOR_JAVA_HOME: Final = Path(__file__).with_name("executor_java_home")
 
@@ -273,6 +277,21 @@ def pod_problems(options: SubmitOptions, user_conf: Mapping[str, str]) -> list[s
     return problems
 
 
+def monitoring_conf() -> dict[str, str]:
+    """Spark's Prometheus endpoints on the driver's UI port (nothing to scrape when the user turns
+    ``spark.ui.enabled`` off): executor metrics at ``/metrics/executors/prometheus`` and the
+    metrics system (DAGScheduler, BlockManager, JVM, app status) at ``/metrics/prometheus``, under
+    the fixed namespace :data:`METRICS_NAMESPACE`. Spark's metric names and labels carry source
+    names, executor ids and the application's id and name, never configuration values."""
+    servlet = "spark.metrics.conf.*.sink.prometheusServlet"
+    return {
+        "spark.ui.prometheus.enabled": "true",
+        f"{servlet}.class": "org.apache.spark.metrics.sink.PrometheusServlet",
+        f"{servlet}.path": "/metrics/prometheus",
+        "spark.metrics.namespace": METRICS_NAMESPACE,
+    }
+
+
 def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str], dict[str, str]]:
     """The spark-submit argv (no secrets in it) and the environment to run it with.
 
@@ -283,7 +302,7 @@ def build_submission(options: SubmitOptions, work_dir: Path) -> tuple[list[str],
     secret = read_secret_file(options.secret_file) if options.secret_file and not kubernetes else None
     user_conf = {**(read_properties_file(options.properties_file) if options.properties_file else {}),
                  **dict(options.conf)}
-    conf = {**performance_conf(), **security_conf(
+    conf = {**performance_conf(), **monitoring_conf(), **security_conf(
         secret=secret, network_crypto=options.network_crypto, io_encryption=options.io_encryption)}
     if kubernetes:
         from ppml.deploy.k8s import check_spark_conf

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +30,7 @@ from ppml.kms.http.auth import Authenticator
 from ppml.kms.http.batching import GroupCommit
 from ppml.kms.http.ehsm import DATA_KEY_ACTIONS, EHSM_ACTIONS, EhsmAction, add_ehsm_routes, kms_actions
 from ppml.kms.http.errors import MalformedBody, malformed_request, ppml_error_response
+from ppml.kms.http.metrics import AuditChainCollector, KmsMetrics
 from ppml.kms.http.middleware import observed
 from ppml.kms.http.native import RawHandler, add_native_routes
 from ppml.kms.service import KmsService
@@ -93,6 +94,8 @@ class AppHooks:
     apikey_of: Callable[[str], bytes | None]
     #: The eHSM action registry: a co-hosted service adds its actions here.
     ehsm_actions: dict[str, EhsmAction]
+    #: Where a co-hosted service registers its metrics (exported on the same ``/metrics``).
+    registry: CollectorRegistry
 
 
 def create_app(
@@ -110,9 +113,7 @@ def create_app(
         description="Envelope-encryption key management: primary keys never leave the service.",
     )
     registry = registry or CollectorRegistry()
-    requests_total = Counter("ppml_kms_requests_total", "HTTP requests", ["route", "status"], registry=registry)
-    latency = Histogram("ppml_kms_request_seconds", "HTTP request latency", ["route"], registry=registry,
-                        buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+    metrics = KmsMetrics.create(registry)
     inline = service.runs_inline
 
     batcher: GroupCommit[DataKeyRequest, bytes] = GroupCommit(service.run_data_key_batch, inline=inline)
@@ -157,24 +158,28 @@ def create_app(
 
         exposition = CollectorRegistry()
         multiprocess.MultiProcessCollector(exposition)
+    # The audit head lives in the database: read at scrape time, the same from every worker.
+    exposition.register(AuditChainCollector(service.audit_head))
 
     @app.get("/metrics", tags=["operations"])
-    async def metrics() -> Response:
-        return Response(generate_latest(exposition), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus_metrics() -> Response:
+        """Prometheus exposition (docs/monitoring.md lists the series)."""
+        return Response(await run_in_threadpool(generate_latest, exposition), media_type=CONTENT_TYPE_LATEST)
 
-    hot = add_native_routes(app, service, auth=auth, open_enrollment=open_enrollment, call=call, batcher=batcher)
+    hot = add_native_routes(app, service, auth=auth, open_enrollment=open_enrollment, call=call, batcher=batcher,
+                            metrics=metrics)
 
     ehsm_actions = kms_actions(service)
     if extend is not None:
         extend(app, AppHooks(authenticated=auth.native, call=call, apikey_of=service.apikey,
-                             ehsm_actions=ehsm_actions))
+                             ehsm_actions=ehsm_actions, registry=registry))
     ehsm_post = add_ehsm_routes(app, service, auth=auth, open_enrollment=open_enrollment, call=call,
-                                data_key=batcher.run, actions=ehsm_actions)
+                                data_key=batcher.run, actions=ehsm_actions, releases=metrics.count_release)
     routes = {getattr(r, "path", ""): r for r in app.routes}
     fast = DataKeyRoutes(
         app, error=lambda request, exc: ppml_error_response(request.url.path, exc), native=hot,
         native_routes={name: routes[f"/v1/keys/{{key_id}}/{name}"] for name in hot},
         ehsm=ehsm_post, ehsm_route=routes["/ehsm"],
     )
-    return observed(fast, requests_total, latency)  # type: ignore[return-value]
+    return observed(fast, metrics)  # type: ignore[return-value]
 

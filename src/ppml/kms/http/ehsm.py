@@ -331,9 +331,15 @@ EHSM_ACTIONS: Final = frozenset({"GetVersion", "Enroll", *DATA_KEY_ACTIONS, "Cre
 
 def add_ehsm_routes(app: FastAPI, service: KmsService, *, auth: Authenticator, open_enrollment: bool,
                     call: Callable[..., Awaitable[Any]], data_key: Callable[[DataKeyRequest], Awaitable[bytes]],
-                    actions: Mapping[str, EhsmAction]) -> Callable[[Request], Awaitable[JSONResponse]]:
+                    actions: Mapping[str, EhsmAction],
+                    releases: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None,
+                    ) -> Callable[[Request], Awaitable[JSONResponse]]:
     """Mount ``/ehsm`` on ``app`` with ``actions`` (the KMS's and any co-hosted service's);
-    returns the POST handler (the server's fast path calls it for data-key actions)."""
+    returns the POST handler (the server's fast path calls it for data-key actions).
+    ``releases`` wraps each attested release (the metrics count them)."""
+
+    async def released(work: Awaitable[Any]) -> Any:
+        return await (releases(work) if releases is not None else work)
 
     def enroll(ctx: RequestContext | None) -> JSONResponse:
         if ctx is None and not open_enrollment:
@@ -359,10 +365,10 @@ def add_ehsm_routes(app: FastAPI, service: KmsService, *, auth: Authenticator, o
     async def attested(ctx: RequestContext, action: str, payload: dict[str, Any], token: str) -> dict[str, Any]:
         job = DATA_KEY_ACTIONS[action](ctx, payload)
         if job.operation == "Decrypt":
-            jwe = await call(service.release_to_tee, ctx, job.key_id, job.data, job.aad, token=token)
+            jwe = await released(call(service.release_to_tee, ctx, job.key_id, job.data, job.aad, token=token))
             return {"jwe": jwe}
-        jwe, wrapped = await call(service.generate_data_key_for_tee, ctx, job.key_id, length=len(job.data),
-                                  aad=job.aad, token=token)
+        jwe, wrapped = await released(call(service.generate_data_key_for_tee, ctx, job.key_id,
+                                           length=len(job.data), aad=job.aad, token=token))
         return {"ciphertext": b64encode(wrapped), "jwe": jwe}
 
     @app.post("/ehsm", tags=["eHSM"])

@@ -13,6 +13,7 @@ from ppml.core import signing
 from ppml.kms import wire
 from ppml.kms.http.auth import Authenticator
 from ppml.kms.http.batching import GroupCommit
+from ppml.kms.http.metrics import KmsMetrics
 from ppml.kms.http.models import (
     CiphertextRequest,
     CiphertextResponse,
@@ -41,7 +42,7 @@ RawHandler = Callable[[Request, str], Awaitable[Response]]
 
 def add_native_routes(app: FastAPI, service: KmsService, *, auth: Authenticator, open_enrollment: bool,
                       call: Callable[..., Awaitable[Any]],
-                      batcher: GroupCommit[DataKeyRequest, bytes]) -> dict[str, RawHandler]:
+                      batcher: GroupCommit[DataKeyRequest, bytes], metrics: KmsMetrics) -> dict[str, RawHandler]:
     """Mount ``/v1`` on ``app``; returns the hot data-key handlers by route name (the server's
     fast path calls them directly)."""
     authenticated = auth.native
@@ -112,8 +113,9 @@ def add_native_routes(app: FastAPI, service: KmsService, *, auth: Authenticator,
         body = await json_body(request, GenerateDataKeyRequest, optional=True)
         token = request.headers.get(wire.ATTESTATION_HEADER)
         if token:
-            jwe, wrapped = await call(service.generate_data_key_for_tee, ctx, key_id, length=body.length,
-                                      aad=b64decode(body.aad, "aad"), token=token)
+            jwe, wrapped = await metrics.count_release(call(
+                service.generate_data_key_for_tee, ctx, key_id, length=body.length, aad=b64decode(body.aad, "aad"),
+                token=token))
             return JSONResponse({"ciphertext": b64encode(wrapped), "jwe": jwe})
         job = DataKeyRequest.generate(ctx, key_id, length=body.length, aad=b64decode(body.aad, "aad"),
                                       with_plaintext=body.include_plaintext)
@@ -131,8 +133,9 @@ def add_native_routes(app: FastAPI, service: KmsService, *, auth: Authenticator,
         body = await json_body(request, CiphertextRequest)
         token = request.headers.get(wire.ATTESTATION_HEADER)
         if token:
-            jwe = await call(service.release_to_tee, ctx, key_id, b64decode(body.ciphertext, "ciphertext"),
-                             b64decode(body.aad, "aad"), token=token)
+            jwe = await metrics.count_release(call(
+                service.release_to_tee, ctx, key_id, b64decode(body.ciphertext, "ciphertext"),
+                b64decode(body.aad, "aad"), token=token))
             return JSONResponse({"jwe": jwe})
         plaintext = await batcher.run(DataKeyRequest.decrypt(
             ctx, key_id, b64decode(body.ciphertext, "ciphertext"), b64decode(body.aad, "aad")))
