@@ -19,7 +19,7 @@ import pytest
 from dockerfile_parse import DockerfileParser
 
 from ppml.cli.main import main
-from ppml.core.measurement import Sigstruct, generate_enclave_key, mr_signer, write_enclave_key
+from ppml.core.measurement import Sigstruct, generate_enclave_key, write_enclave_key
 from ppml.deploy import images
 from ppml.deploy.context import ENTRY_ARGV, build_image_context
 from ppml.deploy.k8s import PodTemplateInputs, SecretFile, pod_manifest
@@ -183,13 +183,13 @@ def test_base_dockerfile_creates_every_path_of_the_layout() -> None:
         else:
             assert tree.source == "copy"
             assert any(c[-1] == tree.path and c[-2].endswith(tree.provided_by) for c in copies), tree
-            assert (ROOT / [c for c in copies if c[-1] == tree.path][0][-2]).is_file()
+            assert (ROOT / next(c for c in copies if c[-1] == tree.path)[-2]).is_file()
     # The image's own directories, the user the pods run as, and the checks that the paths exist.
     tail = runs[-1]
     assert f"mkdir -p {images.APP_DIR} {images.ENCLAVE_DIR}" in tail
     assert f"--uid {images.IMAGE_UID}" in tail and f"--gid {images.IMAGE_GID}" in tail
-    for check in ('test -x "${PPML_VENV}/bin/python"', 'test -d "${SPARK_HOME}/jars"', 'test -x "${JAVA_HOME}/bin/java"',
-                  'test -f "${GRAMINE_LIBOS}"'):
+    for check in ('test -x "${PPML_VENV}/bin/python"', 'test -d "${SPARK_HOME}/jars"',
+                  'test -x "${JAVA_HOME}/bin/java"', 'test -f "${GRAMINE_LIBOS}"'):
         assert check in tail
     users = [i["value"] for i in final if i["instruction"] == "USER"]
     assert users == [f"{images.IMAGE_UID}:{images.IMAGE_GID}"]
@@ -496,7 +496,8 @@ def test_tdx_pods_run_in_a_kata_tdx_runtime_class_and_attest_with_configfs_tsm()
         spec = pod["spec"]
         assert spec["runtimeClassName"] == "kata-qemu-tdx"  # type: ignore[index]
         (container,) = spec["containers"]  # type: ignore[index]
-        assert container["command"] == ["python3", "-m", "ppml.cli.main", "tee", "launch", "--", images.SPARK_ENTRYPOINT]
+        assert container["command"] == ["python3", "-m", "ppml.cli.main", "tee", "launch", "--",
+                                        images.SPARK_ENTRYPOINT]
         assert {"name": "PPML_TEE_BACKEND", "value": "tdx"} in container["env"]
     from ppml.tee.registry import open_backend
 
