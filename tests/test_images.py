@@ -22,7 +22,7 @@ from ppml.cli.main import main
 from ppml.core.measurement import Sigstruct, generate_enclave_key, write_enclave_key
 from ppml.deploy import images
 from ppml.deploy.context import ENTRY_ARGV, build_image_context
-from ppml.deploy.k8s import PodTemplateInputs, SecretFile, pod_manifest
+from ppml.deploy.k8s import KMS_CREDENTIALS_PATH, RPC_SECRET_PATH, PodTemplateInputs, SecretFile, pod_manifest
 from ppml.errors import InputNotFound, OutputExists, UsageError
 from ppml.tee.gramine import Manifest, Mount, TrustedFile, check_manifest_keys, measure
 from ppml.tee.gramine.launch import ARGV_VARIABLE, args_from_environment, encode_args
@@ -268,7 +268,10 @@ def test_context_manifest_is_strict_with_passthrough_listed(
     assert env["PPML_TEE_BACKEND"] == "sgx-gramine" and env["JAVA_HOME"] == images.JAVA_HOME
     assert all(isinstance(v, str) for k, v in env.items() if k not in passthrough)
     assert data["sgx"]["remote_attestation"] == "dcap" and data["sgx"]["debug"] is False
-    assert data["sgx"]["file_check_policy"] == "strict" and data["sgx"]["allowed_files"] == []
+    assert data["sgx"]["file_check_policy"] == "strict"
+    # Only the pods' Secret files (made per deployment, never hashable at build time) are allowed.
+    assert data["sgx"]["allowed_files"] == sorted("file:" + p for p in images.POD_SECRET_FILES)
+    assert images.KMS_CREDENTIALS_PATH == KMS_CREDENTIALS_PATH and images.RPC_SECRET_PATH == RPC_SECRET_PATH
     mounts = data["fs"]["mounts"]
     assert mounts[0] == {"path": "/lib", "uri": "file:" + images.GRAMINE_RUNTIME}
     assert mounts[1] == {"type": "tmpfs", "path": "/tmp"}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ppml.cli._args import add_attestation_options, integer
+from ppml.deploy.images import ENCLAVE_APP
 from ppml.errors import UsageError
 
 __all__ = ["add_commands"]
@@ -179,9 +180,9 @@ def add_commands(commands: Any) -> None:
     tee.add_argument("--tee", default="none", choices=["none", "simulated", "sgx-gramine", "tdx"],
                      help="the TEE backend (default none; see the modes below)")
     add_attestation_options(tee)
-    tee.add_argument("--enclave-app", default="/ppml/enclave/ppml", metavar="APP",
+    tee.add_argument("--enclave-app", default=ENCLAVE_APP, metavar="APP",
                      help="--tee sgx-gramine, run outside an enclave: the enclave gramine-sgx starts the driver in "
-                     "(APP.manifest.sgx and APP.sig, from `ppml image context`; default /ppml/enclave/ppml, the "
+                     f"(APP.manifest.sgx and APP.sig, from `ppml image context`; default {ENCLAVE_APP}, the "
                      "application image's)")
     cluster = p.add_argument_group("ppml: cluster security and event logs")
     cluster.add_argument("--secret-file", metavar="FILE", help="Spark RPC secret (0600) shared with the cluster")

@@ -153,8 +153,9 @@ def image_manifest(trusted: list[TrustedFile], *, enclave_size: str = "8G", max_
                    isv_prod_id: int = 0, isv_svn: int = 0) -> Manifest:
     """The enclave of a ppml application image: argv :data:`ENTRY_ARGV`, Java and Python trusted
     (``trusted``), environment fixed but for :data:`ppml.deploy.images.PASSTHROUGH_ENV`, Gramine's
-    glibc at ``/lib``, an in-enclave ``tmpfs`` at ``/tmp`` for Spark's scratch files, DCAP
-    attestation, production (non-debug) enclave."""
+    glibc at ``/lib``, an in-enclave ``tmpfs`` at ``/tmp`` for Spark's scratch files, the pods'
+    Secret files as the only allowed (unhashed) files (:data:`ppml.deploy.images.POD_SECRET_FILES`),
+    DCAP attestation, production (non-debug) enclave."""
     library_path = ":".join(["/lib", "/usr/local/lib", "/usr/lib/x86_64-linux-gnu", f"{images.JAVA_HOME}/lib",
                              f"{images.JAVA_HOME}/lib/server"])
     env = {
@@ -170,7 +171,7 @@ def image_manifest(trusted: list[TrustedFile], *, enclave_size: str = "8G", max_
         "PPML_APP_DIR": images.APP_DIR,
         "PPML_SPARK_ENTRYPOINT": images.SPARK_ENTRYPOINT,
     }
-    directories = {p.path.rsplit("/", 1)[0] or "/" for p in trusted}
+    directories = {p.path.rsplit("/", 1)[0] or "/" for p in trusted} | {images.POD_RUN_DIR}
     return Manifest(
         libos_entrypoint=images.PYTHON,
         loader_entrypoint="file:" + images.GRAMINE_LIBOS,
@@ -180,6 +181,7 @@ def image_manifest(trusted: list[TrustedFile], *, enclave_size: str = "8G", max_
         mounts=tuple(_mount_roots(sorted(directories - {"/"}))),
         extra_mounts=(Mount(path="/lib", uri="file:" + images.GRAMINE_RUNTIME), Mount(path="/tmp", type="tmpfs")),
         trusted_files=tuple(trusted),
+        allowed_files=tuple("file:" + path for path in images.POD_SECRET_FILES),
         enclave_size=enclave_size,
         max_threads=max_threads,
         isv_prod_id=isv_prod_id,

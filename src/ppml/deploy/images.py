@@ -23,8 +23,12 @@ __all__ = [
     "IMAGE_GID",
     "IMAGE_UID",
     "JAVA_HOME",
+    "KMS_CREDENTIALS_PATH",
     "PASSTHROUGH_ENV",
+    "POD_RUN_DIR",
+    "POD_SECRET_FILES",
     "PYTHON",
+    "RPC_SECRET_PATH",
     "RUNTIME_TREES",
     "SITE_PACKAGES",
     "SPARK_ENTRYPOINT",
@@ -59,6 +63,16 @@ ENCLAVE_DIR: Final = "/ppml/enclave"
 ENCLAVE_NAME: Final = "ppml"
 #: What ``gramine-sgx`` is given (the manifest path without ``.manifest.sgx``).
 ENCLAVE_APP: Final = f"{ENCLAVE_DIR}/{ENCLAVE_NAME}"
+#: Where the pod templates (ppml.deploy.k8s) mount each Kubernetes Secret, one file per directory.
+POD_RUN_DIR: Final = "/var/run/ppml"
+KMS_CREDENTIALS_PATH: Final = f"{POD_RUN_DIR}/kms-credentials/credentials.json"
+RPC_SECRET_PATH: Final = f"{POD_RUN_DIR}/spark-rpc-secret/secret"
+#: Files the enclave reads but cannot trust by hash, since they are made per deployment: the
+#: Kubernetes Secrets the pods mount (the app's KMS credentials, Spark's RPC secret). They are
+#: ``sgx.allowed_files``: the node hands them to the pod and can read or swap them in any mode;
+#: what a swapped credential can obtain is still bounded by attestation (keys are released to the
+#: registered measurement only).
+POD_SECRET_FILES: Final = (KMS_CREDENTIALS_PATH, RPC_SECRET_PATH)
 #: The ``spark`` user of Spark's images; the pod templates run as it.
 IMAGE_UID: Final = 185
 IMAGE_GID: Final = 185

@@ -114,10 +114,10 @@ ROLES: Final = ("driver", "executor")
 DRIVER_CONTAINER: Final = "spark-kubernetes-driver"
 EXECUTOR_CONTAINER: Final = "spark-kubernetes-executor"
 
-_RUN_DIR: Final = "/var/run/ppml"
-KMS_CREDENTIALS_PATH: Final = f"{_RUN_DIR}/kms-credentials/credentials.json"
+_RUN_DIR: Final = images.POD_RUN_DIR
+KMS_CREDENTIALS_PATH: Final = images.KMS_CREDENTIALS_PATH
 CA_BUNDLE_PATH: Final = f"{_RUN_DIR}/ca/ca.pem"
-RPC_SECRET_PATH: Final = f"{_RUN_DIR}/spark-rpc-secret/secret"
+RPC_SECRET_PATH: Final = images.RPC_SECRET_PATH
 SIMULATED_PLATFORM_KEY_PATH: Final = f"{_RUN_DIR}/simulated-platform-key/platform-key.pem"
 ENCLAVE_MANIFEST_PATH: Final = f"{_RUN_DIR}/enclave-manifest/enclave.manifest"
 ENCLAVE_SIG_PATH: Final = f"{_RUN_DIR}/enclave-sig/enclave.sig"
