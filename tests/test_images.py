@@ -327,6 +327,12 @@ def test_bad_input_is_refused_at_build_time(
     with pytest.raises(UsageError, match="holds a private key"):
         build(tmp_path / "ctx")
     (app_dir / "data" / "notes.txt").unlink()
+    # ... also behind a certificate in the same file.
+    bundle = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    (app_dir / "tls.pem").write_bytes(bundle + b"-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n")
+    with pytest.raises(UsageError, match="holds a private key"):
+        build(tmp_path / "ctx")
+    (app_dir / "tls.pem").write_bytes(bundle)  # a certificate alone is public and fine
     # The key's bytes pasted into a file.
     (app_dir / "settings.py").write_bytes(b"KEY = '''" + key_path.read_bytes() + b"'''\n")
     with pytest.raises(UsageError, match="holds a private key"):

@@ -19,12 +19,14 @@ __all__ = ["add_commands"]
 def cmd_image_context(args: argparse.Namespace) -> int:
     from ppml.cli.enclave import _source_note
     from ppml.deploy.context import build_image_context
+    from ppml.progress import Progress
 
-    context = build_image_context(
-        app_dir=Path(args.app), enclave_key=Path(args.enclave_key), out=Path(args.out), root=Path(args.root),
-        base_image=args.base_image, enclave_size=args.enclave_size, max_threads=args.max_threads,
-        isv_prod_id=args.isv_prod_id, isv_svn=args.isv_svn,
-    )
+    with Progress("hashing trusted files", unit="files") as progress:
+        context = build_image_context(
+            app_dir=Path(args.app), enclave_key=Path(args.enclave_key), out=Path(args.out), root=Path(args.root),
+            base_image=args.base_image, enclave_size=args.enclave_size, max_threads=args.max_threads,
+            isv_prod_id=args.isv_prod_id, isv_svn=args.isv_svn, progress=progress.report,
+        )
     print(f"mr_enclave: {context.measurement.mr_enclave.hex()}")
     print(f"mr_signer: {context.measurement.mr_signer.hex()}")
     print(f"build context written to {context.directory}: {context.trusted_files} trusted files; build it with "

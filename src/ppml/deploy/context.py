@@ -30,8 +30,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Final
@@ -48,7 +49,7 @@ CONTEXT_FORMAT: Final = "ppml-image-context/1"
 #: The enclave's fixed argv: ``ppml tee gramine-entry`` runs ``submit`` or ``spark-pod`` as
 #: ``PPML_GRAMINE_ARGV`` says, and each attests before anything else (ppml.tee.gramine.launch).
 ENTRY_ARGV: Final = (images.VENV_PYTHON, "-m", "ppml.cli.main", "tee", "gramine-entry")
-_PEM_PRIVATE = (b"-----BEGIN", b"PRIVATE KEY-----")
+_PEM_PRIVATE: Final = re.compile(rb"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----")
 _CHUNK: Final = 1 << 20
 
 
@@ -82,15 +83,14 @@ def _files(root: Path) -> Iterator[Path]:
 
 
 def _holds_private_key(path: Path, key_bytes: bytes) -> bool:
-    """Whether ``path`` is the enclave key or holds a PEM private key anywhere in it."""
-    begin, end = _PEM_PRIVATE
+    """Whether ``path`` holds the enclave key's bytes or a PEM private key (RSA, EC, PKCS#8,
+    encrypted, OpenSSH: any ``-----BEGIN … PRIVATE KEY-----``) anywhere in it."""
     tail = b""
     overlap = max(len(key_bytes), 64)
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             window = tail + chunk
-            start = window.find(begin)
-            if (start >= 0 and end in window[start:start + 200]) or (key_bytes and key_bytes in window):
+            if _PEM_PRIVATE.search(window) or (key_bytes and key_bytes in window):
                 return True
             tail = window[-overlap:]
     return False
@@ -218,9 +218,13 @@ def build_image_context(
     isv_svn: int = 0,
     date: datetime.date | None = None,
     tool: Tool = "auto",
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImageContext:
     """Write the build context of the application image for ``app_dir`` into ``out`` (which must
     not exist), with the enclave signed by ``enclave_key``.
+
+    Hashing the base image's runtime takes a while (the venv alone holds tens of thousands of
+    files): ``progress(hashed, total)`` is called after each file.
 
     Raises:
         InputNotFound: no such application, key, or runtime path under ``root``.
@@ -245,9 +249,13 @@ def build_image_context(
 
     with atomic_directory(out, overwrite=False) as staging:
         copies = _copy_app(app_dir, staging / "app", key_bytes)
-        trusted = [TrustedFile(path=image_path, sha256=TrustedFile.of(host).sha256) for image_path, host in runtime]
-        trusted += [TrustedFile(path=f"{images.APP_DIR}/{c.relative_to(staging / 'app').as_posix()}",
-                                sha256=TrustedFile.of(c).sha256) for c in copies]
+        sources = [*runtime, *((f"{images.APP_DIR}/{c.relative_to(staging / 'app').as_posix()}", c)
+                               for c in copies)]
+        trusted = []
+        for image_path, host in sources:
+            trusted.append(TrustedFile(path=image_path, sha256=TrustedFile.of(host).sha256))
+            if progress is not None:
+                progress(len(trusted), len(sources))
         manifest = image_manifest(trusted, enclave_size=enclave_size, max_threads=max_threads,
                                   isv_prod_id=isv_prod_id, isv_svn=isv_svn)
         enclave = staging / "enclave"
