@@ -275,6 +275,10 @@ def test_context_manifest_is_strict_with_passthrough_listed(
     mounts = data["fs"]["mounts"]
     assert mounts[0] == {"path": "/lib", "uri": "file:" + images.GRAMINE_RUNTIME}
     assert mounts[1] == {"type": "tmpfs", "path": "/tmp"}
+    assert all(m["uri"] == "file:" + m["path"] for m in mounts[2:])  # the rest are identity mounts
+    assert {m["path"] for m in mounts[2:]} == {"/etc", "/opt", images.APP_DIR, "/usr/bin", images.JAVA_HOME,
+                                                 "/usr/lib/x86_64-linux-gnu", "/usr/local/bin", "/usr/local/lib",
+                                                 images.POD_RUN_DIR}
 
 
 def test_measurement_recomputes_from_the_context(

@@ -171,7 +171,12 @@ def image_manifest(trusted: list[TrustedFile], *, enclave_size: str = "8G", max_
         "PPML_APP_DIR": images.APP_DIR,
         "PPML_SPARK_ENTRYPOINT": images.SPARK_ENTRYPOINT,
     }
-    directories = {p.path.rsplit("/", 1)[0] or "/" for p in trusted} | {images.POD_RUN_DIR}
+    # Identity mounts of the runtime trees (a file's directory for a single file), the application
+    # and the pods' Secret files: what the enclave sees of the image; strict checks apply inside.
+    trees = {tree.path for tree in images.RUNTIME_TREES}
+    single_files = {t.path for t in trusted} & trees
+    directories = ({path.rsplit("/", 1)[0] for path in single_files} | (trees - single_files)
+                   | {images.APP_DIR, images.POD_RUN_DIR})
     return Manifest(
         libos_entrypoint=images.PYTHON,
         loader_entrypoint="file:" + images.GRAMINE_LIBOS,
