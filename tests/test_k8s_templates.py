@@ -165,8 +165,9 @@ def test_sgx_resources_node_selection_and_gramine_only_for_sgx(rendered: tuple[s
             sgx = {"sgx.intel.com/epc": "4Gi", "sgx.intel.com/enclave": "1"}
             assert container["resources"] == {"requests": sgx, "limits": sgx}
             assert spec["nodeSelector"] == {"intel.feature.node.kubernetes.io/sgx": "true"}
-            app = "/ppml/enclave/ppml-driver" if role == "driver" else "/ppml/enclave/ppml-executor"
-            assert container["command"] == ["gramine-sgx", app]
+            # The image's one enclave (ppml image context); Spark's args reach it through gramine-run.
+            assert container["command"] == ["python3", "-m", "ppml.cli.main", "tee", "gramine-run", "--app",
+                                            "/ppml/enclave/ppml", "spark-pod"]
             assert {"name": "aesmd-socket", "hostPath": {"path": "/var/run/aesmd", "type": "Directory"}} \
                 in spec["volumes"]
             assert {"name": "aesmd-socket", "mountPath": "/var/run/aesmd", "readOnly": True} \

@@ -296,6 +296,29 @@ def cmd_tee_launch(args: argparse.Namespace) -> int:
     return launch(command)
 
 
+def cmd_tee_gramine_run(args: argparse.Namespace) -> int:
+    from ppml.tee.gramine.launch import run_under_gramine
+
+    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return run_under_gramine(args.app, [args.entry, *rest], os.environ)
+
+
+def cmd_tee_gramine_entry(args: argparse.Namespace) -> int:
+    from ppml.deploy.images import SPARK_ENTRYPOINT
+    from ppml.tee.gramine.launch import args_from_environment, inside_gramine
+
+    if not inside_gramine():
+        raise UsageError("`ppml tee gramine-entry` runs inside a Gramine enclave only (no /dev/attestation here); "
+                         "start it with `ppml tee gramine-run` or `ppml submit --tee sgx-gramine`")
+    entry, *rest = args_from_environment(os.environ)
+    if entry == "submit":
+        from ppml.cli.main import main
+
+        return main(["submit", *rest])
+    # spark-pod: Spark's entrypoint with Spark's args, after attestation, under a key agent.
+    return cmd_tee_launch(argparse.Namespace(command=[SPARK_ENTRYPOINT, *rest]))
+
+
 def add_commands(commands: Any) -> None:
     attest = commands.add_parser("attest", help="attestation policies and evidence",
                                  description="Register policies, show and verify evidence, verify the service itself.")
@@ -385,3 +408,18 @@ def add_commands(commands: Any) -> None:
                        "(SPARK_EXTRA_CLASSPATH).")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.set_defaults(func=cmd_tee_launch)
+    from ppml.tee.gramine.launch import ARGV_VARIABLE, ENTRY_COMMANDS
+
+    p = sub.add_parser("gramine-run", help="start the image's enclave under gramine-sgx with ENTRY ARGS (outside it)",
+                       description=f"Outside the enclave: run `gramine-sgx APP` with ENTRY and ARGS in {ARGV_VARIABLE} "
+                       "(the manifest fixes argv; this variable is how a job's arguments reach it). A Spark pod's "
+                       "command under --tee sgx-gramine; Spark appends its args.")
+    p.add_argument("--app", required=True, metavar="APP", help="what gramine-sgx runs (APP.manifest.sgx, APP.sig)")
+    p.add_argument("entry", choices=ENTRY_COMMANDS, help="what the enclave runs: ppml submit, or a Spark pod's "
+                   "entrypoint")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    p.set_defaults(func=cmd_tee_gramine_run)
+    p = sub.add_parser("gramine-entry", help="inside the enclave: run what gramine-run asked for, attesting first",
+                       description=f"The fixed argv of the image's Gramine manifest: read {ARGV_VARIABLE} and run "
+                       "`ppml submit …` or Spark's pod entrypoint under `ppml tee launch`; both attest first.")
+    p.set_defaults(func=cmd_tee_gramine_entry)

@@ -539,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ppml.cli.enclave import add_enclave_commands
 
     add_enclave_commands(commands)
+    from ppml.cli.image import add_commands as add_image_commands
+
+    add_image_commands(commands)
     from ppml.cli.serve_model import add_commands as add_serve_model_commands
 
     add_serve_model_commands(commands)

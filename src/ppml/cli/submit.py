@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ppml.cli._args import add_attestation_options, integer
+from ppml.deploy.images import ENCLAVE_APP
 from ppml.errors import UsageError
 
 __all__ = ["add_commands"]
@@ -38,6 +39,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         k8s_image=args.k8s_image, k8s_namespace=args.k8s_namespace, k8s_rpc_secret=args.k8s_rpc_secret,
         k8s_kms_credentials=args.k8s_kms_credentials, k8s_ca=args.k8s_ca, render_only=_path(args.render_only),
     )
+    if options.tee == "sgx-gramine" and not options.master.startswith("k8s://") and options.render_only is None:
+        from ppml.tee.gramine.launch import inside_gramine, run_under_gramine
+
+        if not inside_gramine():
+            # The driver runs in the enclave: this same command, started there by the manifest's fixed argv
+            # (ppml tee gramine-entry), where /dev/attestation exists and the gate attests as in every mode.
+            return run_under_gramine(args.enclave_app, ["submit", *args.submit_argv], os.environ)
     return submit(options)
 
 
@@ -79,9 +87,9 @@ modes (chosen by --tee and --master/--deploy-mode):
   local      --tee none (default)         nothing (Spark's RPC           -
                                           authentication and encryption
                                           are still on)
-  local-tee  --tee X --master local[N]    this machine: the driver       sgx-gramine (under
-                                          passes the attestation gate,   gramine-sgx on an SGX
-                                          then every Python worker       host), tdx (in a TD
+  local-tee  --tee X --master local[N]    this machine: the driver       sgx-gramine (started
+                                          passes the attestation gate,   under gramine-sgx on an
+                                          then every Python worker       SGX host), tdx (in a TD
                                           attests itself                 guest), simulated (any
                                                                          machine; protects nothing)
   client     --tee X --master spark://…   the driver here, as in         sgx-gramine or tdx, here
@@ -113,6 +121,8 @@ class _SubmitParser(argparse.ArgumentParser):
         namespace, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(f"unrecognized arguments before APP: {' '.join(extras)}")
+        # What --tee sgx-gramine hands, unchanged, to the same command inside the enclave.
+        namespace.submit_argv = list(sys.argv[1:] if args is None else args)
         return namespace, extras
 
 
@@ -170,6 +180,10 @@ def add_commands(commands: Any) -> None:
     tee.add_argument("--tee", default="none", choices=["none", "simulated", "sgx-gramine", "tdx"],
                      help="the TEE backend (default none; see the modes below)")
     add_attestation_options(tee)
+    tee.add_argument("--enclave-app", default=ENCLAVE_APP, metavar="APP",
+                     help="--tee sgx-gramine, run outside an enclave: the enclave gramine-sgx starts the driver in "
+                     f"(APP.manifest.sgx and APP.sig, from `ppml image context`; default {ENCLAVE_APP}, the "
+                     "application image's)")
     cluster = p.add_argument_group("ppml: cluster security and event logs")
     cluster.add_argument("--secret-file", metavar="FILE", help="Spark RPC secret (0600) shared with the cluster")
     cluster.add_argument("--event-log-dir", metavar="DIR", help="write Spark event logs here (ppml history-server)")

@@ -1,12 +1,17 @@
-"""Deployment artefacts shipped as package data: Kubernetes pod templates for Spark.
+"""Deployment: container images and Kubernetes pod templates for Spark.
 
-:mod:`ppml.deploy.k8s` renders the driver and executor pod templates that
-``ppml submit --master k8s://… --deploy-mode cluster`` hands to spark-submit, with the TEE's
-resources, secrets mounted as files and a restricted security context. It depends only on
-:mod:`ppml.errors`, so the Spark integration can use it without a cycle.
+:mod:`ppml.deploy.images` describes the base image's layout (``deploy/images/base/Dockerfile``);
+:mod:`ppml.deploy.context` writes an application image's signed build context (``ppml image
+context``): a Dockerfile and a Gramine manifest that trusts the application, Python, the JVM and
+Spark at their image paths. :mod:`ppml.deploy.k8s` renders the driver and executor pod templates
+that ``ppml submit --master k8s://… --deploy-mode cluster`` hands to spark-submit, with the TEE's
+resources, secrets mounted as files and a restricted security context.
+:mod:`ppml.deploy.doctor` (``ppml doctor``) checks a running deployment from the outside.
 
-:mod:`ppml.deploy.doctor` (``ppml doctor``) checks a running deployment from the outside; it uses
-the KMS and attestation clients and is not imported here.
+The package sits above :mod:`ppml.tee` (the image context builds and signs Gramine manifests) and
+below the Spark integration, which renders the pod templates; importing it imports neither
+:mod:`ppml.deploy.context` (nor, through it, the Gramine manifest code) nor the doctor, which uses
+the KMS and attestation clients.
 """
 
 from __future__ import annotations

@@ -44,10 +44,16 @@ TEE modes (``--tee``)
         the pod mounts the host's ``/var/run/aesmd`` (hostPath, as Intel's SGX admission
         webhook does for ``sgx.intel.com/quote-provider: aesmd``, which is also set). The pod
         needs no ``sgx.intel.com/provision``: the provisioning device is used by the quoting
-        enclave inside aesmd, not by the application. Spark's container ``args`` (``driver …``,
-        ``executor``) do not reach the enclave: ppml's manifests fix ``argv`` (no
-        ``loader.insecure__use_cmdline_argv``), so the driver's and executor's manifests must
-        name them and pass Spark's variables through (``loader.env.NAME = { passthrough = true }``).
+        enclave inside aesmd, not by the application. ppml's manifests fix ``argv`` (no
+        ``loader.insecure__use_cmdline_argv``), so Spark's container ``args`` (``driver …``,
+        ``executor``) cannot be ``gramine-sgx``'s: the container command is ``python -m
+        ppml.cli.main tee gramine-run --app APP spark-pod``, which (outside the enclave) puts
+        Spark's args into ``PPML_GRAMINE_ARGV`` and runs ``gramine-sgx APP``; the manifest
+        written by ``ppml image context`` passes that and Spark's variables through by name
+        (``loader.env.NAME = { passthrough = true }``, :data:`ppml.deploy.images.PASSTHROUGH_ENV`)
+        and runs ``ppml tee gramine-entry``, which attests and then runs Spark's entrypoint.
+        Driver and executor use the image's one enclave (:data:`ppml.deploy.images.ENCLAVE_APP`)
+        unless ``sgx_driver_app``/``sgx_executor_app`` say otherwise.
         The hostPath volume keeps these pods out of namespaces enforcing the ``baseline`` or
         ``restricted`` Pod Security Standard; every other mode meets ``restricted``.
     ``tdx``
@@ -76,6 +82,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
+from ppml.deploy import images
 from ppml.errors import UnsafeWarning, UsageError
 
 __all__ = [
@@ -107,10 +114,10 @@ ROLES: Final = ("driver", "executor")
 DRIVER_CONTAINER: Final = "spark-kubernetes-driver"
 EXECUTOR_CONTAINER: Final = "spark-kubernetes-executor"
 
-_RUN_DIR: Final = "/var/run/ppml"
-KMS_CREDENTIALS_PATH: Final = f"{_RUN_DIR}/kms-credentials/credentials.json"
+_RUN_DIR: Final = images.POD_RUN_DIR
+KMS_CREDENTIALS_PATH: Final = images.KMS_CREDENTIALS_PATH
 CA_BUNDLE_PATH: Final = f"{_RUN_DIR}/ca/ca.pem"
-RPC_SECRET_PATH: Final = f"{_RUN_DIR}/spark-rpc-secret/secret"
+RPC_SECRET_PATH: Final = images.RPC_SECRET_PATH
 SIMULATED_PLATFORM_KEY_PATH: Final = f"{_RUN_DIR}/simulated-platform-key/platform-key.pem"
 ENCLAVE_MANIFEST_PATH: Final = f"{_RUN_DIR}/enclave-manifest/enclave.manifest"
 ENCLAVE_SIG_PATH: Final = f"{_RUN_DIR}/enclave-sig/enclave.sig"
@@ -229,8 +236,8 @@ class PodTemplateInputs:
     enclave_sig: ConfigMapFile | ImageFile | None = None
     simulated_platform_key: SecretFile | None = None
     sgx_epc: str = "4Gi"
-    sgx_driver_app: str = "/ppml/enclave/ppml-driver"
-    sgx_executor_app: str = "/ppml/enclave/ppml-executor"
+    sgx_driver_app: str = images.ENCLAVE_APP
+    sgx_executor_app: str = images.ENCLAVE_APP
     sgx_device_group: int | None = None
     tdx_runtime_class: str = "kata-qemu-tdx"
     node_selector: Mapping[str, str] | None = None
@@ -396,7 +403,8 @@ def pod_manifest(role: str, inputs: PodTemplateInputs, *, image: str) -> dict[st
         sgx = {_SGX_EPC: inputs.sgx_epc, _SGX_ENCLAVE: "1"}
         container["resources"] = {"requests": dict(sgx), "limits": dict(sgx)}
         app = inputs.sgx_driver_app if role == "driver" else inputs.sgx_executor_app
-        container["command"] = ["gramine-sgx", app]
+        # Spark appends its args (driver …, executor); gramine-run carries them into the enclave.
+        container["command"] = [inputs.python, "-m", "ppml.cli.main", "tee", "gramine-run", "--app", app, "spark-pod"]
         container["volumeMounts"].append({"name": _AESMD_VOLUME, "mountPath": _AESMD_DIR, "readOnly": True})
         spec["volumes"].append({"name": _AESMD_VOLUME, "hostPath": {"path": _AESMD_DIR, "type": "Directory"}})
         metadata["annotations"][_SGX_QUOTE_PROVIDER] = "aesmd"

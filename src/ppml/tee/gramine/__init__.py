@@ -27,9 +27,12 @@ from __future__ import annotations
 from ppml.tee.gramine.build import build_manifest, default_python_paths
 from ppml.tee.gramine.manifest import (
     DEFAULT_LIBOS_URI,
+    GRAMINE_MANIFEST_KEYS,
     MANIFEST_FORMAT,
     Manifest,
+    Mount,
     TrustedFile,
+    check_manifest_keys,
     parse_size,
 )
 from ppml.tee.gramine.signing import (
@@ -44,14 +47,17 @@ from ppml.tee.gramine.signing import (
 
 __all__ = [
     "DEFAULT_LIBOS_URI",
+    "GRAMINE_MANIFEST_KEYS",
     "GRAMINE_SGX_SIGN",
     "MANIFEST_FORMAT",
     "SOURCE_GRAMINE",
     "SOURCE_SIMULATED",
     "Manifest",
     "Measurement",
+    "Mount",
     "TrustedFile",
     "build_manifest",
+    "check_manifest_keys",
     "default_python_paths",
     "find_gramine_sgx_sign",
     "measure",

@@ -22,9 +22,12 @@ from ppml.errors import AttestationFailed, InputNotFound, NotAFile, OutputExists
 
 __all__ = [
     "DEFAULT_LIBOS_URI",
+    "GRAMINE_MANIFEST_KEYS",
     "MANIFEST_FORMAT",
     "Manifest",
+    "Mount",
     "TrustedFile",
+    "check_manifest_keys",
     "manifest_settings",
     "parse_size",
     "read_manifest_bytes",
@@ -42,6 +45,95 @@ _GRAMINE_DEFAULT_MAX_THREADS: Final = 4
 _HASH_CHUNK: Final = 1 << 20
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+#: Every manifest key Gramine documents (Documentation/manifest-syntax.rst, "Common syntax" and
+#: "SGX syntax"; deprecated keys left out), as dotted paths. ``*`` stands for one key of the
+#: user's choosing (an environment variable, a key name, an ioctl struct). A table-valued key
+#: lists the keys its table may hold under ``path.key``. ``loader.entrypoint`` is a URI string
+#: before Gramine 1.8 and a table ``{uri, sha256}`` from 1.8 on; both are documented.
+GRAMINE_MANIFEST_KEYS: Final = frozenset({
+    "loader.log_level", "loader.log_file",
+    "loader.entrypoint", "loader.entrypoint.uri", "loader.entrypoint.sha256",
+    "libos.entrypoint", "libos.check_invalid_pointers",
+    "loader.argv", "loader.argv_src_file", "loader.insecure__use_cmdline_argv",
+    "loader.insecure__use_host_env", "loader.env.*", "loader.env.*.value", "loader.env.*.passthrough",
+    "loader.env_src_file", "loader.uid", "loader.gid", "loader.insecure__disable_aslr",
+    "sys.enable_extra_runtime_domain_names_conf", "sys.stack.size", "sys.brk.max_size",
+    "sys.insecure__allow_eventfd", "sys.enable_sigterm_injection", "sys.disallow_subprocesses",
+    "fs.root.type", "fs.root.uri", "fs.mounts", "fs.start_dir", "fs.insecure__keys.*",
+    "sgx.debug", "sgx.edmm_enable", "sgx.enclave_size", "sgx.max_threads", "sgx.insecure__rpc_thread_num",
+    "sgx.require_avx", "sgx.require_avx512", "sgx.require_mpx", "sgx.require_pkru", "sgx.require_amx",
+    "sgx.require_exinfo", "sgx.isvprodid", "sgx.isvsvn",
+    "sgx.seal_key.flags_mask", "sgx.seal_key.xfrm_mask", "sgx.seal_key.misc_mask",
+    "sgx.allowed_files", "sgx.trusted_files", "sgx.file_check_policy",
+    "sgx.ioctl_structs.*", "sgx.allowed_ioctls",
+    "sgx.remote_attestation", "sgx.ra_client_linkable", "sgx.ra_client_spid",
+    "sgx.preheat_enclave", "sgx.enable_stats",
+    "sgx.profile.enable", "sgx.profile.mode", "sgx.profile.with_stack", "sgx.profile.frequency",
+    "sgx.vtune_profile",
+})
+# Keys of the inline tables in documented arrays.
+_ARRAY_ENTRY_KEYS: Final = {
+    "fs.mounts": frozenset({"type", "path", "uri", "key_name"}),
+    "sgx.trusted_files": frozenset({"uri", "sha256"}),
+    "sgx.allowed_ioctls": frozenset({"request_code", "struct"}),
+}
+
+
+def _documented(path: tuple[str, ...]) -> str | None:
+    """The documented pattern ``path`` matches, if any."""
+    for pattern in GRAMINE_MANIFEST_KEYS:
+        parts = pattern.split(".")
+        if len(parts) == len(path) and all(p in ("*", k) for p, k in zip(parts, path, strict=True)):
+            return pattern
+    return None
+
+
+def check_manifest_keys(data: dict[str, Any]) -> None:
+    """Refuse a parsed manifest that sets a key Gramine does not document, or any ``insecure__``
+    option (whatever its value: ppml never writes one, and a manifest that names one was not
+    reviewed with that in mind).
+
+    Raises:
+        UsageError: naming the first offending key (dotted, in document order).
+    """
+
+    def walk(table: dict[str, Any], prefix: tuple[str, ...]) -> None:
+        for key, value in table.items():
+            path = (*prefix, key)
+            dotted = ".".join(path)
+            if "insecure__" in key:
+                raise UsageError(f"the manifest sets {dotted}: ppml refuses every insecure__ option")
+            pattern = _documented(path)
+            if pattern is not None and not isinstance(value, dict):
+                entry_keys = _ARRAY_ENTRY_KEYS.get(pattern)
+                if entry_keys is not None and isinstance(value, list):
+                    for entry in value:
+                        extra = sorted(set(entry) - entry_keys) if isinstance(entry, dict) else []
+                        if extra:
+                            raise UsageError(f"the manifest's {dotted} has an entry with an undocumented "
+                                             f"key {extra[0]!r}")
+                continue
+            if isinstance(value, dict) and any(p.startswith(dotted + ".") for p in _patterns_for(path)):
+                walk(value, path)
+                continue
+            if pattern is not None:  # a documented key given as a table (loader.entrypoint in 1.8)
+                walk(value, path)
+                continue
+            raise UsageError(f"the manifest sets {dotted}, which is not a documented Gramine manifest key")
+
+    walk(data, ())
+
+
+def _patterns_for(path: tuple[str, ...]) -> list[str]:
+    """The documented keys below ``path`` (with ``*`` matching any one key), as concrete prefixes."""
+    found = []
+    for pattern in GRAMINE_MANIFEST_KEYS:
+        parts = pattern.split(".")
+        if len(parts) > len(path) and all(p in ("*", k) for p, k in zip(parts, path, strict=False)):
+            found.append(".".join((*path, *parts[len(path):])))
+    return found
 
 
 def parse_size(value: str) -> int:
@@ -126,6 +218,37 @@ class TrustedFile:
         return cls(path=str(path), sha256=_sha256_file(path))
 
 
+_MOUNT_TYPES: Final = ("chroot", "tmpfs")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Mount:
+    """An ``fs.mounts`` entry that is not an identity mount of a host directory: a host directory
+    seen at another path (Gramine's glibc at ``/lib``) or a ``tmpfs`` (in-enclave scratch space,
+    never backed by host files). ``uri`` is empty for ``tmpfs``."""
+
+    path: str
+    uri: str = ""
+    type: str = "chroot"
+
+    def __post_init__(self) -> None:
+        if not os.path.isabs(self.path):
+            raise UsageError(f"mount {self.path!r} is not an absolute path")
+        if self.type not in _MOUNT_TYPES:
+            raise UsageError(f"mount type {self.type!r} is not one ppml writes ({', '.join(_MOUNT_TYPES)})")
+        if self.type == "chroot" and not self.uri.startswith("file:/"):
+            raise UsageError(f"mount {self.path}: a chroot mount needs a file:/ URI")
+        if self.type == "tmpfs" and self.uri:
+            raise UsageError(f"mount {self.path}: a tmpfs mount has no URI")
+
+    def to_toml(self) -> str:
+        parts = [] if self.type == "chroot" else [f"type = {_toml_string(self.type)}"]
+        parts.append(f"path = {_toml_string(self.path)}")
+        if self.uri:
+            parts.append(f"uri = {_toml_string(self.uri)}")
+        return "{ " + ", ".join(parts) + " }"
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Manifest:
     """A Gramine manifest as ppml builds it. Collections are kept sorted, so equal manifests
@@ -135,7 +258,12 @@ class Manifest:
     loader_entrypoint: str = DEFAULT_LIBOS_URI
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
+    #: Variables the host passes in (``loader.env.NAME = { passthrough = true }``), listed one by
+    #: one: their values are the host's choice, so nothing that decides what runs may be one.
+    passthrough_env: tuple[str, ...] = ()
     mounts: tuple[str, ...] = ()
+    #: Mounts other than identity mounts, written first and in this order (Gramine mounts in order).
+    extra_mounts: tuple[Mount, ...] = ()
     trusted_files: tuple[TrustedFile, ...]
     allowed_files: tuple[str, ...] = ()
     enclave_size: str = "8G"
@@ -149,6 +277,8 @@ class Manifest:
         trusted = tuple(sorted(self.trusted_files, key=lambda t: t.path))
         object.__setattr__(self, "trusted_files", trusted)
         object.__setattr__(self, "env", tuple(sorted(self.env)))
+        object.__setattr__(self, "passthrough_env", tuple(sorted(set(self.passthrough_env))))
+        object.__setattr__(self, "extra_mounts", tuple(self.extra_mounts))
         object.__setattr__(self, "mounts", tuple(sorted(set(self.mounts))))
         object.__setattr__(self, "allowed_files", tuple(sorted(set(self.allowed_files))))
         object.__setattr__(self, "argv", tuple(self.argv))
@@ -158,6 +288,14 @@ class Manifest:
         keys = [k for k, _ in self.env]
         if len(keys) != len(set(keys)) or any(not k or "=" in k for k in keys):
             raise UsageError("environment variable names must be unique, non-empty and without '='")
+        for name in self.passthrough_env:
+            if not _ENV_NAME.fullmatch(name):
+                raise UsageError(f"passthrough variable {name!r} is not an environment variable name")
+            if name in keys:
+                raise UsageError(f"{name} is both fixed in the manifest and passed through from the host")
+        mount_paths = [m.path for m in self.extra_mounts]
+        if len(mount_paths) != len(set(mount_paths)) or set(mount_paths) & set(self.mounts):
+            raise UsageError("a path is mounted twice in fs.mounts")
         _check_enclave_size(self.enclave_size)
         if not 1 <= self.max_threads <= 1 << 16:
             raise UsageError("max_threads must be between 1 and 65536")
@@ -182,7 +320,9 @@ class Manifest:
             *(f"  {_toml_string(arg)}," for arg in self.argv),
             "]",
             *(f"loader.env.{_toml_key(k)} = {_toml_string(v)}" for k, v in self.env),
+            *(f"loader.env.{_toml_key(k)} = {{ passthrough = true }}" for k in self.passthrough_env),
             "fs.mounts = [",
+            *(f"  {m.to_toml()}," for m in self.extra_mounts),
             *(
                 f"  {{ path = {_toml_string(m)}, uri = {_toml_string('file:' + m)} }},"
                 for m in self.mounts
@@ -213,13 +353,16 @@ class Manifest:
         """Read back a manifest written by :meth:`to_toml`.
 
         Raises:
-            UsageError: not TOML, or not a manifest of the shape ppml writes (for example one with
-                ``sgx.file_check_policy = "allow_all_but_log"`` or trusted files without hashes).
+            UsageError: not TOML, a key Gramine does not document or any ``insecure__`` option
+                (:func:`check_manifest_keys`), or not a manifest of the shape ppml writes (for
+                example one with ``sgx.file_check_policy = "allow_all_but_log"`` or trusted files
+                without hashes).
         """
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"not a TOML manifest: {exc}") from None
+        check_manifest_keys(data)
         try:
             return cls._from_dict(data)
         except (KeyError, TypeError, AttributeError) as exc:
@@ -242,18 +385,33 @@ class Manifest:
             if not isinstance(uri, str) or not uri.startswith("file:"):
                 raise UsageError(f"trusted file URI {uri!r} is not a file: URI")
             trusted.append(TrustedFile(path=uri[len("file:"):], sha256=digest))
-        mounts = []
+        mounts, extra_mounts = [], []
         for mount in data.get("fs", {}).get("mounts", []):
-            if mount["uri"] != "file:" + mount["path"]:
-                raise UsageError(f"mount {mount['path']!r} is not an identity mount")
-            mounts.append(mount["path"])
+            kind = mount.get("type", "chroot")
+            if kind == "chroot" and "type" not in mount and mount["uri"] == "file:" + mount["path"]:
+                mounts.append(mount["path"])
+            else:
+                extra_mounts.append(Mount(path=_str(mount["path"]), uri=_str(mount.get("uri", "")), type=_str(kind)))
+        env: list[tuple[str, str]] = []
+        passthrough: list[str] = []
+        for name, value in loader.get("env", {}).items():
+            if isinstance(value, dict):
+                if value.get("passthrough") is True and set(value) == {"passthrough"}:
+                    passthrough.append(name)
+                    continue
+                if set(value) != {"value"}:
+                    raise UsageError(f"loader.env.{name} must be a value or {{ passthrough = true }}")
+                value = value["value"]
+            env.append((name, _str(value)))
         entrypoint = loader["entrypoint"]
         return cls(
             libos_entrypoint=_str(data["libos"]["entrypoint"]),
             loader_entrypoint=_str(entrypoint["uri"] if isinstance(entrypoint, dict) else entrypoint),
             argv=tuple(_str(a) for a in loader["argv"]),
-            env=tuple((k, _str(v)) for k, v in loader.get("env", {}).items()),
+            env=tuple(env),
+            passthrough_env=tuple(passthrough),
             mounts=tuple(mounts),
+            extra_mounts=tuple(extra_mounts),
             trusted_files=tuple(trusted),
             allowed_files=tuple(_str(a) for a in sgx.get("allowed_files", [])),
             enclave_size=_str(sgx.get("enclave_size", _GRAMINE_DEFAULT_ENCLAVE_SIZE)),
@@ -361,11 +519,20 @@ class _Settings:
 
 
 def manifest_settings(manifest_bytes: bytes, where: Path) -> _Settings:
-    """The measurement-relevant manifest keys, with Gramine's defaults."""
+    """The measurement-relevant manifest keys, with Gramine's defaults.
+
+    Raises:
+        UsageError: not TOML, or a key Gramine does not document, or an ``insecure__`` option
+            (:func:`check_manifest_keys`): ppml measures and signs no such manifest.
+    """
     try:
         data = tomllib.loads(manifest_bytes.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"{where}: not a TOML manifest: {exc}") from None
+    try:
+        check_manifest_keys(data)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
     sgx = data.get("sgx", {})
     try:
         return _Settings(

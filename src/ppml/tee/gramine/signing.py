@@ -69,8 +69,10 @@ def _resolve_tool(tool: Tool) -> Path | None:
     return None if tool is None else Path(tool)
 
 
-def _gramine_sigstruct(tool: Path, manifest_path: Path, key_path: Path) -> Sigstruct:
-    """Run ``gramine-sgx-sign`` into a temporary directory and return the SIGSTRUCT it wrote."""
+def _gramine_sigstruct(tool: Path, manifest_path: Path, key_path: Path,
+                       keep_manifest_sgx: Path | None = None) -> Sigstruct:
+    """Run ``gramine-sgx-sign`` into a temporary directory and return the SIGSTRUCT it wrote
+    (and copy the ``.manifest.sgx`` it wrote to ``keep_manifest_sgx``, if given)."""
     with tempfile.TemporaryDirectory(prefix="ppml-gramine-sign-") as tmp:
         sig_path = Path(tmp, "enclave.sig")
         command = [
@@ -86,10 +88,13 @@ def _gramine_sigstruct(tool: Path, manifest_path: Path, key_path: Path) -> Sigst
             raise UsageError(f"{tool} failed with exit code {result.returncode}: " + " | ".join(tail))
         try:
             raw = sig_path.read_bytes()
-        except FileNotFoundError:
-            raise UsageError(f"{tool} succeeded but wrote no SIGSTRUCT to {sig_path}") from None
+            manifest_sgx = Path(tmp, "enclave.manifest.sgx").read_bytes() if keep_manifest_sgx else b""
+        except FileNotFoundError as exc:
+            raise UsageError(f"{tool} succeeded but did not write {exc.filename}") from None
     sig = Sigstruct.from_bytes(raw)
     verify_sigstruct(sig)
+    if keep_manifest_sgx is not None:
+        _write_atomically(keep_manifest_sgx, manifest_sgx, overwrite=False)
     return sig
 
 
@@ -133,10 +138,12 @@ def sign(
     date: datetime.date | None = None,
     overwrite: bool = False,
     tool: Tool = "auto",
+    out_manifest_sgx: Path | str | None = None,
 ) -> tuple[Sigstruct, Measurement]:
     """Write the 1808-byte SIGSTRUCT for this manifest's measurement to ``out_sig``.
 
-    With ``gramine-sgx-sign`` the SIGSTRUCT is the one it produced. Otherwise ppml signs
+    With ``gramine-sgx-sign`` the SIGSTRUCT is the one it produced, and the ``.manifest.sgx`` it
+    wrote (what ``gramine-sgx`` loads) is kept at ``out_manifest_sgx`` if given. Otherwise ppml signs
     ENCLAVEHASH = the simulated ``mr_enclave`` with ATTRIBUTES = MODE64BIT (+ DEBUG if the manifest
     says ``sgx.debug = true``), XFRM = x87|SSE, Gramine's default masks, ISVPRODID/ISVSVN from the
     manifest and ``date`` (default: today, UTC).
@@ -153,7 +160,8 @@ def sign(
     key = load_enclave_key(key_path)
     gramine = _resolve_tool(tool)
     if gramine is not None:
-        sig = _gramine_sigstruct(gramine, manifest_path, key_path)
+        sig = _gramine_sigstruct(gramine, manifest_path, key_path,
+                                 Path(out_manifest_sgx) if out_manifest_sgx is not None else None)
         if sig.mr_signer != mr_signer(key):
             raise AttestationFailed(f"{gramine} signed with another key than {key_path}")
         source = SOURCE_GRAMINE
