@@ -69,7 +69,8 @@ def read_secret_file(path: Path) -> str:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        raise UsageError(f"{path}: no such secret file (create one with `(umask 077; openssl rand -hex 32 > {path})`)") from None
+        raise UsageError(f"{path}: no such secret file "
+                         f"(create one with `(umask 077; openssl rand -hex 32 > {path})`)") from None
     with os.fdopen(fd, "r") as f:
         mode = os.fstat(f.fileno()).st_mode
         if mode & 0o077:
