@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ppml-installed
-EXTRAS ?= test,postgres,spark,ml,dl,fl
+EXTRAS ?= test,postgres,spark,ml,dl,fl,deploy
 ROWS   ?= 1000000
 
 FLOWER_VENV ?= .venv-flower
