@@ -1,9 +1,12 @@
-"""Deployment artefacts shipped as package data: Kubernetes pod templates for Spark.
+"""Deployment artefacts shipped as package data: Kubernetes pod templates for Spark and the
+Kubernetes manifests of the services.
 
 :mod:`ppml.deploy.k8s` renders the driver and executor pod templates that
 ``ppml submit --master k8s://… --deploy-mode cluster`` hands to spark-submit, with the TEE's
-resources, secrets mounted as files and a restricted security context. It depends only on
-:mod:`ppml.errors`, so the Spark integration can use it without a cycle.
+resources, secrets mounted as files and a restricted security context. :mod:`ppml.deploy.manifests`
+renders the kustomize tree ``ppml/deploy/kustomize`` (the KMS/AS and the Spark jobs namespace; dev
+and prod overlays) for ``ppml deploy render``. Both depend only on :mod:`ppml.errors`, so the
+Spark integration can use them without a cycle.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import itertools
 import re
 import shutil
 import subprocess
@@ -130,7 +131,7 @@ def dump_yaml(objects: Iterable[Object]) -> str:
     strings as literal blocks."""
     yaml = _yaml()
 
-    class _Dumper(yaml.SafeDumper):  # type: ignore[name-defined,misc]
+    class _Dumper(yaml.SafeDumper):  # type: ignore[name-defined]
         pass
 
     def _string(dumper: Any, value: str) -> Any:
@@ -266,7 +267,7 @@ def check_rendered(objects: Sequence[Object]) -> None:
             pod = obj.get("spec", {}).get("template", {}).get("spec", {})
             for container in pod.get("containers", []):
                 args = [str(a) for a in container.get("args", [])]
-                for flag, value in zip(args, args[1:], strict=False):
+                for flag, value in itertools.pairwise(args):
                     host = urllib.parse.urlsplit(value).hostname if flag == "--db" else None
                     if host and _is_loopback(host):
                         raise UsageError(_loopback_message(f"Deployment {name} --db", value))
@@ -437,7 +438,7 @@ def _set(obj: Object, field_path: str, value: Any, options: Mapping[str, Any]) -
             raise UsageError(f"{field_path}: no piece {position} when split at {options['delimiter']!r}")
         pieces[position] = str(value)
         value = options["delimiter"].join(pieces)
-    node[index] = copy.deepcopy(value)  # type: ignore[index]
+    node[index] = copy.deepcopy(value)
 
 
 def _replace(objects: list[Object], replacement: Mapping[str, Any], where: str) -> None:
@@ -490,7 +491,8 @@ def _build(directory: Path) -> list[Object]:
             raise UsageError(f"{path}: patch fields other than path/patch (targets, options) are not implemented; "
                              "render with kubectl")
         if "path" in patch_spec:
-            text, where = (directory / patch_spec["path"]).read_text(encoding="utf-8"), str(directory / patch_spec["path"])
+            patch_file = directory / patch_spec["path"]
+            text, where = patch_file.read_text(encoding="utf-8"), str(patch_file)
         else:
             text, where = str(patch_spec["patch"]), str(path)
         for patch in load_yaml(text, where=where):
