@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from fnmatch import fnmatch
@@ -23,6 +24,7 @@ import kubernetes_validate.utils
 import pytest
 import yaml
 
+from ppml.cli.deployment import stop_process
 from ppml.cli.main import main
 from ppml.deploy.manifests import (
     OVERLAYS,
@@ -38,6 +40,8 @@ from ppml.deploy.manifests import (
     tree,
 )
 from ppml.errors import UsageError
+from server_fixtures import new_database
+from servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = Path(__file__).parent / "vectors" / "kustomize"
@@ -435,3 +439,127 @@ def test_the_renderer_refuses_what_it_does_not_implement(tmp_path: Path, kustomi
     root = write_tree(tmp_path, {"kustomization.yaml": kustomization, "c.yaml": CM, "p.yaml": CM})
     with pytest.raises(UsageError, match=message):
         kustomize_build(root)
+
+
+# -- the pods' command lines, run ----------------------------------------------------------------
+
+
+class Pod:
+    """The KMS/AS pod of a rendered overlay, run as local processes: each volume is a directory
+    (Secrets and ConfigMaps hold the given files), the init containers run first, then the
+    container's own command line. Only what cannot be the same outside a cluster changes:
+    ``ppml`` is this interpreter's, the address is loopback on a free port, ``--db`` names the
+    test's database."""
+
+    def __init__(self, objects: list[dict[str, Any]], base: Path, files: dict[str, dict[str, bytes]],
+                 db_url: str | None = None) -> None:
+        spec = find(objects, "Deployment", "ppml-kms")["spec"]["template"]["spec"]
+        self.base, self.port, self.db_url = base, free_port(), db_url
+        self.volumes = {}
+        for volume in spec["volumes"]:
+            directory = base / volume["name"]
+            directory.mkdir(parents=True)
+            source = volume.get("secret", {}).get("secretName") or volume.get("configMap", {}).get("name")
+            for item in (volume.get("secret") or volume.get("configMap") or {}).get("items", []):
+                (directory / item["path"]).write_bytes(files[source][item["key"]])
+            self.volumes[volume["name"]] = directory
+        for init in spec.get("initContainers", []):
+            argv, env = self._local(init)
+            subprocess.run(argv, env=env, check=True, timeout=30)
+        self.argv, self.env = self._local(spec["containers"][0])
+        self.log = base / "serve.log"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+
+    def _path(self, container: dict[str, Any], text: str) -> str:
+        for mount in container.get("volumeMounts", []):
+            if text == mount["mountPath"] or text.startswith(mount["mountPath"] + "/"):
+                return str(self.volumes[mount["name"]]) + text[len(mount["mountPath"]):]
+        return text
+
+    def _local(self, container: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+        command = [self._path(container, part) for part in container["command"]]
+        command = ([sys.executable, "-m", "ppml.cli.main", *command[1:]] if command[0] == "ppml"
+                   else [sys.executable, *command[1:]] if command[0] == "python3" else command)
+        args = []
+        for arg in container.get("args", []):
+            flag, sep, value = arg.partition("=")
+            if sep and flag.startswith("--"):
+                arg = f"{flag}={self._path(container, value)}"
+            args.append(self._path(container, arg))
+        args = ["--host=127.0.0.1" if a == "--host=0.0.0.0" else f"--port={self.port}" if a == "--port=9000" else a
+                for a in args]
+        if "--db" in args:
+            args[args.index("--db") + 1] = str(self.db_url)
+        env = {**os.environ, **{e["name"]: self._path(container, e["value"]) for e in container.get("env", [])}}
+        return [*command, *args], env
+
+    def wait_healthy(self, ca: Path, timeout: float = 60) -> None:
+        import httpx
+
+        from ppml.kms.tls import client_context
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the pod's ppml serve exited: {self.log.read_text(errors='replace')}")
+            try:
+                if httpx.get(f"https://127.0.0.1:{self.port}/healthz", verify=client_context(ca), timeout=2).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"the pod's ppml serve never became healthy: {self.log.read_text(errors='replace')}")
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def pod_files(tmp_path: Path) -> tuple[dict[str, dict[str, bytes]], Path]:
+    """What the operator and cert-manager would put in the Secrets and ConfigMaps."""
+    from ppml.kms.tls import ensure_dev_tls
+
+    tls = ensure_dev_tls(tmp_path / "issuer", "127.0.0.1")
+    attestation = Path(__file__).parent / "vectors" / "attestation"
+    return {
+        "ppml-kms-tls": {"tls.crt": tls.server_cert.read_bytes(), "tls.key": tls.server_key.read_bytes()},
+        "ppml-root-key": {"passphrase": b"correct horse battery staple\n"},
+        "ppml-postgres": {"pgpass": b"*:*:*:ppml:not-used-by-trust-auth\n", "ca.crt": tls.ca_cert.read_bytes()},
+        # Intel-signed collateral, as PCCS serves it: the service checks it against Intel's root at start.
+        "ppml-dcap-collateral": {"tcb-info.json": (attestation / "tcbInfo.json").read_bytes(),
+                                 "qe-identity.json": (attestation / "enclaveIdentity.json").read_bytes()},
+    }, tls.ca_cert
+
+
+@pytest.mark.slow
+def test_the_dev_pod_command_line_serves_on_sqlite(tmp_path: Path) -> None:
+    files, ca = pod_files(tmp_path)
+    pod = Pod(golden("dev"), tmp_path / "pod", files)
+    try:
+        pod.wait_healthy(ca)
+    finally:
+        pod.stop()
+    assert {"root.key", "admin.credentials"} <= {p.name for p in pod.volumes["data"].iterdir()}
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_prod_replicas_serve_from_one_postgresql(tmp_path: Path, pg_cluster: Any) -> None:
+    """Both replicas' command lines, on one database, with one root-key passphrase."""
+    files, ca = pod_files(tmp_path)
+    db_url = new_database(pg_cluster)
+    first = Pod(golden("prod"), tmp_path / "replica-1", files, db_url=db_url)
+    try:
+        first.wait_healthy(ca)
+        second = Pod(golden("prod"), tmp_path / "replica-2", files, db_url=db_url)
+        try:
+            second.wait_healthy(ca)
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+    pgpass = first.volumes["pgpass"] / "pgpass"
+    assert pgpass.stat().st_mode & 0o777 == 0o600 and pgpass.read_bytes() == files["ppml-postgres"]["pgpass"]
+    assert (first.volumes["data"] / "admin.credentials").exists()
+    assert not (second.volumes["data"] / "admin.credentials").exists(), "the second replica found the database made"
+    assert "root.key" not in {p.name for p in first.volumes["data"].iterdir()}
