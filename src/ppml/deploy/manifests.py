@@ -70,7 +70,7 @@ ENGINES: Final = ("auto", "kubectl", "python")
 
 #: Every key of ``values.env``, all required.
 VALUE_KEYS: Final = ("image", "kms_dns_name", "kms_url", "attestation_url", "pccs_url", "postgres_url",
-                     "cert_issuer")
+                     "aesmd_image", "cert_issuer")
 _URL_KEYS: Final = ("kms_url", "attestation_url", "pccs_url")
 
 #: Merge keys of the Kubernetes object lists a patch may merge (``patchMergeKey`` in the API).
@@ -214,9 +214,9 @@ def check_values(values: Mapping[str, str]) -> None:
         raise UsageError(f"the values lack {', '.join(missing)}")
     if unknown:
         raise UsageError(f"unknown values {', '.join(unknown)} (known: {', '.join(VALUE_KEYS)})")
-    image = values["image"]
-    if not image or any(c.isspace() for c in image):
-        raise UsageError(f"image {image!r} must be an image reference without spaces")
+    for key in ("image", "aesmd_image"):
+        if not values[key] or any(c.isspace() for c in values[key]):
+            raise UsageError(f"{key} {values[key]!r} must be an image reference without spaces")
     for key in _URL_KEYS:
         url = urllib.parse.urlsplit(values[key])
         if url.scheme != "https" or not url.hostname:
