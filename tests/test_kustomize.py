@@ -50,6 +50,8 @@ VERSIONS = sorted(set(kubernetes_validate.utils.all_versions()),
                   key=lambda v: tuple(int(p) for p in v.split(".")))
 OLDEST, NEWEST = VERSIONS[0], kubernetes_validate.utils.latest_version()
 CERT_MANAGER = json.loads((VECTORS / "cert-manager-v1.schema.json").read_text())
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}
 LOOPBACKS = ("https://127.0.0.1:9000", "https://localhost:9000", "https://[::1]:9000", "https://127.8.0.1",
              "https://LOCALHOST.:9000", "https://[::ffff:127.0.0.1]:9000", "https://0.0.0.0:9000")
 
@@ -106,6 +108,17 @@ def test_both_renderers_give_the_golden_objects(overlay: str) -> None:
         kubectl_objects, engine = render(overlay, engine="kubectl")
         assert engine == "kubectl"
         assert by_key(kubectl_objects) == expected
+
+
+def test_without_kubectl_the_python_renderer_renders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """What a machine without kubectl (CI) gets from `ppml deploy render`."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    objects, engine = render("prod")
+    assert engine == "python" and by_key(objects) == by_key(golden("prod"))
+    with pytest.raises(UsageError, match="no kubectl"):
+        render("dev", engine="kubectl")
+    with pytest.raises(UsageError, match="overlay"):
+        render("staging")
 
 
 def test_values_flow_into_every_overlay_alike(tmp_path: Path) -> None:
@@ -202,7 +215,8 @@ def test_pods_are_non_root_read_only_and_get_secrets_as_files(overlay: str) -> N
         for volume in spec["volumes"]:
             if "secret" in volume:
                 assert volume["secret"]["defaultMode"] == 0o400
-            assert "hostPath" not in volume
+            # The "restricted" Pod Security Standard's volume types (the namespace ppml enforces it).
+            assert set(volume) - {"name"} <= RESTRICTED_VOLUME_TYPES, volume
     text = (VECTORS / f"{overlay}.yaml").read_text()
     assert "kind: Secret\n" not in text, "Secrets are the operator's, never in the tree"
 
