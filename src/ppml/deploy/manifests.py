@@ -140,7 +140,7 @@ def dump_yaml(objects: Iterable[Object]) -> str:
 
     _Dumper.add_representer(str, _string)
     return str(yaml.dump_all(list(objects), Dumper=_Dumper, sort_keys=True, default_flow_style=False,
-                             explicit_start=False, allow_unicode=True, width=1 << 16).replace("\n...\n", "\n"))
+                             allow_unicode=True, width=1 << 16))
 
 
 def tree() -> Path:
