@@ -551,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ppml.cli.doctor import add_commands as add_doctor_commands
 
     add_doctor_commands(commands)
+    from ppml.cli.deploy import add_commands as add_deploy_commands
+
+    add_deploy_commands(commands)
 
     example = commands.add_parser("example", help="run an example job",
                                   description="Run an example job in this process (Spark local mode unless "

@@ -1,12 +1,15 @@
-"""Deployment: container images and Kubernetes pod templates for Spark.
+"""Deployment: container images, Kubernetes pod templates for Spark, the services' Kubernetes
+manifests, and checks of a running deployment.
 
 :mod:`ppml.deploy.images` describes the base image's layout (``deploy/images/base/Dockerfile``);
 :mod:`ppml.deploy.context` writes an application image's signed build context (``ppml image
 context``): a Dockerfile and a Gramine manifest that trusts the application, Python, the JVM and
 Spark at their image paths. :mod:`ppml.deploy.k8s` renders the driver and executor pod templates
 that ``ppml submit --master k8s://… --deploy-mode cluster`` hands to spark-submit, with the TEE's
-resources, secrets mounted as files and a restricted security context.
-:mod:`ppml.deploy.doctor` (``ppml doctor``) checks a running deployment from the outside.
+resources, secrets mounted as files and a restricted security context. :mod:`ppml.deploy.manifests`
+renders the kustomize tree ``ppml/deploy/kustomize`` (the KMS/AS and the Spark jobs namespace; dev
+and prod overlays) for ``ppml deploy render``. :mod:`ppml.deploy.doctor` (``ppml doctor``) checks
+a running deployment from the outside. The Grafana dashboard is ``ppml/deploy/grafana``.
 
 The package sits above :mod:`ppml.tee` (the image context builds and signs Gramine manifests) and
 below the Spark integration, which renders the pod templates; importing it imports neither
