@@ -36,18 +36,10 @@ def cmd_image_context(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be non-negative")
-    return value
-
-
 def add_commands(commands: Any) -> None:
     """Add ``image`` and its actions to ``commands`` (from ``parser.add_subparsers()``)."""
+    from ppml.cli.enclave import _count
+
     image = commands.add_parser("image", help="container images: the signed build context of an application image",
                                 description="Container images for ppml applications (docs/deploy-images.md).")
     actions = image.add_subparsers(dest="image_command", metavar="ACTION", required=True)
