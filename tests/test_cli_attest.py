@@ -372,3 +372,18 @@ def test_serve_loads_recorded_collateral_with_the_shared_loader(tmp_path: Path) 
             attestation.verifiers["tdx"].verify(quote, now=datetime(2025, 11, 1, tzinfo=UTC))
     finally:
         storage.dispose()
+
+
+def test_the_token_issuer_is_the_public_url_when_given(tmp_path: Path) -> None:
+    """Bound to 0.0.0.0 in a pod, the service is reached at its Service's name: tokens must name that
+    (parties compare the issuer with the URL they attest against)."""
+    from ppml.cli.serve import ServeOptions, issuer_url
+    from ppml.errors import UsageError
+
+    bound = ServeOptions(data_dir=tmp_path, tls_dev=True, host="0.0.0.0", port=9000)
+    assert issuer_url(bound) == "https://0.0.0.0:9000"
+    public = ServeOptions(data_dir=tmp_path, tls_dev=True, host="0.0.0.0", public_url="https://kms.example.org:9000/")
+    assert issuer_url(public) == "https://kms.example.org:9000"
+    for bad in ("http://kms.example.org:9000", "https://", "https://kms.example.org/?x=1", "kms.example.org"):
+        with pytest.raises(UsageError, match="public-url"):
+            ServeOptions(data_dir=tmp_path, tls_dev=True, public_url=bad)

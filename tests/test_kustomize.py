@@ -144,6 +144,9 @@ def test_values_flow_into_every_overlay_alike(tmp_path: Path) -> None:
         qcnl = json.loads(find(objects, "ConfigMap", "ppml-pccs")["data"]["sgx_default_qcnl.conf"])
         assert qcnl["pccs_url"] == "https://pccs.example.org/"
         assert not [o for o in objects if o["metadata"]["name"] == "ppml-values"]
+        # tokens name the URL parties reach the service at as their issuer, not the 0.0.0.0 it binds
+        serve_args = kms["containers"][0]["args"]
+        assert serve_args[serve_args.index("--public-url") + 1] == "https://kms.example.org:9000"
         if overlay == "prod":
             aesmd = find(objects, "DaemonSet", "ppml-aesmd")["spec"]["template"]["spec"]["containers"][0]
             assert aesmd["image"] == "registry.example/aesmd:2.26"

@@ -266,7 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ppml.cli.serve import ServeOptions, serve
 
     return serve(ServeOptions(
-        data_dir=Path(args.data_dir), host=args.host, port=args.port, db_url=args.db,
+        data_dir=Path(args.data_dir), host=args.host, port=args.port, public_url=args.public_url, db_url=args.db,
         tls_dev=args.tls_dev, tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None, open_enrollment=args.open_enrollment,
         passphrase_file=Path(args.root_key_passphrase_file) if args.root_key_passphrase_file else None,
@@ -473,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="state: database, root key, admin credentials, TLS")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--public-url", metavar="URL",
+                   help="https://HOST[:PORT] clients reach the service at: the attestation tokens' issuer "
+                   "(default https://HOST:PORT as bound; set it behind a Service or when binding 0.0.0.0)")
     p.add_argument("--db", metavar="URL", help="postgresql://user@host/db for shared storage "
                    "(password via ~/.pgpass); default SQLite in DATA_DIR")
     p.add_argument("--tls-dev", action="store_true", help="make (once) a private CA and server certificate "

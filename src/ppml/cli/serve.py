@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from ppml.kms.service import KmsService
 from ppml.kms.types import Credentials
 from ppml.store import Storage, open_database
 
-__all__ = ["ServeOptions", "serve"]
+__all__ = ["ServeOptions", "issuer_url", "serve"]
 
 log = logging.getLogger("ppml.kms")
 
@@ -35,6 +36,9 @@ class ServeOptions:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 9000
+    #: The URL clients reach the service at, the attestation tokens' issuer (default
+    #: ``https://HOST:PORT``, wrong when bound to 0.0.0.0 or behind a Service or load balancer).
+    public_url: str | None = None
     db_url: str | None = None
     tls_dev: bool = False
     tls_cert: Path | None = None
@@ -64,6 +68,10 @@ class ServeOptions:
             raise UsageError("use either --tls-dev or --tls-cert/--tls-key")
         if not self.tls_dev and not (self.tls_cert and self.tls_key):
             raise UsageError("the KMS serves HTTPS only: give --tls-dev or --tls-cert F --tls-key F")
+        if self.public_url is not None:
+            parts = urllib.parse.urlsplit(self.public_url)
+            if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+                raise UsageError(f"--public-url {self.public_url!r} must be an https://HOST[:PORT] URL")
         if self.db_url and "@" in self.db_url and ":" in self.db_url.split("://", 1)[-1].split("@", 1)[0]:
             raise UsageError("no passwords on the command line: put it in ~/.pgpass (or PGPASSFILE) "
                              "and give --db postgresql://user@host/db")
@@ -91,7 +99,15 @@ def open_attestation(storage: Storage, root: RootKey, options: ServeOptions) -> 
                       "only policies with allow_simulated match it", UnsafeWarning, stacklevel=1)
         verifiers["simulated"] = SimulatedVerifier(keys)
     return AttestationService.open(storage, root, verifiers,
-                                   issuer=f"https://{options.host}:{options.port}")
+                                   issuer=issuer_url(options))
+
+
+def issuer_url(options: ServeOptions) -> str:
+    """The attestation tokens' ``iss``: what parties compare with the URL they reach the service
+    at (``--public-url``), else ``https://HOST:PORT`` as bound."""
+    if options.public_url is not None:
+        return options.public_url.rstrip("/")
+    return f"https://{options.host}:{options.port}"
 
 
 def _self_evidence(options: ServeOptions):  # type: ignore[no-untyped-def]
