@@ -268,6 +268,7 @@ def test_context_manifest_is_strict_with_passthrough_listed(
     assert env["PPML_TEE_BACKEND"] == "sgx-gramine" and env["JAVA_HOME"] == images.JAVA_HOME
     assert all(isinstance(v, str) for k, v in env.items() if k not in passthrough)
     assert data["sgx"]["remote_attestation"] == "dcap" and data["sgx"]["debug"] is False
+    assert data["sys"]["enable_extra_runtime_domain_names_conf"] is True  # Service names resolve in pods
     assert data["sgx"]["file_check_policy"] == "strict"
     # Only the pods' Secret files (made per deployment, never hashable at build time) are allowed.
     assert data["sgx"]["allowed_files"] == sorted("file:" + p for p in images.POD_SECRET_FILES)

@@ -192,6 +192,8 @@ def image_manifest(trusted: list[TrustedFile], *, enclave_size: str = "8G", max_
         isv_prod_id=isv_prod_id,
         isv_svn=isv_svn,
         remote_attestation="dcap",
+        # Spark pods reach the API server, the KMS and each other by Service names.
+        runtime_domain_names=True,
     )
 
 

@@ -272,6 +272,10 @@ class Manifest:
     isv_prod_id: int = 0
     isv_svn: int = 0
     remote_attestation: str = "dcap"
+    #: ``sys.enable_extra_runtime_domain_names_conf``: Gramine writes ``/etc/resolv.conf`` and
+    #: ``/etc/hosts`` inside the enclave from the host's, so names (a Kubernetes Service, the API
+    #: server) resolve. Name resolution is the host's either way; TLS is what authenticates peers.
+    runtime_domain_names: bool = False
 
     def __post_init__(self) -> None:
         trusted = tuple(sorted(self.trusted_files, key=lambda t: t.path))
@@ -328,6 +332,7 @@ class Manifest:
                 for m in self.mounts
             ),
             "]",
+            *(["sys.enable_extra_runtime_domain_names_conf = true"] if self.runtime_domain_names else []),
             f"sgx.debug = {'true' if self.debug else 'false'}",
             "sgx.edmm_enable = false",
             f"sgx.enclave_size = {_toml_string(self.enclave_size)}",
@@ -420,6 +425,7 @@ class Manifest:
             isv_prod_id=_int(sgx.get("isvprodid", 0)),
             isv_svn=_int(sgx.get("isvsvn", 0)),
             remote_attestation=_str(sgx.get("remote_attestation", "none")),
+            runtime_domain_names=_bool(data.get("sys", {}).get("enable_extra_runtime_domain_names_conf", False)),
         )
 
     @classmethod
