@@ -9,7 +9,8 @@ Foreign exceptions (OS, HTTP, SQL, Spark) are mapped only at adapter boundaries,
 
     PpmlError                         exit 1   base; never raised itself
     ├── UsageError                    exit 2   bad arguments or configuration
-    │   └── UnknownScheme                      a KMS/backend URI with no registered scheme
+    │   ├── UnknownScheme                      a KMS/backend URI with no registered scheme
+    │   └── GramineNotInstalled                --tee sgx-gramine outside an enclave, no gramine-sgx
     ├── InputError                    exit 3   a path that cannot be used as asked
     │   ├── InputNotFound                      no such file or directory
     │   ├── NotAFile                           a directory (or other) where a file is expected
@@ -64,6 +65,7 @@ __all__ = [
     "AuthenticationFailed",
     "CoordinatorNotAttested",
     "FederatedLearningError",
+    "GramineNotInstalled",
     "HeKeyMismatch",
     "InputError",
     "InputNotFound",
@@ -128,6 +130,16 @@ class UnknownScheme(UsageError):
         self.known = known
         super().__init__(f"unknown scheme in {uri!r}")
         self.hint = "known schemes: " + ", ".join(sorted(known))
+
+
+class GramineNotInstalled(UsageError):
+    """``gramine-sgx`` is not on ``PATH`` where a job was to start under it: nothing was started."""
+
+    def __init__(self, app: str, hint: str) -> None:
+        self.app = app
+        super().__init__(f"--tee sgx-gramine starts {app} under gramine-sgx, which is not installed here "
+                         "(not on PATH); nothing was started")
+        self.hint = hint
 
 
 class InputError(PpmlError):

@@ -12,7 +12,7 @@ is a trusted file under a strict file policy) and that attestation comes first.
 
 Outside the enclave (no ``/dev/attestation``), :func:`gramine_command` builds the ``gramine-sgx``
 command line and environment; :func:`run_under_gramine` runs it, or raises
-:class:`GramineNotInstalled` naming what to install when ``gramine-sgx`` is not on ``PATH``.
+:class:`~ppml.errors.GramineNotInstalled` naming what to install when ``gramine-sgx`` is not on ``PATH``.
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
-from ppml.errors import UsageError
+from ppml.errors import GramineNotInstalled, UsageError
 
 __all__ = [
     "ARGV_VARIABLE",
     "ATTESTATION_ROOT",
     "ENTRY_COMMANDS",
     "GRAMINE_SGX",
-    "GramineNotInstalled",
     "args_from_environment",
     "encode_args",
     "find_gramine_sgx",
@@ -57,15 +56,6 @@ INSTALL_HINT: Final = (
     "https://download.01.org/intel-sgx/sgx_repo/ubuntu) on an SGX host, or run in the ppml base "
     "image (deploy/images/base/Dockerfile) on one"
 )
-
-
-class GramineNotInstalled(UsageError):
-    """``gramine-sgx`` is not on ``PATH``: nothing was started."""
-
-    def __init__(self, app: str) -> None:
-        super().__init__(f"--tee sgx-gramine starts {app} under {GRAMINE_SGX}, which is not installed here "
-                         "(not on PATH); nothing was started")
-        self.hint = INSTALL_HINT
 
 
 def find_gramine_sgx(search_path: str | None = None) -> Path | None:
@@ -138,7 +128,7 @@ def run_under_gramine(app: str, args: Sequence[str], environ: Mapping[str, str],
     """
     tool = find_gramine_sgx(search_path if search_path is not None else environ.get("PATH"))
     if tool is None:
-        raise GramineNotInstalled(app)
+        raise GramineNotInstalled(app, INSTALL_HINT)
     argv, env = gramine_command(app, args, environ, gramine_sgx=tool)
     try:
         return subprocess.run(argv, env=env, check=False).returncode
