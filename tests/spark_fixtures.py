@@ -24,6 +24,7 @@ def spark() -> Iterator[object]:
 
     from ppml.kms.registry import open_kms
     from ppml.spark.jvm import classpath_conf
+    from ppml.spark.session import performance_conf
     from ppml.spark.source import register
     from ppml.tee.agent import AGENT_ENV, KeyAgent
 
@@ -36,7 +37,7 @@ def spark() -> Iterator[object]:
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.driver.host", "127.0.0.1")
     )
-    for name, value in classpath_conf().items():
+    for name, value in {**performance_conf(), **classpath_conf()}.items():
         builder = builder.config(name, value)
     os.environ[AGENT_ENV] = str(agent.path)
     try:

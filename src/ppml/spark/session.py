@@ -10,7 +10,7 @@ What is protected, with Spark's own mechanisms (DESIGN.md, "Spark"):
 * redaction: Spark's regex extended so ``apikey``, ``api_key``, ``token``, credentials and ``key``
   values never show in the UI's environment page or the event log.
 
-:func:`performance_conf` holds the settings that only make the ``ppml`` data source faster.
+:func:`performance_conf` holds the settings that only make jobs faster and steadier.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def security_conf(*, secret: str | None = None, network_crypto: bool = True, io_
 
 
 def performance_conf() -> dict[str, str]:
-    """Spark settings that speed up the ``ppml`` data source; none of them bears on security.
+    """Spark settings that make ppml's jobs faster and steadier; none of them bears on security.
 
     * ``spark.sql.execution.arrow.maxBytesPerBatch`` at its largest value, 2147483647, which
       Spark 4 takes as "no byte limit": below it, Spark measures the Arrow batch it builds for
@@ -120,8 +120,17 @@ def performance_conf() -> dict[str, str]:
       local[2]). Batches are still cut at ``spark.sql.execution.arrow.maxRecordsPerBatch`` rows
       (10,000 by default), as before Spark 4.0; for rows above ~6 KB that is more than Spark
       4's 64 MB default cap, so lower maxRecordsPerBatch for such data.
+    * ``spark.sql.artifact.isolation.enabled`` off. On (Spark 4's default), every SQL task loads
+      classes through an ``ExecutorClassLoader`` that asks the driver over Spark's RPC
+      (``spark://…/artifacts/<session>/classes/``) for each class its own class path lacks, and
+      Janino's code generation probes many (``…expressions.Object.class``); in local mode, on
+      these machines, about one job in ten had such a request stall until Spark's 120 s idle
+      timeout and fail with ``RemoteClassLoaderError``. Isolation keeps the artifacts that Spark
+      Connect sessions add apart; ppml's jobs are one classic session, which adds none (Spark's
+      own shell and Hive support turn it off too). Set it back with ``--conf`` for Spark Connect.
     """
-    return {"spark.sql.execution.arrow.maxBytesPerBatch": "2147483647"}
+    return {"spark.sql.execution.arrow.maxBytesPerBatch": "2147483647",
+            "spark.sql.artifact.isolation.enabled": "false"}
 
 
 def python_environment() -> dict[str, str]:
