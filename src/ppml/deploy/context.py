@@ -32,7 +32,7 @@ import datetime
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Final
@@ -41,6 +41,7 @@ from ppml.core._files import atomic_directory
 from ppml.deploy import images
 from ppml.errors import InputNotFound, NotAFile, UsageError
 from ppml.tee.gramine import Manifest, Measurement, Mount, TrustedFile, sign
+from ppml.tee.gramine.build import mount_roots, walk_files
 from ppml.tee.gramine.signing import Tool
 
 __all__ = ["CONTEXT_FORMAT", "ENTRY_ARGV", "ImageContext", "build_image_context", "image_manifest"]
@@ -67,19 +68,6 @@ class ImageContext:
 
 def _inside(path: Path, directory: Path) -> bool:
     return path == directory or directory in path.parents
-
-
-def _files(root: Path) -> Iterator[Path]:
-    """Regular files under ``root`` (or ``root`` itself), sorted, without bytecode caches."""
-    if root.is_file():
-        yield root
-        return
-    for directory, subdirs, names in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
-        for name in sorted(names):
-            path = Path(directory, name)
-            if not name.endswith(".pyc") and path.is_file():
-                yield path
 
 
 def _holds_private_key(path: Path, key_bytes: bytes) -> bool:
@@ -109,7 +97,7 @@ def _check_places(app_dir: Path, key: Path, out: Path) -> None:
 def _copy_app(app_dir: Path, dst: Path, key_bytes: bytes) -> list[Path]:
     """Copy the application into ``dst``; refuse any private key in it. Returns the copies."""
     copies = []
-    for source in _files(app_dir):
+    for source in walk_files(app_dir):
         if source.is_symlink():
             raise UsageError(f"{source} is a symbolic link: the image gets a copy, give the file itself")
         if _holds_private_key(source, key_bytes):
@@ -136,17 +124,9 @@ def _runtime_files(root: Path) -> list[tuple[str, Path]]:
             error.hint = (f"{tree.path} ({tree.provided_by}) is part of the ppml base image: run `ppml image "
                           "context` inside it (--root /), or point --root at its file system")
             raise error
-        for path in _files(host):
+        for path in walk_files(host):
             found.setdefault("/" + path.relative_to(root).as_posix(), path)
     return sorted(found.items())
-
-
-def _mount_roots(paths: list[str]) -> list[str]:
-    roots: list[str] = []
-    for candidate in sorted(paths):
-        if not any(candidate == r or candidate.startswith(r.rstrip("/") + "/") for r in roots):
-            roots.append(candidate)
-    return roots
 
 
 def image_manifest(trusted: list[TrustedFile], *, enclave_size: str = "8G", max_threads: int = 64,
@@ -183,7 +163,7 @@ def image_manifest(trusted: list[TrustedFile], *, enclave_size: str = "8G", max_
         argv=ENTRY_ARGV,
         env=tuple(env.items()),
         passthrough_env=images.PASSTHROUGH_ENV,
-        mounts=tuple(_mount_roots(sorted(directories - {"/"}))),
+        mounts=tuple(mount_roots(directories - {"/"})),
         extra_mounts=(Mount(path="/lib", uri="file:" + images.GRAMINE_RUNTIME), Mount(path="/tmp", type="tmpfs")),
         trusted_files=tuple(trusted),
         allowed_files=tuple("file:" + path for path in images.POD_SECRET_FILES),
@@ -278,7 +258,7 @@ def build_image_context(
         (staging / "measurement.txt").write_text(
             f"mr_enclave: {measurement.mr_enclave.hex()}\nmr_signer: {measurement.mr_signer.hex()}\n"
             f"source: {measurement.source}\n", encoding="utf-8")
-        for path in _files(staging):
+        for path in walk_files(staging):
             if _holds_private_key(path, key_bytes):
                 raise UsageError(f"{path.name} in the build context holds a private key")
     return ImageContext(directory=out, dockerfile=out / "Dockerfile",

@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from ppml.errors import InputNotFound, NotAFile, UnsafeWarning
 from ppml.tee.gramine.manifest import DEFAULT_LIBOS_URI, Manifest, TrustedFile
 
-__all__ = ["build_manifest", "default_python_paths"]
+__all__ = ["build_manifest", "default_python_paths", "mount_roots", "walk_files"]
 
 
 def default_python_paths() -> list[Path]:
@@ -43,7 +43,9 @@ def default_python_paths() -> list[Path]:
     return list(seen.values())
 
 
-def _walk(root: Path, *, include_bytecode: bool) -> Iterable[Path]:
+def walk_files(root: Path, *, include_bytecode: bool = False) -> Iterator[Path]:
+    """The regular files under ``root`` (or ``root`` itself), in sorted order; ``__pycache__``
+    directories and ``*.pyc`` files are left out unless ``include_bytecode``."""
     if root.is_file():
         yield root
         return
@@ -68,9 +70,10 @@ def _existing(path: Path, what: str) -> Path:
     return absolute
 
 
-def _mount_roots(paths: Iterable[Path]) -> list[str]:
+def mount_roots(directories: Iterable[str]) -> list[str]:
+    """The outermost of ``directories`` (sorted): each one not inside another, once."""
     roots: list[str] = []
-    for candidate in sorted({str(p if p.is_dir() else p.parent) for p in paths}):
+    for candidate in sorted(set(directories)):
         if not any(candidate == r or candidate.startswith(r.rstrip("/") + "/") for r in roots):
             roots.append(candidate)
     return roots
@@ -137,7 +140,7 @@ def build_manifest(
     ]
     found: dict[str, Path] = {}
     for root in roots:
-        for path in _walk(root, include_bytecode=include_bytecode):
+        for path in walk_files(root, include_bytecode=include_bytecode):
             found.setdefault(str(path), path)
     trusted_files = []
     for path in found.values():
@@ -171,7 +174,7 @@ def build_manifest(
         loader_entrypoint=loader_entrypoint,
         argv=(str(interpreter), str(script), *(argv or ())),
         env=tuple(environment.items()),
-        mounts=tuple(_mount_roots(roots)),
+        mounts=tuple(mount_roots(str(p if p.is_dir() else p.parent) for p in roots)),
         trusted_files=trusted,
         allowed_files=tuple(allowed_files),
         enclave_size=enclave_size,
