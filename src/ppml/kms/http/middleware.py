@@ -79,7 +79,8 @@ class ActionOutcomes:
             return
         status = 500
         ehsm_code: bytes | None = None
-        first_body = True
+        is_ehsm = scope["path"] == "/ehsm"
+        first_body = is_ehsm  # only eHSM replies carry their outcome in the body
 
         async def watch(message: Message) -> None:
             nonlocal status, ehsm_code, first_body
@@ -94,7 +95,7 @@ class ActionOutcomes:
         try:
             await self.app(scope, receive, watch)
         finally:
-            if scope["path"] == "/ehsm":
+            if is_ehsm:
                 action = scope.get("state", {}).get("ehsm_action", "")
                 code = ehsm_code.decode() if ehsm_code is not None else str(status)
                 self.actions.labels("ehsm", action if action in EHSM_ACTIONS else "unknown", code).inc()
