@@ -56,6 +56,7 @@ __all__ = [
     "check_rendered",
     "check_values",
     "dump_yaml",
+    "is_loopback_host",
     "kustomize_build",
     "load_yaml",
     "read_values",
@@ -181,7 +182,9 @@ def _parse_env(text: str, *, where: str) -> dict[str, str]:
     return values
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names the machine (or pod) itself: ``localhost`` and ``*.localhost``,
+    127.0.0.0/8, ``::1``, their IPv4-mapped forms and the unspecified addresses."""
     host = host.strip("[]").rstrip(".").lower()
     if host == "localhost" or host.endswith(".localhost"):
         return True
@@ -221,10 +224,10 @@ def check_values(values: Mapping[str, str]) -> None:
         url = urllib.parse.urlsplit(values[key])
         if url.scheme != "https" or not url.hostname:
             raise UsageError(f"{key} {values[key]!r} must be an https:// URL")
-        if _is_loopback(url.hostname):
+        if is_loopback_host(url.hostname):
             raise UsageError(_loopback_message(key, values[key]))
     name = values["kms_dns_name"]
-    if _is_loopback(name):
+    if is_loopback_host(name):
         raise UsageError(_loopback_message("kms_dns_name", name))
     if not name or "/" in name or ":" in name or any(c.isspace() for c in name):
         raise UsageError(f"kms_dns_name {name!r} must be a DNS name (no scheme, no port)")
@@ -238,7 +241,7 @@ def check_values(values: Mapping[str, str]) -> None:
     if postgres.password is not None:
         raise UsageError("postgres_url must not carry a password: put it in the pgpass key of the Secret "
                          "ppml-postgres")
-    if _is_loopback(postgres.hostname):
+    if is_loopback_host(postgres.hostname):
         raise UsageError(_loopback_message("postgres_url", values["postgres_url"]))
     if not values["cert_issuer"] or any(c.isspace() for c in values["cert_issuer"]):
         raise UsageError("cert_issuer must name a cert-manager ClusterIssuer")
@@ -256,12 +259,12 @@ def check_rendered(objects: Sequence[Object]) -> None:
         if kind == "ConfigMap":
             for key, value in (obj.get("data") or {}).items():
                 host = urllib.parse.urlsplit(str(value)).hostname if "://" in str(value) else None
-                if key.endswith("_URL") and host and _is_loopback(host):
+                if key.endswith("_URL") and host and is_loopback_host(host):
                     raise UsageError(_loopback_message(f"ConfigMap {name} {key}", str(value)))
         elif kind == "Certificate":
             spec = obj.get("spec", {})
             for dns_name in [spec.get("commonName", ""), *spec.get("dnsNames", [])]:
-                if dns_name and _is_loopback(dns_name):
+                if dns_name and is_loopback_host(dns_name):
                     raise UsageError(_loopback_message(f"Certificate {name} name", dns_name))
         elif kind == "Deployment":
             pod = obj.get("spec", {}).get("template", {}).get("spec", {})
@@ -269,7 +272,7 @@ def check_rendered(objects: Sequence[Object]) -> None:
                 args = [str(a) for a in container.get("args", [])]
                 for flag, value in itertools.pairwise(args):
                     host = urllib.parse.urlsplit(value).hostname if flag == "--db" else None
-                    if host and _is_loopback(host):
+                    if host and is_loopback_host(host):
                         raise UsageError(_loopback_message(f"Deployment {name} --db", value))
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 import os
 import queue
 import re
@@ -239,22 +238,14 @@ def _kubernetes_conf(options: SubmitOptions, work_dir: Path) -> Any:
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#'\"]+")
 
 
-def _is_loopback(host: str) -> bool:
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def pod_problems(options: SubmitOptions, user_conf: Mapping[str, str]) -> list[str]:
     """What would break inside Kubernetes pods: a loopback URL (the KMS or attestation service
     on 127.0.0.1, localhost or ::1 is the pod itself there) in the attestation URL, the
     application's arguments or the user's Spark settings; and a file given as a path on this
     machine (not ``local://`` in the image, nor a remote URL) unless spark-submit is told where to
     upload such files (``spark.kubernetes.file.upload.path``)."""
+    from ppml.deploy.manifests import is_loopback_host
+
     problems = []
     texts = [("--attestation-url", options.attestation_url or ""),
              *(("an application argument", argument) for argument in options.app_args),
@@ -262,7 +253,7 @@ def pod_problems(options: SubmitOptions, user_conf: Mapping[str, str]) -> list[s
     for where, text in texts:
         for url in _URL.findall(text):
             host = urllib.parse.urlsplit(url).hostname
-            if host and _is_loopback(host):
+            if host and is_loopback_host(host):
                 problems.append(f"{where} has {url}, a loopback address: in a pod it is the pod itself, not this "
                                 "machine; use an address the pods can reach")
     if "spark.kubernetes.file.upload.path" not in user_conf:
